@@ -1,0 +1,31 @@
+# `make help` lists the targets.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.DEFAULT_GOAL := help
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed ## create .venv and install the project with its dev tools
+
+demo: install ## run the end-to-end demo (embedded PostgreSQL unless DATABASE_URL is set)
+	$(PY) -m deliverer demo
+
+test: install ## run the test suite (OUTBOX_TEST_DATABASE_URL picks the server)
+	$(PY) -m pytest -q
+
+lint: install ## ruff over the code and the tests
+	$(VENV)/bin/ruff check outbox deliverer tests bench
+
+bench: install ## measure drain rate and publish-to-receipt latency
+	$(PY) -m bench
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+.PHONY: install demo test lint bench help

@@ -1,0 +1,3 @@
+from deliverer.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,240 @@
+"""The ``deliverer`` command.
+
+Every setting comes from the environment (see deliverer.config) and can be
+overridden by the flag of the same name, e.g. DELIVERER_HTTP_TIMEOUT and
+--http-timeout.
+"""
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import fields
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from deliverer import config, endpoints, logconfig, projection, schema
+from deliverer.queries import QUERIES
+from outbox.ids import delivery_public_id, event_public_id
+
+
+def _setting_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings (each defaults to its environment variable)")
+    for f in fields(config.Settings):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "allow_insecure_urls":
+            group.add_argument(flag, action="store_const", const="1", default=None,
+                               help=f"accept http:// and loopback URLs, for development ({config.env_name(f.name)})")
+        else:
+            group.add_argument(flag, metavar=f.name.upper(), default=None, help=config.env_name(f.name))
+
+
+def _settings(args: argparse.Namespace) -> config.Settings:
+    overrides = {
+        f.name: config.convert(f.name, getattr(args, f.name))
+        for f in fields(config.Settings) if getattr(args, f.name, None) is not None
+    }
+    settings = config.from_env(**overrides)
+    if not settings.database_url:
+        raise config.ConfigError("no database: set DATABASE_URL or pass --database-url postgresql://...")
+    return settings
+
+
+def _connect(settings: config.Settings) -> psycopg.Connection:
+    try:
+        return psycopg.connect(settings.database_url, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise config.ConfigError(f"cannot connect to the database: {str(exc).strip()}") from None
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, datetime):
+            return value.strftime("%H:%M:%S.%f")[:-3]
+        if isinstance(value, float):
+            return f"{value:.1f}"
+        return str(value)
+
+    text = [[cell(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in text]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in text]
+    return "\n".join(lines)
+
+
+def _print_endpoints(items: list[endpoints.Endpoint], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([e.as_json() for e in items], indent=2))
+        return
+    print(format_table(
+        ["id", "org", "url", "events", "enabled"],
+        [[e.id, e.org_id, e.url, ",".join(e.event_types or ["*"]), e.enabled] for e in items],
+    ))
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    with _connect(settings) as conn:
+        schema.migrate(conn)
+    print("schema is up to date")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from deliverer.worker import Worker
+
+    settings = _settings(args)
+
+    async def main() -> None:
+        stop, force = asyncio.Event(), asyncio.Event()
+
+        def on_signal() -> None:
+            (force if stop.is_set() else stop).set()
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        async with Worker(settings) as worker:
+            await worker.run(stop, force)
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_endpoints_add(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    events = args.events.split(",") if args.events else None
+    with _connect(settings) as conn:
+        endpoint = endpoints.add(
+            conn, org_id=args.org, url=args.url, event_types=events, secret=args.secret,
+            description=args.description or "", allow_insecure=settings.allow_insecure_urls,
+        )
+    if args.json:
+        print(json.dumps(endpoint.as_json(), indent=2))
+    else:
+        print(f"endpoint {endpoint.id} registered for {endpoint.org_id}: {endpoint.url}")
+        print(f"events: {','.join(endpoint.event_types or ['*'])}")
+        print(f"secret: {endpoint.secret}")
+        print("Copy the secret now: it is not shown again.")
+    return 0
+
+
+def cmd_endpoints_list(args: argparse.Namespace) -> int:
+    with _connect(_settings(args)) as conn:
+        _print_endpoints(endpoints.list_all(conn, args.org), args.json)
+    return 0
+
+
+def cmd_endpoints_enable(args: argparse.Namespace, enabled: bool) -> int:
+    with _connect(_settings(args)) as conn:
+        _print_endpoints([endpoints.set_enabled(conn, args.endpoint_id, enabled)], args.json)
+    return 0
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    with _connect(_settings(args)) as conn:
+        if args.check:
+            rows = projection.diff(conn)
+            for row in rows:
+                print(row[0], delivery_public_id(row[1]), *row[2:])
+            print(f"{len(rows)} rows differ" if rows else "delivery_queue matches the log")
+            return 1 if rows else 0
+        count = projection.rebuild(conn)
+    print(f"delivery_queue rebuilt from the log: {count} open deliveries")
+    return 0
+
+
+def delivery_rows(conn: psycopg.Connection, org_id: str | None, limit: int) -> list[list[Any]]:
+    rows = conn.execute(QUERIES["delivery_summary"], {"org_id": org_id, "limit": limit}).fetchall()
+    return [[delivery_public_id(r[0]), event_public_id(r[1]), *r[2:]] for r in rows]
+
+
+def attempt_rows(conn: psycopg.Connection, org_id: str | None) -> list[list[Any]]:
+    rows = conn.execute(QUERIES["attempt_history"], {"org_id": org_id}).fetchall()
+    return [[r[1], r[5], delivery_public_id(r[3]), r[8], r[2], r[9], r[10], r[11], r[13]] for r in rows]
+
+
+DELIVERY_HEADERS = ["delivery", "event", "type", "endpoint", "url", "state", "series", "attempts", "due",
+                    "updated"]
+ATTEMPT_HEADERS = ["time", "type", "delivery", "attempt", "kind", "outcome", "status", "ms", "error"]
+
+
+def cmd_deliveries(args: argparse.Namespace) -> int:
+    with _connect(_settings(args)) as conn:
+        rows = delivery_rows(conn, args.org, args.limit)
+    if args.json:
+        print(json.dumps([dict(zip(DELIVERY_HEADERS, r, strict=True)) for r in rows], default=str, indent=2))
+    else:
+        print(format_table(DELIVERY_HEADERS, rows))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from deliverer import demo
+
+    return asyncio.run(demo.main(args.database_url or config.from_env().database_url or None))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deliverer", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(func=func)
+        _setting_flags(sub)
+        return sub
+
+    command("migrate", "apply schema.sql (idempotent)", cmd_migrate)
+    command("run", "deliver webhooks until SIGTERM", cmd_run)
+
+    eps = commands.add_parser("endpoints", help="register and manage webhook endpoints")
+    ep_commands = eps.add_subparsers(dest="endpoints_command", required=True, metavar="ACTION")
+    for name, help_text, func in (
+        ("add", "register an endpoint; prints its id and secret", cmd_endpoints_add),
+        ("list", "list endpoints", cmd_endpoints_list),
+        ("disable", "stop delivering to an endpoint", lambda a: cmd_endpoints_enable(a, False)),
+        ("enable", "resume delivering to an endpoint", lambda a: cmd_endpoints_enable(a, True)),
+    ):
+        sub = ep_commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(func=func)
+        sub.add_argument("--json", action="store_true", help="print JSON for scripts")
+        _setting_flags(sub)
+        if name == "add":
+            sub.add_argument("--org", required=True, help="the org whose events go to this endpoint")
+            sub.add_argument("--url", required=True, help="https:// URL that accepts POST")
+            sub.add_argument("--events", help="comma-separated event types (default: all)")
+            sub.add_argument("--secret", help="import an existing signing secret instead of generating one")
+            sub.add_argument("--description", help="free text shown in listings")
+        elif name == "list":
+            sub.add_argument("--org", help="only this org's endpoints")
+        else:
+            sub.add_argument("endpoint_id")
+
+    rebuild = command("rebuild-projections", "recompute delivery_queue from the delivery log", cmd_rebuild)
+    rebuild.add_argument("--check", action="store_true",
+                         help="only compare the live queue with the log; exit 1 if they differ")
+    deliveries = command("deliveries", "list deliveries and their state, derived from the log", cmd_deliveries)
+    deliveries.add_argument("--org", help="only this org's deliveries")
+    deliveries.add_argument("--limit", type=int, default=50)
+    deliveries.add_argument("--json", action="store_true")
+    command("demo", "run the end-to-end demo (embedded PostgreSQL unless DATABASE_URL is set)", cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        base = config.from_env()
+        logconfig.configure(args.log_level or base.log_level, args.log_format or base.log_format)
+        return int(args.func(args))
+    except (config.ConfigError, endpoints.EndpointError) as exc:
+        print(f"deliverer: error: {exc}", file=sys.stderr)
+        return 2

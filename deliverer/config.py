@@ -1,0 +1,131 @@
+"""Settings, read from the environment; every one has a matching command-line flag.
+
+| setting            | environment                       | default             |
+|--------------------|-----------------------------------|---------------------|
+| database_url       | DATABASE_URL                      | (required)          |
+| http_timeout       | DELIVERER_HTTP_TIMEOUT            | 5 seconds           |
+| lease_seconds      | DELIVERER_LEASE_SECONDS           | 30 seconds          |
+| batch_size         | DELIVERER_BATCH_SIZE              | 100                 |
+| max_in_flight      | DELIVERER_MAX_IN_FLIGHT           | 200                 |
+| poll_interval      | DELIVERER_POLL_INTERVAL           | 1 second            |
+| retry_delays       | DELIVERER_RETRY_DELAYS            | 5,30,120,600,3600   |
+| retry_jitter       | DELIVERER_RETRY_JITTER            | 0 (off)             |
+| shutdown_grace     | DELIVERER_SHUTDOWN_GRACE          | 20 seconds          |
+| allow_insecure_urls| DELIVERER_ALLOW_INSECURE_URLS     | 0 (HTTPS only)      |
+| worker_id          | DELIVERER_WORKER_ID               | host-pid-random     |
+| log_level          | DELIVERER_LOG_LEVEL               | info                |
+| log_format         | DELIVERER_LOG_FORMAT              | auto (json unless a TTY) |
+"""
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from deliverer.schedule import SEED_DELAYS
+
+
+class ConfigError(ValueError):
+    """A setting has a value the deliverer cannot use."""
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name} must be 1/0, true/false, yes/no or on/off, got {raw!r}")
+
+
+def parse_delays(raw: str) -> tuple[float, ...]:
+    try:
+        delays = tuple(float(part) for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"retry delays must be comma-separated seconds like 5,30,120, got {raw!r}") from None
+    if not delays or any(d < 0 for d in delays):
+        raise ConfigError(f"retry delays must be one or more non-negative numbers, got {raw!r}")
+    return delays
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = ""
+    http_timeout: float = 5.0
+    lease_seconds: float = 30.0
+    batch_size: int = 100
+    max_in_flight: int = 200
+    poll_interval: float = 1.0
+    retry_delays: tuple[float, ...] = field(default=SEED_DELAYS)
+    retry_jitter: float = 0.0
+    shutdown_grace: float = 20.0
+    allow_insecure_urls: bool = False
+    worker_id: str = ""
+    log_level: str = "info"
+    log_format: str = "auto"
+
+    def validated(self) -> "Settings":
+        if self.http_timeout <= 0:
+            raise ConfigError("http_timeout must be positive")
+        if self.lease_seconds < self.http_timeout + 5:
+            raise ConfigError(
+                f"lease_seconds ({self.lease_seconds}) must be at least http_timeout + 5 s "
+                f"({self.http_timeout + 5}), or a slow send could be taken over while still running"
+            )
+        if self.batch_size < 1 or self.max_in_flight < 1:
+            raise ConfigError("batch_size and max_in_flight must be at least 1")
+        if not 0 <= self.retry_jitter < 1:
+            raise ConfigError("retry_jitter must be a fraction in [0, 1)")
+        if self.log_format not in ("auto", "json", "console"):
+            raise ConfigError("log_format must be auto, json or console")
+        return self
+
+    @property
+    def max_attempts(self) -> int:
+        return len(self.retry_delays) + 1
+
+
+_ENV = {
+    "database_url": "DATABASE_URL",
+    "http_timeout": "DELIVERER_HTTP_TIMEOUT",
+    "lease_seconds": "DELIVERER_LEASE_SECONDS",
+    "batch_size": "DELIVERER_BATCH_SIZE",
+    "max_in_flight": "DELIVERER_MAX_IN_FLIGHT",
+    "poll_interval": "DELIVERER_POLL_INTERVAL",
+    "retry_delays": "DELIVERER_RETRY_DELAYS",
+    "retry_jitter": "DELIVERER_RETRY_JITTER",
+    "shutdown_grace": "DELIVERER_SHUTDOWN_GRACE",
+    "allow_insecure_urls": "DELIVERER_ALLOW_INSECURE_URLS",
+    "worker_id": "DELIVERER_WORKER_ID",
+    "log_level": "DELIVERER_LOG_LEVEL",
+    "log_format": "DELIVERER_LOG_FORMAT",
+}
+
+
+def convert(name: str, raw: str) -> Any:
+    """Turn one setting's text (from the environment or a flag) into its value."""
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    label = _ENV[name]
+    try:
+        if kind in ("float", float):
+            return float(raw)
+        if kind in ("int", int):
+            return int(raw)
+    except ValueError:
+        raise ConfigError(f"{label} must be a number, got {raw!r}") from None
+    if kind in ("bool", bool):
+        return _parse_bool(label, raw)
+    if name == "retry_delays":
+        return parse_delays(raw)
+    return raw
+
+
+def from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    environ = os.environ if environ is None else environ
+    values = {name: convert(name, environ[var]) for name, var in _ENV.items() if var in environ}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return replace(Settings(), **values).validated()
+
+
+def env_name(setting: str) -> str:
+    return _ENV[setting]

@@ -1,0 +1,154 @@
+"""Registering webhook endpoints.
+
+An endpoint is where one org wants its events: an HTTPS URL, the event types it
+subscribes to (all of them when none are given) and the secret its requests are
+signed with. New secrets follow the Standard Webhooks format: ``whsec_`` and
+the base64 of 32 random bytes. An existing secret can be imported instead, so
+customers moving from another sender keep theirs.
+"""
+
+import base64
+import ipaddress
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+
+from deliverer.queries import QUERIES
+from outbox.catalog import EVENT_TYPES
+
+MAX_URL_LENGTH = 2048
+SECRET_BYTES = 32
+
+
+class EndpointError(ValueError):
+    """The endpoint cannot be registered as given; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    id: str
+    org_id: str
+    url: str
+    event_types: list[str] | None
+    description: str
+    enabled: bool
+    created_at: datetime
+    secret: str | None = None  # only filled in right after creation
+
+    def as_json(self) -> dict[str, Any]:
+        out = {
+            "id": self.id, "org_id": self.org_id, "url": self.url,
+            "events": self.event_types or ["*"], "description": self.description,
+            "enabled": self.enabled, "created_at": self.created_at.isoformat(),
+        }
+        if self.secret is not None:
+            out["secret"] = self.secret
+        return out
+
+
+def new_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode("ascii")
+
+
+def new_endpoint_id() -> str:
+    return "ep_" + secrets.token_hex(12)
+
+
+def check_secret(secret: str) -> str:
+    if not isinstance(secret, str) or not 16 <= len(secret) <= 512 or not secret.isprintable() or " " in secret:
+        raise EndpointError(
+            "an imported secret must be 16 to 512 printable characters without spaces; "
+            "leave it out to have a new whsec_ secret generated"
+        )
+    return secret
+
+
+def _is_local_address(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return not address.is_global
+
+
+def check_url(url: str, *, allow_insecure: bool) -> str:
+    """Return the URL if it may be registered, else raise EndpointError saying why."""
+    if not isinstance(url, str) or not url:
+        raise EndpointError("url is required, e.g. https://example.com/webhooks/docextract")
+    if len(url) > MAX_URL_LENGTH:
+        raise EndpointError(f"url is {len(url)} characters; the limit is {MAX_URL_LENGTH}")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as exc:
+        raise EndpointError(f"url {url!r} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("https", "http") or not host:
+        raise EndpointError(f"url {url!r} must be an absolute https:// URL with a host name")
+    if parts.username is not None or parts.password is not None:
+        raise EndpointError("url must not contain a user name or password; authenticate with the signature")
+    if parts.fragment:
+        raise EndpointError("url must not contain a #fragment")
+    if not allow_insecure:
+        hint = "set DELIVERER_ALLOW_INSECURE_URLS=1 (development only) to allow it"
+        if parts.scheme != "https":
+            raise EndpointError(f"url {url!r} must use https://; plain http:// is refused: {hint}")
+        if _is_local_address(host.lower()):
+            raise EndpointError(
+                f"url {url!r} points at a loopback or private address, which a webhook must not target; {hint}"
+            )
+    return url
+
+
+def check_event_types(event_types: Iterable[str] | None) -> list[str] | None:
+    if event_types is None:
+        return None
+    chosen = [t.strip() for t in event_types if t.strip()]
+    if not chosen or "*" in chosen:
+        return None
+    unknown = sorted(set(chosen) - set(EVENT_TYPES))
+    if unknown:
+        raise EndpointError(f"unknown event type(s) {', '.join(unknown)}; known: {', '.join(EVENT_TYPES)}")
+    return sorted(set(chosen), key=EVENT_TYPES.index)
+
+
+def _endpoint(row: tuple[Any, ...], secret: str | None = None) -> Endpoint:
+    return Endpoint(
+        id=row[0], org_id=row[1], url=row[2], event_types=row[3], description=row[4],
+        enabled=row[5], created_at=row[6], secret=secret,
+    )
+
+
+def add(conn: psycopg.Connection, *, org_id: str, url: str, event_types: Iterable[str] | None = None,
+        secret: str | None = None, description: str = "", allow_insecure: bool = False) -> Endpoint:
+    """Register an endpoint; the returned Endpoint carries the secret (shown once)."""
+    if not isinstance(org_id, str) or not org_id or len(org_id) > 255:
+        raise EndpointError("org_id must be a non-empty string of at most 255 characters")
+    if len(description) > 1000:
+        raise EndpointError("description must be at most 1000 characters")
+    url = check_url(url, allow_insecure=allow_insecure)
+    secret = new_secret() if secret is None else check_secret(secret)
+    row = conn.execute(QUERIES["insert_endpoint"], {
+        "id": new_endpoint_id(), "org_id": org_id, "url": url, "secret": secret,
+        "event_types": check_event_types(event_types), "description": description,
+    }).fetchone()
+    assert row is not None
+    return _endpoint(row, secret)
+
+
+def list_all(conn: psycopg.Connection, org_id: str | None = None) -> list[Endpoint]:
+    return [_endpoint(row) for row in conn.execute(QUERIES["list_endpoints"], {"org_id": org_id})]
+
+
+def set_enabled(conn: psycopg.Connection, endpoint_id: str, enabled: bool) -> Endpoint:
+    row = conn.execute(QUERIES["set_endpoint_enabled"], {"id": endpoint_id, "enabled": enabled}).fetchone()
+    if row is None:
+        raise EndpointError(f"no endpoint {endpoint_id!r}; `deliverer endpoints list` shows the ids")
+    return _endpoint(row)

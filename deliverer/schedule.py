@@ -1,0 +1,33 @@
+"""When a failed delivery is tried again.
+
+The customer contract: attempt 1 immediately, then 5 s, 30 s, 2 min, 10 min and
+1 h after the previous failure; after the 6th failed attempt the delivery is
+failed and never retried automatically.
+"""
+
+import random
+from collections.abc import Sequence
+
+SEED_DELAYS: tuple[float, ...] = (5, 30, 120, 600, 3600)
+
+
+def max_attempts(delays: Sequence[float] = SEED_DELAYS) -> int:
+    return len(delays) + 1
+
+
+def retry_delay(attempt: int, delays: Sequence[float] = SEED_DELAYS, *, jitter: float = 0.0,
+                rng: random.Random | None = None) -> float | None:
+    """Seconds to wait after failed attempt number ``attempt`` (1-based), or None when it was the last.
+
+    ``jitter`` spreads each delay uniformly over ±jitter of itself, so that many
+    deliveries failing together do not retry together; it is off by default
+    because the contract promises exact delays.
+    """
+    if attempt < 1:
+        raise ValueError(f"attempts are numbered from 1, got {attempt}")
+    if attempt > len(delays):
+        return None
+    delay = float(delays[attempt - 1])
+    if jitter:
+        delay *= 1 + (rng or random).uniform(-jitter, jitter)
+    return delay

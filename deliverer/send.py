@@ -1,0 +1,78 @@
+"""One HTTP attempt: POST the signed body and classify what happened.
+
+Nothing here raises for a receiver's behaviour: every response, timeout or
+network error becomes an Outcome, because a receiver must never be able to
+crash or stall a worker.
+"""
+
+import ssl
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+EXCERPT_BYTES = 1024
+"""How much of a response body is kept in the log. The rest is never read."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    succeeded: bool
+    duration_ms: float
+    http_status: int | None = None
+    error_class: str | None = None
+    error_message: str | None = None
+    response_excerpt: str | None = None
+
+
+def new_session(*, max_connections: int) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=60, keepalive_timeout=30)
+    # Cookies would leak state between endpoints and orgs.
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+
+async def _read_excerpt(response: aiohttp.ClientResponse) -> str:
+    chunks: list[bytes] = []
+    size = 0
+    while size < EXCERPT_BYTES:
+        chunk = await response.content.read(EXCERPT_BYTES - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def _failure(started: float, error_class: str, message: str) -> Outcome:
+    return Outcome(False, (time.perf_counter() - started) * 1000, error_class=error_class,
+                   error_message=message[:500])
+
+
+async def post(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], *,
+               timeout: float) -> Outcome:
+    started = time.perf_counter()
+    try:
+        async with session.post(
+            url, data=body, headers=headers, allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as response:
+            excerpt = await _read_excerpt(response)
+            status = response.status
+    except TimeoutError:
+        return _failure(started, "timeout", f"no complete response within {timeout:g} s")
+    except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError, ssl.SSLError) as exc:
+        return _failure(started, "tls_error", f"TLS failed: {exc}")
+    except aiohttp.ClientConnectorError as exc:
+        return _failure(started, "connect_error", f"could not connect: {exc}")
+    except aiohttp.InvalidURL as exc:
+        return _failure(started, "invalid_url", f"invalid URL: {exc}")
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
+            aiohttp.ClientResponseError) as exc:
+        return _failure(started, "protocol_error", f"bad response: {type(exc).__name__}: {exc}")
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        return _failure(started, "connect_error", f"{type(exc).__name__}: {exc}")
+    duration_ms = (time.perf_counter() - started) * 1000
+    if 200 <= status < 300:
+        return Outcome(True, duration_ms, http_status=status, response_excerpt=excerpt or None)
+    return Outcome(False, duration_ms, http_status=status, error_class=f"http_{status // 100}xx",
+                   error_message=f"HTTP {status}", response_excerpt=excerpt or None)

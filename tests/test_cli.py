@@ -1,0 +1,111 @@
+"""The deliverer command as an operator runs it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import psycopg
+
+
+def deliverer(dsn: str | None, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERER_") and k != "DATABASE_URL"}
+    if dsn:
+        environ["DATABASE_URL"] = dsn
+    return subprocess.run([sys.executable, "-m", "deliverer", *args], env=environ | env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_migrate_twice(dsn: str) -> None:
+    """migrate reports success and can be run again."""
+    for _ in range(2):
+        result = deliverer(dsn, "migrate")
+        assert result.returncode == 0, result.stderr
+        assert "schema is up to date" in result.stdout
+
+
+def test_endpoints_add_prints_id_and_secret_as_json(dsn: str, db: psycopg.Connection) -> None:
+    """--json prints the endpoint with its generated whsec_ secret, which is what gets stored."""
+    result = deliverer(dsn, "endpoints", "add", "--org", "org_a", "--url", "https://example.com/hook",
+                       "--events", "job.completed,job.failed", "--json")
+    assert result.returncode == 0, result.stderr
+    created = json.loads(result.stdout)
+    assert created["id"].startswith("ep_")
+    assert created["secret"].startswith("whsec_")
+    assert created["events"] == ["job.completed", "job.failed"]
+    stored = db.execute("SELECT secret FROM webhook_endpoint WHERE id = %s", [created["id"]]).fetchone()
+    assert stored == (created["secret"],)
+
+
+def test_endpoints_add_imports_an_existing_secret(dsn: str, db: psycopg.Connection) -> None:
+    """--secret keeps a customer's existing secret instead of generating one."""
+    result = deliverer(dsn, "endpoints", "add", "--org", "org_a", "--url", "https://example.com/hook",
+                       "--secret", "my-old-provider-secret-123", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["secret"] == "my-old-provider-secret-123"
+
+
+def test_plain_http_is_refused_with_the_way_to_allow_it(dsn: str) -> None:
+    """Without the development setting an http:// URL is refused; the message names the setting."""
+    result = deliverer(dsn, "endpoints", "add", "--org", "org_a", "--url", "http://example.com/hook")
+    assert result.returncode == 2
+    assert "DELIVERER_ALLOW_INSECURE_URLS=1" in result.stderr
+    allowed = deliverer(dsn, "endpoints", "add", "--org", "org_a", "--url", "http://127.0.0.1:9/hook",
+                        DELIVERER_ALLOW_INSECURE_URLS="1")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "Copy the secret now" in allowed.stdout
+
+
+def test_list_disable_enable(dsn: str) -> None:
+    """An endpoint can be listed, disabled and enabled again."""
+    created = json.loads(deliverer(dsn, "endpoints", "add", "--org", "org_a", "--url",
+                                   "https://example.com/hook", "--json").stdout)
+    disabled = json.loads(deliverer(dsn, "endpoints", "disable", created["id"], "--json").stdout)
+    assert disabled[0]["enabled"] is False
+    listed = json.loads(deliverer(dsn, "endpoints", "list", "--org", "org_a", "--json").stdout)
+    assert [(e["id"], e["enabled"]) for e in listed] == [(created["id"], False)]
+    assert "secret" not in listed[0]
+    enabled = deliverer(dsn, "endpoints", "enable", created["id"])
+    assert enabled.returncode == 0 and "True" in enabled.stdout
+    missing = deliverer(dsn, "endpoints", "enable", "ep_nope")
+    assert missing.returncode == 2 and "no endpoint 'ep_nope'" in missing.stderr
+
+
+def test_rebuild_projections_check_and_repair(dsn: str, db: psycopg.Connection) -> None:
+    """--check exits 1 when the queue drifted from the log; rebuild-projections repairs it."""
+    assert deliverer(dsn, "rebuild-projections", "--check").returncode == 0
+    db.execute("INSERT INTO delivery_queue VALUES (gen_random_uuid(), gen_random_uuid(), 'ep', 'org', 1, 0, now())")
+    check = deliverer(dsn, "rebuild-projections", "--check")
+    assert check.returncode == 1 and "1 rows differ" in check.stdout
+    assert deliverer(dsn, "rebuild-projections").returncode == 0
+    assert deliverer(dsn, "rebuild-projections", "--check").returncode == 0
+
+
+def test_missing_database_url_is_a_clear_error() -> None:
+    """Without DATABASE_URL the command says how to give one."""
+    result = deliverer(None, "migrate")
+    assert result.returncode == 2
+    assert "set DATABASE_URL or pass --database-url" in result.stderr
+
+
+def test_bad_setting_is_a_clear_error(dsn: str) -> None:
+    """A malformed environment setting names the variable."""
+    result = deliverer(dsn, "migrate", DELIVERER_HTTP_TIMEOUT="soon")
+    assert result.returncode == 2
+    assert "DELIVERER_HTTP_TIMEOUT must be a number" in result.stderr
+
+
+def test_unreachable_database_is_a_clear_error() -> None:
+    """A database that does not answer gives one line, not a traceback."""
+    result = deliverer("postgresql://nobody@127.0.0.1:1/nothing", "migrate")
+    assert result.returncode == 2
+    assert "cannot connect to the database" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_runs_end_to_end(dsn: str) -> None:
+    """`deliverer demo` against a given database delivers, verifies and exits 0 within a minute."""
+    result = deliverer(dsn, "demo")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "events committed: 4, verified by the receiver: 4, bad signatures: 0" in result.stdout
+    assert "matches the live queue: yes" in result.stdout

@@ -1,0 +1,69 @@
+"""Endpoint registration rules: HTTPS only, no loopback or private targets, known event types."""
+
+import base64
+import re
+
+import pytest
+
+from deliverer import endpoints
+from deliverer.endpoints import EndpointError
+
+
+@pytest.mark.parametrize("url", [
+    "https://example.com/webhooks/docextract",
+    "https://hooks.example.com:8443/a?b=c",
+])
+def test_public_https_urls_are_accepted(url: str) -> None:
+    """Ordinary HTTPS URLs pass unchanged."""
+    assert endpoints.check_url(url, allow_insecure=False) == url
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("http://example.com/hook", "must use https://; plain http:// is refused: set DELIVERER_ALLOW_INSECURE_URLS=1"),
+    ("https://localhost/hook", "loopback or private address"),
+    ("https://127.0.0.1:3000/hook", "loopback or private address"),
+    ("https://[::1]/hook", "loopback or private address"),
+    ("https://10.0.0.5/hook", "loopback or private address"),
+    ("https://169.254.169.254/latest/meta-data", "loopback or private address"),
+    ("ftp://example.com/hook", "absolute https:// URL"),
+    ("example.com/hook", "absolute https:// URL"),
+    ("https://user:pw@example.com/hook", "user name or password"),
+    ("https://example.com:99999/hook", "not a valid URL"),
+    ("https://example.com/" + "a" * 2100, "the limit is 2048"),
+    ("", "url is required"),
+])
+def test_bad_urls_are_refused_with_the_reason(url: str, message: str) -> None:
+    """Each refusal says what is wrong and, where there is one, how to allow it."""
+    with pytest.raises(EndpointError, match=re.escape(message)):
+        endpoints.check_url(url, allow_insecure=False)
+
+
+def test_development_setting_allows_http_and_loopback() -> None:
+    """With the development setting, http:// and loopback targets are accepted."""
+    assert endpoints.check_url("http://127.0.0.1:3000/hook", allow_insecure=True)
+
+
+def test_new_secrets_are_standard_webhooks_format() -> None:
+    """whsec_ followed by the base64 of 32 random bytes, different every time."""
+    secret = endpoints.new_secret()
+    assert secret.startswith("whsec_")
+    assert len(base64.b64decode(secret.removeprefix("whsec_"), validate=True)) == 32
+    assert endpoints.new_secret() != secret
+
+
+@pytest.mark.parametrize("events", [None, [], ["*"], ["job.completed", "*"]])
+def test_no_event_types_means_all(events: list[str] | None) -> None:
+    """An endpoint without a list, or with *, receives every event type."""
+    assert endpoints.check_event_types(events) is None
+
+
+def test_unknown_event_types_are_refused() -> None:
+    """A typo in an event type is an error naming the known types."""
+    with pytest.raises(EndpointError, match=r"unknown event type.*job\.complete.*known: job\.completed"):
+        endpoints.check_event_types(["job.complete"])
+
+
+def test_imported_secret_must_be_plausible() -> None:
+    """A short or whitespace-containing secret is refused with a way out."""
+    with pytest.raises(EndpointError, match="leave it out to have a new whsec_ secret generated"):
+        endpoints.check_secret("short")
