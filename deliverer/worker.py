@@ -41,7 +41,9 @@ CHANNEL = "outbox_delivery"
 RECORD_BATCH = 1000
 RECORD_GRACE = 10.0  # seconds to write outstanding outcomes at shutdown
 MIN_SLEEP = 0.005
-_TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError)
+# A worker outlives any database error: it logs, backs off and tries again, so a
+# failover or an outage never kills the pod (liveness is the event loop's job).
+_TRANSIENT = (psycopg.Error,)
 
 Clock = Callable[[], datetime]
 

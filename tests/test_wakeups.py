@@ -1,0 +1,125 @@
+"""Wake-ups: one notification per producer transaction, and the worker acts on it."""
+
+import asyncio
+import signal
+from pathlib import Path
+
+import psycopg
+from aiohttp import web
+
+import outbox
+from deliverer.worker import CHANNEL
+from tests.conftest import Receiver, add_endpoint, count, webhook_test
+from tests.processes import WorkerProcess
+
+
+def test_one_notification_per_transaction(dsn: str, db: psycopg.Connection) -> None:
+    """Fifty publishes in one transaction wake the deliverers once."""
+    db.execute("INSERT INTO webhook_endpoint (id, org_id, url, secret) VALUES ('ep_1', 'org_a', 'https://e.x', 's')")
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute(f"LISTEN {CHANNEL}")
+        with psycopg.connect(dsn) as conn:
+            for _ in range(50):
+                outbox.publish(conn, "webhook.test", webhook_test(), org_id="org_a")
+            conn.commit()
+            outbox.publish(conn, "webhook.test", webhook_test(), org_id="org_a")
+            conn.commit()
+        received = list(listener.notifies(timeout=1))
+    assert len(received) == 2
+
+
+def test_no_notification_without_a_delivery(dsn: str, db: psycopg.Connection) -> None:
+    """An event nobody subscribed to wakes nobody."""
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute(f"LISTEN {CHANNEL}")
+        with psycopg.connect(dsn) as conn:
+            outbox.publish(conn, "webhook.test", webhook_test(), org_id="org_without_endpoints")
+            conn.commit()
+        assert list(listener.notifies(timeout=0.5)) == []
+
+
+async def test_a_commit_wakes_an_idle_worker(dsn: str, db: psycopg.Connection, receiver: Receiver,
+                                             tmp_path: Path) -> None:
+    """With polling set to a minute, an event still arrives: the notification woke the worker."""
+    add_endpoint(db, receiver, "/hook")
+    worker = WorkerProcess(dsn, "w", tmp_path, DELIVERER_POLL_INTERVAL="60")
+    await worker.start()
+    try:
+        await worker.wait_started()
+        await asyncio.sleep(0.5)  # the worker is now asleep for up to a minute
+        with psycopg.connect(dsn) as conn:
+            event_id = outbox.publish(conn, "webhook.test", webhook_test(), org_id="org_a")
+            conn.commit()
+        await receiver.wait_for(1, timeout=20)
+    finally:
+        assert await worker.stop() == 0
+    assert receiver.event_ids() == [event_id]
+
+
+async def test_worker_killed_mid_send_is_taken_over_after_its_lease(
+        dsn: str, db: psycopg.Connection, receiver: Receiver, tmp_path: Path) -> None:
+    """SIGKILL during a send: another process retries after the lease, and the lost attempt is in the log."""
+    add_endpoint(db, receiver, "/hook")
+    hang = asyncio.Event()
+
+    async def first_hangs(request: web.Request, n: int) -> web.StreamResponse:
+        if n == 1:
+            await hang.wait()
+        return web.Response(text="OK")
+    receiver.behave("/hook", first_hangs)
+    fast = {"DELIVERER_HTTP_TIMEOUT": "1", "DELIVERER_LEASE_SECONDS": "6", "DELIVERER_POLL_INTERVAL": "0.5"}
+    doomed = WorkerProcess(dsn, "doomed", tmp_path, **fast)
+    survivor = WorkerProcess(dsn, "survivor", tmp_path, **fast)
+    try:
+        await doomed.start()
+        await doomed.wait_started()
+        with psycopg.connect(dsn) as conn:
+            event_id = outbox.publish(conn, "webhook.test", webhook_test(), org_id="org_a")
+            conn.commit()
+        await receiver.wait_for(1)
+        assert doomed.proc is not None
+        doomed.proc.send_signal(signal.SIGKILL)
+        await doomed.proc.wait()
+        await survivor.start()
+        await receiver.wait_for(2, timeout=30)
+        for _ in range(100):
+            if count(db, "delivery_queue") == 0:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        hang.set()
+        doomed.kill()
+        assert await survivor.stop() == 0
+    assert receiver.event_ids() == [event_id, event_id]
+    history = db.execute("SELECT kind, attempt, outcome, worker_id FROM delivery_log ORDER BY seq").fetchall()
+    assert history == [
+        ("scheduled", 0, None, None),
+        ("attempt_started", 1, None, "doomed"),
+        ("attempt_abandoned", 1, "unknown", "survivor"),
+        ("attempt_started", 2, None, "survivor"),
+        ("attempt_finished", 2, "succeeded", "survivor"),
+    ]
+
+
+async def test_worker_survives_its_connections_being_terminated(
+        dsn: str, db: psycopg.Connection, receiver: Receiver, tmp_path: Path) -> None:
+    """pg_terminate_backend on every worker connection: the worker reconnects and keeps delivering."""
+    add_endpoint(db, receiver, "/hook")
+    worker = WorkerProcess(dsn, "w", tmp_path, DELIVERER_POLL_INTERVAL="0.2")
+    await worker.start()
+    try:
+        await worker.wait_started()
+        with psycopg.connect(dsn) as conn:
+            outbox.publish(conn, "webhook.test", webhook_test(), org_id="org_a")
+            conn.commit()
+        await receiver.wait_for(1)
+        killed = db.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                            "WHERE application_name LIKE 'deliverer %'").fetchone()
+        assert killed[0] >= 1
+        with psycopg.connect(dsn) as conn:
+            outbox.publish(conn, "webhook.test", webhook_test(), org_id="org_a")
+            conn.commit()
+        await receiver.wait_for(2, timeout=30)
+    finally:
+        assert await worker.stop() == 0
+    assert "database unavailable; reconnecting" in worker.log() or "connection lost" in worker.log()
