@@ -26,6 +26,9 @@ CREATE TABLE IF NOT EXISTS outbox_event (
     txid        xid8        NOT NULL DEFAULT pg_current_xact_id()  -- commit-order cursor for pollers
 );
 
+-- Pollers read an org's events in commit order (see events_after in deliverer/queries.sql).
+CREATE INDEX IF NOT EXISTS outbox_event_org_txid ON outbox_event (org_id, txid, id);
+
 CREATE TABLE IF NOT EXISTS outbox_dedupe (
     org_id      text        NOT NULL,
     dedupe_key  text        NOT NULL,
@@ -49,6 +52,17 @@ CREATE TABLE IF NOT EXISTS webhook_endpoint (
 
 -- Fan-out reads this on every publish.
 CREATE INDEX IF NOT EXISTS webhook_endpoint_org ON webhook_endpoint (org_id) WHERE enabled AND deleted_at IS NULL;
+
+-- API keys: only a SHA-256 of the key is stored. Keys carry 32 random bytes, so a
+-- fast hash is enough; the prefix helps operators recognise a key in listings.
+CREATE TABLE IF NOT EXISTS api_key (
+    id          text        NOT NULL PRIMARY KEY,  -- key_<random>
+    org_id      text        NOT NULL,
+    key_hash    bytea       NOT NULL UNIQUE,
+    prefix      text        NOT NULL,             -- e.g. sk_live_AbC1
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    revoked_at  timestamptz
+);
 
 -- One row per fact about a delivery. `series` counts attempt series (1, then one
 -- more per manual replay); `attempt` is the attempt number inside the series and
@@ -84,7 +98,10 @@ CREATE TABLE IF NOT EXISTS delivery_log (
 );
 
 CREATE INDEX IF NOT EXISTS delivery_log_delivery ON delivery_log (delivery_id, series, attempt);
-CREATE INDEX IF NOT EXISTS delivery_log_endpoint ON delivery_log (endpoint_id, recorded_at);
+-- An endpoint's attempts, newest first, paged by seq.
+CREATE INDEX IF NOT EXISTS delivery_log_endpoint ON delivery_log (endpoint_id, seq);
+-- An event's deliveries: only the one 'scheduled' row of each is indexed.
+CREATE INDEX IF NOT EXISTS delivery_log_event ON delivery_log (event_id) WHERE kind = 'scheduled';
 
 CREATE TABLE IF NOT EXISTS delivery_queue (
     delivery_id  uuid        NOT NULL PRIMARY KEY,

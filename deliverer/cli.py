@@ -7,19 +7,22 @@ overridden by the flag of the same name, e.g. DELIVERER_HTTP_TIMEOUT and
 
 import argparse
 import asyncio
+import getpass
 import json
+import os
 import signal
 import sys
+import uuid
 from collections.abc import Sequence
 from dataclasses import fields
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 
-from deliverer import config, endpoints, logconfig, projection, schema
+from deliverer import apikeys, config, endpoints, history, logconfig, projection, schema
 from deliverer.queries import QUERIES
-from outbox.ids import delivery_public_id, event_public_id
+from outbox.ids import delivery_public_id, event_public_id, parse_delivery_id
 
 
 def _setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -176,6 +179,153 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
     return 0
 
 
+def _actor() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+async def _aconnect(settings: config.Settings) -> psycopg.AsyncConnection[Any]:
+    try:
+        return await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise config.ConfigError(f"cannot connect to the database: {str(exc).strip()}") from None
+
+
+def _timestamp(value: str, flag: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise config.ConfigError(f"{flag} must be an ISO-8601 time like 2024-11-23T10:00:00Z, got {value!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from deliverer.api import create_app
+
+    settings = _settings(args)
+    host = args.host or os.environ.get("DELIVERER_API_HOST", "0.0.0.0")
+    port = int(args.port or os.environ.get("DELIVERER_API_PORT", "8080"))
+    web.run_app(create_app(settings), host=host, port=port, access_log=None, print=None)
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    with _connect(_settings(args)) as conn:
+        try:
+            created = apikeys.create(conn, args.org, test=args.test)
+        except ValueError as exc:
+            raise config.ConfigError(str(exc)) from None
+    if args.json:
+        print(json.dumps({"id": created.id, "org_id": created.org_id, "key": created.key}, indent=2))
+    else:
+        print(f"API key {created.id} for {created.org_id}: {created.key}")
+        print("Copy it now: only its hash is stored, it cannot be shown again.")
+    return 0
+
+
+LOG_HEADERS = ["time", "event type", "event", "delivery", "attempt", "outcome", "status", "ms", "error"]
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    since = _timestamp(args.since, "--since") if args.since else None
+
+    async def fetch() -> list[dict[str, Any]]:
+        async with await _aconnect(settings) as conn:
+            items, _ = await history.attempts(conn, org_id=args.org, endpoint_id=args.endpoint,
+                                              event_type=args.event_type, since=since, limit=args.limit)
+        return items
+
+    items = asyncio.run(fetch())
+    if args.json:
+        print(json.dumps(items, indent=2))
+    else:
+        print(format_table(LOG_HEADERS, [[
+            i["timestamp"], i["event_type"], i["event_id"], i["delivery_id"], i["attempt"], i["outcome"],
+            i["http_status"], i["response_time_ms"], i["error_message"]] for i in items]))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from deliverer import replay
+
+    settings = _settings(args)
+    try:
+        delivery_id = parse_delivery_id(args.delivery_id)
+    except ValueError as exc:
+        raise config.ConfigError(str(exc)) from None
+
+    async def run() -> tuple[list[Any], dict[str, Any] | None]:
+        async with await _aconnect(settings) as conn:
+            done = await replay.replay(conn, [delivery_id], org_id=None, actor=_actor())
+            return done, await history.delivery(conn, delivery_id, None)
+
+    done, found = asyncio.run(run())
+    if found is None:
+        raise config.ConfigError(f"no delivery {args.delivery_id}")
+    if not done:
+        print(f"{args.delivery_id} is {found['state']}; only delivered or failed deliveries can be replayed")
+        return 1
+    print(f"{args.delivery_id}: attempt series {done[0].series} scheduled")
+    return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from deliverer import replay
+
+    settings = _settings(args)
+    since = _timestamp(args.since, "--since")
+    until = _timestamp(args.until, "--until") if args.until else datetime.now(UTC) + timedelta(seconds=1)
+
+    async def run() -> list[uuid.UUID]:
+        async with await _aconnect(settings) as conn:
+            if await endpoints.get(conn, args.endpoint, None) is None:
+                raise config.ConfigError(f"no endpoint {args.endpoint!r}; `deliverer endpoints list` shows the ids")
+            return await replay.recover(conn, args.endpoint, org_id=None, since=since, until=until,
+                                        actor=_actor(), dry_run=args.dry_run)
+
+    ids = asyncio.run(run())
+    verb = "would replay" if args.dry_run else "replayed"
+    print(f"{verb} {len(ids)} failed deliveries of {args.endpoint}")
+    for delivery_id in ids:
+        print(f"  {delivery_public_id(delivery_id)}")
+    return 0
+
+
+def cmd_test_webhook(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from deliverer import ping
+    from deliverer.worker import Worker, default_worker_id
+
+    settings = _settings(args)
+
+    async def run() -> dict[str, Any]:
+        async with await _aconnect(settings) as conn:
+            cur = await conn.execute(QUERIES["find_endpoint_by_url"], {"org_id": args.org, "url": args.url})
+            endpoint = await cur.fetchone()
+            if endpoint is None:
+                raise config.ConfigError(f"{args.url} is not a registered endpoint; register it first with "
+                                         "`deliverer endpoints add`")
+            async with Worker(replace(settings, worker_id=f"cli-{default_worker_id()}")) as sender:
+                try:
+                    return await ping.send(conn, sender, endpoint)
+                except ping.EndpointDisabled as exc:
+                    raise config.ConfigError(str(exc)) from None
+
+    outcome = asyncio.run(run())
+    if args.json:
+        print(json.dumps(outcome, indent=2))
+    elif outcome["delivered"]:
+        print(f"delivered: HTTP {outcome['http_status']} in {outcome['response_time_ms']} ms "
+              f"({outcome['event_id']})")
+    else:
+        print(f"not delivered: {outcome['error_message']} after {outcome['response_time_ms']} ms "
+              f"({outcome['event_id']})")
+    return 0 if outcome["delivered"] else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from deliverer import demo
 
@@ -226,6 +376,44 @@ def build_parser() -> argparse.ArgumentParser:
     deliveries.add_argument("--limit", type=int, default=50)
     deliveries.add_argument("--json", action="store_true")
     command("demo", "run the end-to-end demo (embedded PostgreSQL unless DATABASE_URL is set)", cmd_demo)
+
+    api = command("api", "serve the webhooks HTTP API", cmd_api)
+    api.add_argument("--host", help="address to listen on (DELIVERER_API_HOST, default 0.0.0.0)")
+    api.add_argument("--port", help="port to listen on (DELIVERER_API_PORT, default 8080)")
+
+    keys = commands.add_parser("keys", help="API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = key_commands.add_parser("create", help="create an API key for an org; printed once",
+                                     description="create an API key for an org; printed once")
+    create.set_defaults(func=cmd_keys_create)
+    create.add_argument("--org", required=True)
+    create.add_argument("--test", action="store_true", help="an sk_test_ key instead of sk_live_")
+    create.add_argument("--json", action="store_true")
+    _setting_flags(create)
+
+    logs = command("logs", "attempts, newest first, from the delivery log", cmd_logs)
+    logs.add_argument("--endpoint", help="only this endpoint")
+    logs.add_argument("--org", help="only this org")
+    logs.add_argument("--event-type", help="only this event type")
+    logs.add_argument("--since", help="only attempts recorded at or after this ISO-8601 time")
+    logs.add_argument("--limit", type=int, default=50)
+    logs.add_argument("--json", action="store_true")
+
+    replay_cmd = command("replay", "start a new attempt series for a delivered or failed delivery", cmd_replay)
+    replay_cmd.add_argument("delivery_id", help="dlv_…")
+
+    recover = command("recover", "replay an endpoint's failed deliveries of events created since a time",
+                      cmd_recover)
+    recover.add_argument("--endpoint", required=True)
+    recover.add_argument("--since", required=True, help="ISO-8601 time")
+    recover.add_argument("--until", help="ISO-8601 time (default: now)")
+    recover.add_argument("--dry-run", action="store_true", help="only count what would be replayed")
+
+    test_webhook = command("test-webhook", "send the webhook.test event to a registered endpoint now",
+                           cmd_test_webhook)
+    test_webhook.add_argument("url")
+    test_webhook.add_argument("--org", help="the org, when several registered the same URL")
+    test_webhook.add_argument("--json", action="store_true")
     return parser
 
 

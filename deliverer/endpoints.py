@@ -20,6 +20,7 @@ import psycopg
 
 from deliverer.queries import QUERIES
 from outbox.catalog import EVENT_TYPES
+from outbox.ids import iso
 
 MAX_URL_LENGTH = 2048
 SECRET_BYTES = 32
@@ -38,13 +39,14 @@ class Endpoint:
     description: str
     enabled: bool
     created_at: datetime
-    secret: str | None = None  # only filled in right after creation
+    updated_at: datetime
+    secret: str | None = None  # only filled in right after creation or rotation
 
     def as_json(self) -> dict[str, Any]:
         out = {
             "id": self.id, "org_id": self.org_id, "url": self.url,
             "events": self.event_types or ["*"], "description": self.description,
-            "enabled": self.enabled, "created_at": self.created_at.isoformat(),
+            "enabled": self.enabled, "created_at": iso(self.created_at), "updated_at": iso(self.updated_at),
         }
         if self.secret is not None:
             out["secret"] = self.secret
@@ -122,29 +124,57 @@ def check_event_types(event_types: Iterable[str] | None) -> list[str] | None:
 def _endpoint(row: tuple[Any, ...], secret: str | None = None) -> Endpoint:
     return Endpoint(
         id=row[0], org_id=row[1], url=row[2], event_types=row[3], description=row[4],
-        enabled=row[5], created_at=row[6], secret=secret,
+        enabled=row[5], created_at=row[6], updated_at=row[7], secret=secret,
     )
+
+
+def _check_org(org_id: str) -> None:
+    if not isinstance(org_id, str) or not org_id or len(org_id) > 255:
+        raise EndpointError("org_id must be a non-empty string of at most 255 characters")
+
+
+def check_description(description: str) -> str:
+    if not isinstance(description, str) or len(description) > 1000:
+        raise EndpointError("description must be a string of at most 1000 characters")
+    return description
+
+
+def _new_endpoint_params(org_id: str, url: str, event_types: Iterable[str] | None, secret: str | None,
+                         description: str, allow_insecure: bool) -> dict[str, Any]:
+    _check_org(org_id)
+    return {
+        "id": new_endpoint_id(), "org_id": org_id, "url": check_url(url, allow_insecure=allow_insecure),
+        "secret": new_secret() if secret is None else check_secret(secret),
+        "event_types": check_event_types(event_types), "description": check_description(description),
+    }
 
 
 def add(conn: psycopg.Connection, *, org_id: str, url: str, event_types: Iterable[str] | None = None,
         secret: str | None = None, description: str = "", allow_insecure: bool = False) -> Endpoint:
     """Register an endpoint; the returned Endpoint carries the secret (shown once)."""
-    if not isinstance(org_id, str) or not org_id or len(org_id) > 255:
-        raise EndpointError("org_id must be a non-empty string of at most 255 characters")
-    if len(description) > 1000:
-        raise EndpointError("description must be at most 1000 characters")
-    url = check_url(url, allow_insecure=allow_insecure)
-    secret = new_secret() if secret is None else check_secret(secret)
-    row = conn.execute(QUERIES["insert_endpoint"], {
-        "id": new_endpoint_id(), "org_id": org_id, "url": url, "secret": secret,
-        "event_types": check_event_types(event_types), "description": description,
-    }).fetchone()
+    params = _new_endpoint_params(org_id, url, event_types, secret, description, allow_insecure)
+    row = conn.execute(QUERIES["insert_endpoint"], params).fetchone()
     assert row is not None
-    return _endpoint(row, secret)
+    return _endpoint(row, params["secret"])
+
+
+async def add_async(conn: psycopg.AsyncConnection[Any], *, org_id: str, url: str,
+                    event_types: Iterable[str] | None = None, secret: str | None = None,
+                    description: str = "", allow_insecure: bool = False) -> Endpoint:
+    """:func:`add` on an async connection."""
+    params = _new_endpoint_params(org_id, url, event_types, secret, description, allow_insecure)
+    row = await (await conn.execute(QUERIES["insert_endpoint"], params)).fetchone()
+    assert row is not None
+    return _endpoint(row, params["secret"])
 
 
 def list_all(conn: psycopg.Connection, org_id: str | None = None) -> list[Endpoint]:
     return [_endpoint(row) for row in conn.execute(QUERIES["list_endpoints"], {"org_id": org_id})]
+
+
+async def list_async(conn: psycopg.AsyncConnection[Any], org_id: str) -> list[Endpoint]:
+    cur = await conn.execute(QUERIES["list_endpoints"], {"org_id": org_id})
+    return [_endpoint(row) for row in await cur.fetchall()]
 
 
 def set_enabled(conn: psycopg.Connection, endpoint_id: str, enabled: bool) -> Endpoint:
@@ -152,3 +182,42 @@ def set_enabled(conn: psycopg.Connection, endpoint_id: str, enabled: bool) -> En
     if row is None:
         raise EndpointError(f"no endpoint {endpoint_id!r}; `deliverer endpoints list` shows the ids")
     return _endpoint(row)
+
+
+async def get(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: str | None) -> Endpoint | None:
+    cur = await conn.execute(QUERIES["get_endpoint"], {"id": endpoint_id, "org_id": org_id})
+    row = await cur.fetchone()
+    return None if row is None else _endpoint(row)
+
+
+_UNSET: Any = object()
+
+
+async def update(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: str, *, url: str | None = None,
+                 event_types: Any = _UNSET, description: str | None = None, enabled: bool | None = None,
+                 allow_insecure: bool = False) -> Endpoint | None:
+    """Change the given fields; None (or, for event_types, leaving it out) keeps a field as it is."""
+    set_events = event_types is not _UNSET
+    cur = await conn.execute(QUERIES["update_endpoint"], {
+        "id": endpoint_id, "org_id": org_id,
+        "url": None if url is None else check_url(url, allow_insecure=allow_insecure),
+        "set_events": set_events,
+        "event_types": check_event_types(event_types) if set_events else None,
+        "description": None if description is None else check_description(description),
+        "enabled": enabled,
+    })
+    row = await cur.fetchone()
+    return None if row is None else _endpoint(row)
+
+
+async def delete(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: str) -> bool:
+    cur = await conn.execute(QUERIES["delete_endpoint"], {"id": endpoint_id, "org_id": org_id})
+    return await cur.fetchone() is not None
+
+
+async def rotate_secret(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: str) -> Endpoint | None:
+    secret = new_secret()
+    cur = await conn.execute(QUERIES["rotate_endpoint_secret"], {"id": endpoint_id, "org_id": org_id,
+                                                                 "secret": secret})
+    row = await cur.fetchone()
+    return None if row is None else _endpoint(row, secret)

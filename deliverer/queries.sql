@@ -108,10 +108,10 @@ FROM delivery_queue
 -- name: insert_endpoint
 INSERT INTO webhook_endpoint (id, org_id, url, secret, event_types, description)
 VALUES (%(id)s, %(org_id)s, %(url)s, %(secret)s, %(event_types)s, %(description)s)
-RETURNING id, org_id, url, event_types, description, enabled, created_at
+RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at
 
 -- name: list_endpoints
-SELECT id, org_id, url, event_types, description, enabled, created_at
+SELECT id, org_id, url, event_types, description, enabled, created_at, updated_at
 FROM webhook_endpoint
 WHERE deleted_at IS NULL AND (%(org_id)s::text IS NULL OR org_id = %(org_id)s)
 ORDER BY created_at, id
@@ -119,7 +119,7 @@ ORDER BY created_at, id
 -- name: set_endpoint_enabled
 UPDATE webhook_endpoint SET enabled = %(enabled)s, updated_at = now()
 WHERE id = %(id)s AND deleted_at IS NULL
-RETURNING id, org_id, url, event_types, description, enabled, created_at
+RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at
 
 -- name: lock_migrations
 -- Pods starting together must not apply the schema concurrently.
@@ -170,6 +170,188 @@ JOIN outbox_event e ON e.id = l.event_id
 WHERE l.kind IN ('attempt_finished', 'attempt_abandoned', 'late_result')
   AND (%(org_id)s::text IS NULL OR l.org_id = %(org_id)s)
 ORDER BY l.seq
+
+-- name: insert_api_key
+INSERT INTO api_key (id, org_id, key_hash, prefix) VALUES (%(id)s, %(org_id)s, %(key_hash)s, %(prefix)s)
+RETURNING id, org_id, prefix, created_at
+
+-- name: org_for_api_key
+SELECT org_id, id FROM api_key WHERE key_hash = %(key_hash)s AND revoked_at IS NULL
+
+-- name: get_endpoint
+SELECT id, org_id, url, event_types, description, enabled, created_at, updated_at
+FROM webhook_endpoint
+WHERE id = %(id)s AND (%(org_id)s::text IS NULL OR org_id = %(org_id)s) AND deleted_at IS NULL
+
+-- name: update_endpoint
+-- NULL leaves a field as it is; event_types changes only when set_events is true
+-- (NULL event_types means every type).
+UPDATE webhook_endpoint
+SET url = coalesce(%(url)s, url),
+    event_types = CASE WHEN %(set_events)s THEN %(event_types)s::text[] ELSE event_types END,
+    description = coalesce(%(description)s, description),
+    enabled = coalesce(%(enabled)s, enabled),
+    updated_at = now()
+WHERE id = %(id)s AND org_id = %(org_id)s AND deleted_at IS NULL
+RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at
+
+-- name: delete_endpoint
+-- Endpoints are kept for the log's sake; deleted ones get nothing more.
+UPDATE webhook_endpoint SET deleted_at = now(), enabled = false, updated_at = now()
+WHERE id = %(id)s AND org_id = %(org_id)s AND deleted_at IS NULL
+RETURNING id
+
+-- name: rotate_endpoint_secret
+UPDATE webhook_endpoint SET secret = %(secret)s, updated_at = now()
+WHERE id = %(id)s AND org_id = %(org_id)s AND deleted_at IS NULL
+RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at
+
+-- name: find_endpoint_by_url
+SELECT id, org_id, url, secret, enabled
+FROM webhook_endpoint
+WHERE (%(org_id)s::text IS NULL OR org_id = %(org_id)s) AND url = %(url)s AND deleted_at IS NULL
+ORDER BY enabled DESC, created_at
+LIMIT 1
+
+-- name: endpoint_for_test
+SELECT id, org_id, url, secret, enabled
+FROM webhook_endpoint
+WHERE id = %(id)s AND (%(org_id)s::text IS NULL OR org_id = %(org_id)s) AND deleted_at IS NULL
+
+-- name: publish_test_event
+-- A webhook.test event for one endpoint only, already leased by the sender that
+-- asked for it, so its answer does not wait behind other deliveries. Should that
+-- sender die, the lease runs out and the deliverers retry it like any other.
+WITH event AS (
+    INSERT INTO outbox_event (id, org_id, event_type, body)
+    VALUES (%(event_id)s, %(org_id)s, 'webhook.test', %(body)s)
+    RETURNING id, org_id, created_at
+),
+delivery AS (
+    SELECT gen_random_uuid() AS delivery_id, e.id AS event_id, e.org_id, e.created_at,
+           coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_seconds)s) AS lease_end
+    FROM event e
+),
+queued AS (
+    INSERT INTO delivery_queue (delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at, leased_by)
+    SELECT delivery_id, event_id, %(endpoint_id)s, org_id, 1, 1, lease_end, %(worker_id)s FROM delivery
+),
+logged AS (
+    INSERT INTO delivery_log (kind, delivery_id, event_id, endpoint_id, org_id, series, attempt,
+                              next_attempt_at, worker_id, started_at)
+    SELECT k.kind, d.delivery_id, d.event_id, %(endpoint_id)s, d.org_id, 1, k.attempt,
+           CASE k.kind WHEN 'scheduled' THEN d.created_at ELSE d.lease_end END,
+           CASE k.kind WHEN 'attempt_started' THEN %(worker_id)s END,
+           CASE k.kind WHEN 'attempt_started' THEN coalesce(%(now)s::timestamptz, now()) END
+    FROM delivery d CROSS JOIN (VALUES ('scheduled', 0), ('attempt_started', 1)) AS k (kind, attempt)
+)
+SELECT delivery_id, event_id, created_at FROM delivery
+
+-- name: lock_deliveries
+-- Replays of one delivery take turns, so two cannot both open the same new series.
+SELECT pg_advisory_xact_lock(hashtextextended(id::text, 0))
+FROM unnest(%(delivery_ids)s::uuid[]) AS id
+ORDER BY id
+
+-- name: replay_deliveries
+-- Start a new attempt series for each finished delivery among delivery_ids (of the
+-- org, unless org_id is NULL): a replay_requested fact and a queue row due now.
+-- Deliveries still being attempted are left as they are.
+WITH finished AS (
+    SELECT delivery_id, event_id, endpoint_id, org_id, series
+    FROM delivery_state
+    WHERE delivery_id = ANY (%(delivery_ids)s::uuid[])
+      AND (%(org_id)s::text IS NULL OR org_id = %(org_id)s)
+      AND state IN ('delivered', 'failed')
+),
+reopened AS (
+    INSERT INTO delivery_queue (delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at)
+    SELECT delivery_id, event_id, endpoint_id, org_id, series + 1, 0, coalesce(%(now)s::timestamptz, now())
+    FROM finished
+    ON CONFLICT (delivery_id) DO NOTHING
+    RETURNING delivery_id, event_id, endpoint_id, org_id, series, due_at
+),
+logged AS (
+    INSERT INTO delivery_log (kind, delivery_id, event_id, endpoint_id, org_id, series, attempt,
+                              next_attempt_at, actor)
+    SELECT 'replay_requested', delivery_id, event_id, endpoint_id, org_id, series, 0, due_at, %(actor)s
+    FROM reopened
+),
+woken AS (
+    SELECT pg_notify('outbox_delivery', '') FROM (SELECT 1 FROM reopened LIMIT 1) AS any_reopened
+)
+SELECT delivery_id, series, (SELECT count(*) FROM woken) AS notified FROM reopened
+
+-- name: failed_deliveries_of_endpoint
+-- Failed deliveries of one endpoint whose events were created in [since, until).
+SELECT delivery_id
+FROM delivery_state
+WHERE delivery_id = ANY (ARRAY(
+        SELECT l.delivery_id
+        FROM delivery_log l
+        JOIN outbox_event e ON e.id = l.event_id
+        WHERE l.endpoint_id = %(endpoint_id)s AND l.kind = 'scheduled'
+          AND e.created_at >= %(since)s AND e.created_at < %(until)s))
+  AND state = 'failed'
+ORDER BY delivery_id
+
+-- name: attempts
+-- Attempts (finished, abandoned or late), newest first, before a seq cursor, with
+-- optional filters; NULL parameters do not filter.
+SELECT l.seq, coalesce(l.started_at, l.recorded_at) AS at, e.event_type, l.event_id, l.delivery_id,
+       l.endpoint_id, l.series, l.attempt, l.kind, l.outcome, l.http_status, l.duration_ms,
+       l.error_class, l.error_message, l.next_attempt_at
+FROM delivery_log l
+JOIN outbox_event e ON e.id = l.event_id
+WHERE l.kind IN ('attempt_finished', 'attempt_abandoned', 'late_result')
+  AND (%(org_id)s::text IS NULL OR l.org_id = %(org_id)s)
+  AND (%(endpoint_id)s::text IS NULL OR l.endpoint_id = %(endpoint_id)s)
+  AND (%(before_seq)s::bigint IS NULL OR l.seq < %(before_seq)s)
+  AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s)
+  AND (%(outcome)s::text IS NULL OR l.outcome = %(outcome)s)
+  AND (%(since)s::timestamptz IS NULL OR l.recorded_at >= %(since)s)
+  AND (%(until)s::timestamptz IS NULL OR l.recorded_at < %(until)s)
+ORDER BY l.seq DESC
+LIMIT %(limit)s
+
+-- name: get_delivery
+SELECT s.delivery_id, s.event_id, e.event_type, s.endpoint_id, s.org_id, s.state, s.series, s.attempt,
+       s.due_at, s.updated_at, e.created_at
+FROM delivery_state s
+JOIN outbox_event e ON e.id = s.event_id
+WHERE s.delivery_id = %(delivery_id)s AND (%(org_id)s::text IS NULL OR s.org_id = %(org_id)s)
+
+-- name: delivery_history
+SELECT seq, recorded_at, kind, series, attempt, outcome, started_at, duration_ms, http_status,
+       error_class, error_message, response_excerpt, next_attempt_at, worker_id, actor
+FROM delivery_log
+WHERE delivery_id = %(delivery_id)s
+ORDER BY seq
+
+-- name: get_event
+SELECT id, org_id, event_type, body, created_at
+FROM outbox_event
+WHERE id = %(event_id)s AND org_id = %(org_id)s
+
+-- name: event_deliveries
+SELECT delivery_id, endpoint_id, state, series, attempt, due_at, updated_at
+FROM delivery_state
+WHERE delivery_id = ANY (ARRAY(
+        SELECT delivery_id FROM delivery_log WHERE event_id = %(event_id)s AND kind = 'scheduled'))
+ORDER BY endpoint_id
+
+-- name: events_after
+-- An org's events in commit order after the cursor (txid, id). Only transactions
+-- older than every transaction still running are read, so an event committed late
+-- by a long transaction is never skipped: it waits until it can come in order.
+SELECT id, event_type, body, created_at, txid::text
+FROM outbox_event
+WHERE org_id = %(org_id)s
+  AND (txid, id) > (%(after_txid)s::xid8, %(after_id)s::uuid)
+  AND txid < pg_snapshot_xmin(pg_current_snapshot())
+  AND (%(event_types)s::text[] IS NULL OR event_type = ANY (%(event_types)s::text[]))
+ORDER BY txid, id
+LIMIT %(limit)s
 
 -- name: demo_create_tables
 -- The demo's stand-in for an application's own tables.

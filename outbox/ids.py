@@ -8,6 +8,7 @@ them. The public form is ``evt_`` followed by the 32 hex digits.
 import os
 import time
 import uuid
+from datetime import UTC, datetime
 
 EVENT_PREFIX = "evt_"
 DELIVERY_PREFIX = "dlv_"
@@ -48,3 +49,8 @@ def delivery_public_id(value: uuid.UUID) -> str:
 
 def parse_delivery_id(public_id: str) -> uuid.UUID:
     return _parse(DELIVERY_PREFIX, "delivery", public_id)
+
+
+def iso(moment: datetime) -> str:
+    """ISO-8601 in UTC with a Z, the timestamp format of the public contract."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
