@@ -109,3 +109,73 @@ def test_demo_runs_end_to_end(dsn: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "events committed: 4, verified by the receiver: 4, bad signatures: 0" in result.stdout
     assert "matches the live queue: yes" in result.stdout
+
+
+def _failed_delivery(dsn: str, db: psycopg.Connection) -> tuple[str, str]:
+    """An endpoint on a closed port and one event whose single allowed attempt failed."""
+    import asyncio
+
+    import outbox
+    from deliverer import endpoints as eps
+    from deliverer.worker import Worker
+    from tests.conftest import settings_for, webhook_test
+
+    endpoint = eps.add(db, org_id="org_a", url="http://127.0.0.1:9/hook", allow_insecure=True)
+    with psycopg.connect(dsn) as conn:
+        outbox.publish(conn, "webhook.test", webhook_test(), org_id="org_a")
+        conn.commit()
+
+    async def deliver() -> str:
+        async with Worker(settings_for(dsn, retry_delays=())) as worker:
+            [result] = await worker.run_once()
+        return "dlv_" + result.claimed.delivery_id.hex
+
+    return endpoint.id, asyncio.run(deliver())
+
+
+def test_keys_create_prints_the_key_once(dsn: str, db: psycopg.Connection) -> None:
+    """keys create prints an sk_live_ key; only its hash is stored."""
+    result = deliverer(dsn, "keys", "create", "--org", "org_a", "--json")
+    assert result.returncode == 0, result.stderr
+    key = json.loads(result.stdout)["key"]
+    assert key.startswith("sk_live_")
+    assert db.execute("SELECT count(*) FROM api_key WHERE prefix = %s", [key[:12]]).fetchone() == (1,)
+    dump = db.execute("SELECT row_to_json(k)::text FROM api_key k").fetchone()[0]
+    assert key not in dump
+    test_key = deliverer(dsn, "keys", "create", "--org", "org_a", "--test")
+    assert "sk_test_" in test_key.stdout and "cannot be shown again" in test_key.stdout
+
+
+def test_logs_replay_and_recover(dsn: str, db: psycopg.Connection) -> None:
+    """logs lists the failed attempt; replay and recover schedule new series; --dry-run only counts."""
+    endpoint_id, delivery_id = _failed_delivery(dsn, db)
+    logs = json.loads(deliverer(dsn, "logs", "--endpoint", endpoint_id, "--json").stdout)
+    assert [(a["delivery_id"], a["outcome"], a["error_class"]) for a in logs] == [
+        (delivery_id, "failed", "connect_error")]
+    table = deliverer(dsn, "logs", "--event-type", "webhook.test", "--since", "2024-01-01T00:00:00Z")
+    assert delivery_id in table.stdout and "could not connect" in table.stdout
+
+    dry = deliverer(dsn, "recover", "--endpoint", endpoint_id, "--since", "2024-01-01T00:00:00Z", "--dry-run")
+    assert dry.returncode == 0 and "would replay 1 failed deliveries" in dry.stdout
+    assert db.execute("SELECT count(*) FROM delivery_queue").fetchone() == (0,)
+
+    replayed = deliverer(dsn, "replay", delivery_id)
+    assert replayed.returncode == 0 and "attempt series 2 scheduled" in replayed.stdout
+    busy = deliverer(dsn, "replay", delivery_id)
+    assert busy.returncode == 1 and "is pending" in busy.stdout
+    actor = db.execute("SELECT actor FROM delivery_log WHERE kind = 'replay_requested'").fetchone()[0]
+    assert actor.startswith("cli:")
+    recovered = deliverer(dsn, "recover", "--endpoint", endpoint_id, "--since", "2024-01-01T00:00:00Z")
+    assert "replayed 0 failed deliveries" in recovered.stdout  # it is pending again, not failed
+    missing = deliverer(dsn, "replay", "dlv_" + "0" * 32)
+    assert missing.returncode == 2 and "no delivery" in missing.stderr
+
+
+def test_test_webhook_reports_the_outcome(dsn: str, db: psycopg.Connection) -> None:
+    """test-webhook sends webhook.test to a registered URL and says whether it arrived."""
+    _failed_delivery(dsn, db)
+    result = deliverer(dsn, "test-webhook", "http://127.0.0.1:9/hook")
+    assert result.returncode == 1
+    assert "not delivered: could not connect" in result.stdout
+    unknown = deliverer(dsn, "test-webhook", "https://nowhere.example/hook")
+    assert unknown.returncode == 2 and "register it first" in unknown.stderr
