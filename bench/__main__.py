@@ -93,7 +93,7 @@ class Bench:
 
     async def start_worker(self, dsn: str) -> asyncio.subprocess.Process:
         env = {**os.environ, "DATABASE_URL": dsn, "DELIVERER_ALLOW_INSECURE_URLS": "1",
-               "DELIVERER_LOG_LEVEL": "warning", "DELIVERER_LOG_FORMAT": "json"}
+               "DELIVERER_LOG_LEVEL": "warning", "DELIVERER_LOG_FORMAT": "json", "DELIVERER_METRICS_PORT": "0"}
         return await asyncio.create_subprocess_exec(sys.executable, "-m", "deliverer", "run", env=env,
                                                     stdin=asyncio.subprocess.DEVNULL)
 

@@ -7,7 +7,9 @@ something that does not exist. Every error is JSON
 Delivery state, logs and history are read from the append-only log.
 """
 
+import asyncio
 import json
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -23,6 +25,8 @@ from psycopg_pool import AsyncConnectionPool
 from deliverer import apikeys, endpoints, history, ping, replay
 from deliverer.config import Settings
 from deliverer.endpoints import EndpointError
+from deliverer.metrics import METRICS
+from deliverer.probes import Heartbeat
 from deliverer.queries import QUERIES
 from deliverer.worker import Worker, default_worker_id
 from outbox.catalog import EVENT_TYPES
@@ -39,6 +43,17 @@ SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 SENDER: web.AppKey[Worker] = web.AppKey("sender", Worker)
 ORG: web.RequestKey[str] = web.RequestKey("org_id", str)
 KEY_ID: web.RequestKey[str] = web.RequestKey("key_id", str)
+
+
+class Health:
+    """What the probe server reports for the API process."""
+
+    def __init__(self) -> None:
+        self.heartbeat = Heartbeat()
+        self.ready = False
+
+
+HEALTH: web.AppKey[Health] = web.AppKey("health", Health)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -90,6 +105,19 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     except Exception:
         log.exception("unexpected error", path=request.path, method=request.method)
         return error_response(500, "internal_error", "something went wrong on our side; it has been logged")
+
+
+@web.middleware
+async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count requests by route template (never the raw path: ids would make unbounded labels)."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    started = time.perf_counter()
+    response = await handler(request)
+    METRICS.api_requests.labels(route, request.method, f"{response.status // 100}xx").inc()
+    METRICS.api_duration.labels(route).observe(time.perf_counter() - started)
+    request.app[HEALTH].ready = response.status != 503
+    return response
 
 
 @web.middleware
@@ -412,8 +440,9 @@ ROUTES: list[tuple[str, str, Handler]] = [
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json, authenticate], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[measure, errors_as_json, authenticate], client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
+    app[HEALTH] = Health()
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
 
@@ -422,9 +451,12 @@ def create_app(settings: Settings) -> web.Application:
                                    kwargs={"autocommit": True, "application_name": "deliverer-api"})
         await pool.open()
         sender = Worker(replace(settings, worker_id=f"api-{default_worker_id()}"))
+        beat = asyncio.create_task(app[HEALTH].heartbeat.run())
         async with sender:
             app[POOL], app[SENDER] = pool, sender
+            app[HEALTH].ready = True
             yield
+        beat.cancel()
         await pool.close()
 
     app.cleanup_ctx.append(resources_ctx)

@@ -19,8 +19,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+import structlog
 
-from deliverer import apikeys, config, endpoints, history, logconfig, projection, schema
+from deliverer import apikeys, backlog, config, endpoints, history, logconfig, probes, projection, schema
 from deliverer.queries import QUERIES
 from outbox.ids import delivery_public_id, event_public_id, parse_delivery_id
 
@@ -104,8 +105,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
+        heartbeat = probes.Heartbeat()
         async with Worker(settings) as worker:
-            await worker.run(stop, force)
+            server = probes.serve(_metrics_port(args), heartbeat=heartbeat, ready=lambda: worker.ready)
+            structlog.get_logger("deliverer.cli").info("probes listening", port=server.server_address[1])
+            background = [asyncio.create_task(heartbeat.run()),
+                          asyncio.create_task(backlog.watch(settings.database_url))]
+            try:
+                await worker.run(stop, force)
+            finally:
+                for task in background:
+                    task.cancel()
+                server.shutdown()
 
     asyncio.run(main())
     return 0
@@ -201,13 +212,26 @@ def _timestamp(value: str, flag: str) -> datetime:
 def cmd_api(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from deliverer.api import create_app
+    from deliverer.api import HEALTH, create_app
 
     settings = _settings(args)
     host = args.host or os.environ.get("DELIVERER_API_HOST", "0.0.0.0")
     port = int(args.port or os.environ.get("DELIVERER_API_PORT", "8080"))
-    web.run_app(create_app(settings), host=host, port=port, access_log=None, print=None)
+    app = create_app(settings)
+    health = app[HEALTH]
+    server = probes.serve(_metrics_port(args), heartbeat=health.heartbeat, ready=lambda: health.ready)
+    try:
+        web.run_app(app, host=host, port=port, access_log=None, print=None)
+    finally:
+        server.shutdown()
     return 0
+
+
+def _metrics_port(args: argparse.Namespace) -> int:
+    raw = args.metrics_port or os.environ.get("DELIVERER_METRICS_PORT", "9100")
+    if not raw.isdigit():
+        raise config.ConfigError(f"DELIVERER_METRICS_PORT must be a port number, got {raw!r}")
+    return int(raw)
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
@@ -343,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     command("migrate", "apply schema.sql (idempotent)", cmd_migrate)
-    command("run", "deliver webhooks until SIGTERM", cmd_run)
+    run = command("run", "deliver webhooks until SIGTERM", cmd_run)
+    run.add_argument("--metrics-port", help="port for /metrics, /livez and /readyz (DELIVERER_METRICS_PORT, "
+                     "default 9100; 0 picks a free one)")
 
     eps = commands.add_parser("endpoints", help="register and manage webhook endpoints")
     ep_commands = eps.add_subparsers(dest="endpoints_command", required=True, metavar="ACTION")
@@ -380,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     api = command("api", "serve the webhooks HTTP API", cmd_api)
     api.add_argument("--host", help="address to listen on (DELIVERER_API_HOST, default 0.0.0.0)")
     api.add_argument("--port", help="port to listen on (DELIVERER_API_PORT, default 8080)")
+    api.add_argument("--metrics-port", help="port for /metrics, /livez and /readyz (DELIVERER_METRICS_PORT, "
+                     "default 9100)")
 
     keys = commands.add_parser("keys", help="API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")

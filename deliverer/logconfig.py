@@ -1,9 +1,40 @@
-"""Structured logging: JSON lines with ISO UTC timestamps, or a readable console format on a TTY."""
+"""Structured logging: JSON lines with ISO UTC timestamps, or a readable console format on a TTY.
+
+Standard-library loggers (aiohttp, psycopg, asyncio) go through the same
+processors, so one stream carries everything. Tracebacks are rendered as data
+without local variables, and anything that looks like a secret is redacted
+before rendering, whichever logger it came from.
+"""
 
 import logging
+import re
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
+from structlog.tracebacks import ExceptionDictTransformer
+
+_SECRET_VALUE = re.compile(r"(whsec_[A-Za-z0-9+/=_-]+|sk_(?:live|test)_[A-Za-z0-9_-]+|Bearer\s+\S+)")
+_SECRET_KEYS = {"secret", "authorization", "api_key", "key", "password"}
+REDACTED = "[redacted]"
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SECRET_VALUE.sub(REDACTED, value)
+    if isinstance(value, dict):
+        return {k: REDACTED if str(k).lower() in _SECRET_KEYS else _redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact(v) for v in value]
+    return value
+
+
+def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Drop secret-looking values: endpoint secrets, API keys, bearer tokens."""
+    for key, value in event_dict.items():
+        event_dict[key] = REDACTED if key.lower() in _SECRET_KEYS else _redact(value)
+    return event_dict
 
 
 def configure(level: str = "info", fmt: str = "auto") -> None:
@@ -11,17 +42,33 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         fmt = "console" if sys.stderr.isatty() else "json"
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if fmt == "json":
-        renderer: structlog.types.Processor = structlog.processors.JSONRenderer()
-        shared.append(structlog.processors.dict_tracebacks)
+        final: list[structlog.types.Processor] = [
+            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
+            redact_secrets,
+            structlog.processors.JSONRenderer(),
+        ]
     else:
-        renderer = structlog.dev.ConsoleRenderer()
+        final = [redact_secrets, structlog.dev.ConsoleRenderer()]
+    numeric_level = logging.getLevelName(level.upper())
     structlog.configure(
-        processors=[*shared, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=True,
     )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric_level)
+    # Per-request access lines would drown the delivery log; errors still come through.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -171,6 +171,15 @@ WHERE l.kind IN ('attempt_finished', 'attempt_abandoned', 'late_result')
   AND (%(org_id)s::text IS NULL OR l.org_id = %(org_id)s)
 ORDER BY l.seq
 
+-- name: due_backlog
+-- The queue's due backlog for the dashboards: how many deliveries are due now
+-- (counted up to a cap, so a huge backlog costs a bounded scan) and how long the
+-- oldest has waited. Leases that ran out are due too: their worker is gone.
+SELECT (SELECT count(*) FROM (SELECT 1 FROM delivery_queue WHERE due_at <= now() LIMIT %(cap)s) AS due),
+       coalesce(extract(epoch FROM now() - min(due_at)), 0)::float8
+FROM delivery_queue
+WHERE due_at <= now()
+
 -- name: insert_api_key
 INSERT INTO api_key (id, org_id, key_hash, prefix) VALUES (%(id)s, %(org_id)s, %(key_hash)s, %(prefix)s)
 RETURNING id, org_id, prefix, created_at

@@ -27,6 +27,9 @@ from psycopg.conninfo import make_conninfo
 from deliverer import devdb, endpoints, schema
 from deliverer.config import Settings
 
+# Worker processes started by tests each serve probes; a free port each avoids clashes.
+os.environ["DELIVERER_METRICS_PORT"] = "0"
+
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[str]:
