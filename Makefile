@@ -20,7 +20,7 @@ test: install ## run the test suite (OUTBOX_TEST_DATABASE_URL picks the server)
 	$(PY) -m pytest -q
 
 lint: install ## ruff over the code and the tests
-	$(VENV)/bin/ruff check outbox deliverer tests bench
+	$(VENV)/bin/ruff check outbox deliverer tests bench examples
 
 bench: install ## measure drain rate and publish-to-receipt latency
 	$(PY) -m bench

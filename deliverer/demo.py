@@ -3,7 +3,8 @@
 It starts (or uses) a PostgreSQL, applies the schema, starts a local receiver
 that checks signatures exactly like the customer docs' Flask example, registers
 two endpoints (one healthy, one always answering 500), publishes the four
-DocExtract event types from application transactions (and one transaction that
+DocExtract event types from application transactions with the typed helpers
+(``outbox.job_finished``, ``outbox.publish_balance_change``; and one transaction that
 rolls back), runs a deliverer until every delivery has finished, and prints
 what happened, read back from the delivery log.
 
@@ -28,10 +29,6 @@ from deliverer.queries import QUERIES
 from deliverer.worker import Worker
 
 DEMO_DELAYS = (0.2, 0.4, 0.8, 1.6, 3.2)
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 class Receiver:
@@ -61,62 +58,81 @@ class Receiver:
         return web.Response(status=500, text="database is down")
 
 
+# The application's debit, one statement that locks the org's balance row until commit and
+# returns the balance before and after: what outbox.credits needs to decide on alerts.
+# The org's credit settings (DocExtract keeps these per org and plan).
+THRESHOLD, PLAN_ALLOWANCE, AVERAGE_JOB_COST, STARTING_BALANCE = 100, 2000, 2, 152
+
+
+def _debit(conn: psycopg.Connection, org_id: str, amount: int, *, jobs_queued: int, now: datetime) -> list[str]:
+    """Take ``amount`` credits and publish whatever the change crossed, in the caller's transaction."""
+    row = conn.execute(QUERIES["demo_debit_credits"], {"org_id": org_id, "amount": amount}).fetchone()
+    assert row is not None, f"org {org_id} has no balance"
+    old_balance, new_balance = row
+    return outbox.publish_balance_change(
+        conn, org_id=org_id, old_balance=old_balance, new_balance=new_balance, threshold=THRESHOLD,
+        plan_allowance=PLAN_ALLOWANCE, average_job_cost=AVERAGE_JOB_COST, jobs_queued=jobs_queued, now=now,
+    )
+
+
 def _publish_business_events(dsn: str, org_id: str) -> dict[str, float]:
-    """Application transactions: each business change and its event commit together."""
+    """Application transactions: each business change and its event commit together.
+
+    Every event comes from the typed helpers: ``outbox.job_finished`` for the two
+    job events, ``outbox.publish_balance_change`` for the two credit alerts.
+    """
     now = datetime.now(UTC)
     committed: dict[str, float] = {}
-    job = {"id": "job_" + secrets.token_hex(6), "org_id": org_id, "extractor_id": "ext_def456"}
+    job = {"job_id": "job_" + secrets.token_hex(6), "org_id": org_id, "extractor_id": "ext_def456"}
+    invoice = outbox.JobResult(
+        extracted_data={"invoice_number": "INV-2024-001", "total_amount": 1250.50, "invoice_date": "2024-11-15"},
+        confidence={"invoice_number": 0.98, "total_amount": 0.95, "invoice_date": 0.99},
+    )
     with psycopg.connect(dsn) as conn:
         conn.execute(QUERIES["demo_create_tables"])
+        conn.execute(QUERIES["demo_set_balance"], {"org_id": org_id, "balance": STARTING_BALANCE})
         conn.commit()
 
+        # The job completes and costs 2 credits: 152 -> 150 stays above the threshold, so no alert.
         with conn.transaction():
-            conn.execute(QUERIES["demo_save_job"], {"id": job["id"], "org_id": org_id, "status": "completed"})
-            event_id = outbox.publish(conn, "job.completed", {
-                **job, "status": "completed",
-                "extracted_data": {"invoice_number": "INV-2024-001", "total_amount": 1250.50,
-                                   "invoice_date": "2024-11-15"},
-                "confidence": {"invoice_number": 0.98, "total_amount": 0.95, "invoice_date": 0.99},
-                "processing_time_ms": 4532, "cost_credits": 2,
-                "metadata": {"customer_id": "cust_123", "source": "email"},
-                "created_at": _iso(now - timedelta(seconds=5)), "completed_at": _iso(now),
-            }, org_id=org_id)
+            conn.execute(QUERIES["demo_save_job"], {"id": job["job_id"], "org_id": org_id, "status": "completed"})
+            published = _debit(conn, org_id, 2, jobs_queued=0, now=now)
+            published += outbox.publish_many(conn, [outbox.job_finished(
+                **job, outcome=invoice, created_at=now - timedelta(seconds=5),
+                started_at=now - timedelta(milliseconds=4532), finished_at=now, cost_credits=2,
+                metadata={"customer_id": "cust_123", "source": "email"},
+            )])
+        committed.update(dict.fromkeys(published, time.perf_counter()))
+
+        failed_job = {**job, "job_id": "job_" + secrets.token_hex(6)}
+        with conn.transaction():
+            conn.execute(QUERIES["demo_save_job"], {"id": failed_job["job_id"], "org_id": org_id,
+                                                    "status": "failed"})
+            (event_id,) = outbox.publish_many(conn, [outbox.job_finished(
+                **failed_job, outcome=outbox.JobError("document_unreadable",
+                                                      "Document quality is too low to extract text",
+                                                      "Please provide a higher quality scan or image"),
+                created_at=now - timedelta(seconds=1.4), started_at=now - timedelta(seconds=1.2), finished_at=now,
+                cost_credits=0, metadata={"customer_id": "cust_123"},
+            )])
         committed[event_id] = time.perf_counter()
 
-        failed_job = {**job, "id": "job_" + secrets.token_hex(6)}
+        # A batch of 50 jobs takes 100 credits: 150 -> 50 falls below the threshold of 100.
         with conn.transaction():
-            conn.execute(QUERIES["demo_save_job"], {"id": failed_job["id"], "org_id": org_id, "status": "failed"})
-            event_id = outbox.publish(conn, "job.failed", {
-                **failed_job, "status": "failed",
-                "error_details": {"code": "document_unreadable",
-                                  "message": "Document quality is too low to extract text",
-                                  "suggestion": "Please provide a higher quality scan or image"},
-                "processing_time_ms": 1200, "cost_credits": 0, "metadata": {"customer_id": "cust_123"},
-                "created_at": _iso(now - timedelta(seconds=1)), "failed_at": _iso(now),
-            }, org_id=org_id)
+            (event_id,) = _debit(conn, org_id, 100, jobs_queued=0, now=now)
         committed[event_id] = time.perf_counter()
 
+        # The last 50 credits: the balance reaches zero with 5 jobs still queued.
         with conn.transaction():
-            conn.execute(QUERIES["demo_set_balance"], {"org_id": org_id, "balance": 50})
-            event_id = outbox.publish(conn, "credits.low_balance", {
-                "org_id": org_id, "current_balance": 50, "threshold": 100, "percentage_remaining": 2.5,
-                "estimated_jobs_remaining": 25, "timestamp": _iso(now),
-            }, org_id=org_id)
-        committed[event_id] = time.perf_counter()
-
-        with conn.transaction():
-            conn.execute(QUERIES["demo_set_balance"], {"org_id": org_id, "balance": 0})
-            event_id = outbox.publish(conn, "credits.depleted", {
-                "org_id": org_id, "depleted_at": _iso(now), "jobs_queued": 5,
-            }, org_id=org_id)
+            (event_id,) = _debit(conn, org_id, 50, jobs_queued=5, now=now)
         committed[event_id] = time.perf_counter()
 
         # A transaction that rolls back takes its event with it.
         conn.execute(QUERIES["demo_save_job"], {"id": "job_rolled_back", "org_id": org_id, "status": "completed"})
-        outbox.publish(conn, "job.completed", {
-            **job, "id": "job_rolled_back", "status": "completed", "extracted_data": {}, "confidence": {},
-            "processing_time_ms": 1, "cost_credits": 0, "created_at": _iso(now), "completed_at": _iso(now),
-        }, org_id=org_id)
+        outbox.publish_many(conn, [outbox.job_finished(
+            **{**job, "job_id": "job_rolled_back"}, outcome=outbox.JobResult({}, {}), created_at=now,
+            started_at=now, finished_at=now, cost_credits=0,
+        )])
         conn.rollback()
     return committed
 

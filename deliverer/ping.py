@@ -15,10 +15,9 @@ import psycopg
 
 from deliverer.queries import QUERIES
 from deliverer.worker import Claimed, Worker
-from outbox.ids import delivery_public_id, event_public_id, iso, new_event_uuid
+from outbox.events import TEST_MESSAGE, format_timestamp
+from outbox.ids import delivery_public_id, event_public_id, new_event_uuid
 from outbox.publish import serialize
-
-TEST_MESSAGE = "This is a test webhook event"
 
 
 class EndpointDisabled(Exception):
@@ -30,7 +29,7 @@ async def send(conn: psycopg.AsyncConnection[Any], worker: Worker, endpoint: tup
     endpoint_id, org_id, url, secret, enabled = endpoint
     if not enabled:
         raise EndpointDisabled(f"endpoint {endpoint_id} is disabled; enable it before sending a test event")
-    body = serialize("webhook.test", {"message": TEST_MESSAGE, "timestamp": iso(datetime.now(UTC))})
+    body = serialize("webhook.test", {"message": TEST_MESSAGE, "timestamp": format_timestamp(datetime.now(UTC))})
     event_uuid = new_event_uuid()
     cur = await conn.execute(QUERIES["publish_test_event"], {
         "event_id": event_uuid, "org_id": org_id, "body": body, "endpoint_id": endpoint_id,

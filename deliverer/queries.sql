@@ -375,5 +375,11 @@ ON CONFLICT (id) DO UPDATE SET status = excluded.status
 INSERT INTO demo_credit (org_id, balance) VALUES (%(org_id)s, %(balance)s)
 ON CONFLICT (org_id) DO UPDATE SET balance = excluded.balance
 
+-- name: demo_debit_credits
+-- Debit under the row lock, returning the balance before and after: what
+-- outbox.publish_balance_change needs to see each threshold crossing exactly once.
+UPDATE demo_credit SET balance = balance - %(amount)s WHERE org_id = %(org_id)s
+RETURNING balance + %(amount)s, balance
+
 -- name: open_deliveries
 SELECT count(*) FROM delivery_queue WHERE org_id = %(org_id)s

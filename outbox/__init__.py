@@ -9,7 +9,9 @@ change the event describes::
     # committed: the event will be delivered. Rolled back: it never existed.
 """
 
+from outbox import credits, events, jobs
 from outbox.catalog import EVENT_TYPES
+from outbox.credits import apublish_balance_change, publish_balance_change
 from outbox.errors import (
     InvalidPayload,
     MissingOrgId,
@@ -19,6 +21,7 @@ from outbox.errors import (
     UnsupportedConnection,
 )
 from outbox.ids import event_public_id, parse_event_id
+from outbox.jobs import JobError, JobResult, job_finished
 from outbox.publish import (
     MAX_BODY_BYTES,
     Event,
@@ -33,15 +36,23 @@ __all__ = [
     "MAX_BODY_BYTES",
     "Event",
     "InvalidPayload",
+    "JobError",
+    "JobResult",
     "MissingOrgId",
     "OutboxError",
     "PayloadTooLarge",
     "UnknownEventType",
     "UnsupportedConnection",
     "apublish",
+    "apublish_balance_change",
     "apublish_many",
+    "credits",
     "event_public_id",
+    "events",
+    "job_finished",
+    "jobs",
     "parse_event_id",
     "publish",
+    "publish_balance_change",
     "publish_many",
 ]

@@ -113,7 +113,8 @@ class TestOverlays:
         selected = []
         for deployment in find(objects, "Deployment"):
             labels = deployment["spec"]["template"]["metadata"]["labels"]
-            if all(labels.get(k) == v for k, v in match.items()) and labels.get(expression["key"]) in expression["values"]:
+            in_expression = labels.get(expression["key"]) in expression["values"]
+            if all(labels.get(k) == v for k, v in match.items()) and in_expression:
                 selected.append(labels[monitor["spec"]["jobLabel"]])
                 ports = [p["name"] for c in deployment["spec"]["template"]["spec"]["containers"] for p in c["ports"]]
                 assert port in ports

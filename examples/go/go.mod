@@ -1,0 +1,3 @@
+module example.com/docextract-receiver
+
+go 1.19
