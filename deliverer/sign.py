@@ -1,38 +1,32 @@
-"""Signatures and headers of a webhook request.
+"""Headers of a webhook request: both signature schemes (see outbox.signatures) and the ids.
 
-``X-DocExtract-Signature`` is the hex HMAC-SHA256 of the exact body bytes, keyed
-with the endpoint secret's UTF-8 bytes (the whole string, ``whsec_`` prefix
-included): that is what the receivers in the customer docs compute.
+``webhook-id`` is the event id, the same on every attempt and replay, so
+receivers can deduplicate on it; ``webhook-timestamp`` is when the attempt
+started, signed, so receivers can refuse replays of old requests.
 """
 
-import hashlib
-import hmac
+from collections.abc import Iterable
 
 from deliverer import __version__
+from outbox.signatures import docextract_signature, standard_signature
 
 USER_AGENT = f"DocExtract-Webhooks/{__version__}"
 
 
-def signature(secret: str, body: bytes) -> str:
-    return hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
-
-
-def verify(body: bytes, received: str | None, secret: str) -> bool:
-    """Constant-time check of an ``X-DocExtract-Signature`` value, for receivers written in Python."""
-    if not received:
-        return False
-    return hmac.compare_digest(received.encode("ascii", "replace"), signature(secret, body).encode("ascii"))
-
-
 def headers(*, secret: str, body: bytes, event_id: str, event_type: str, delivery_id: str,
-            attempt: int, timestamp: int) -> dict[str, str]:
+            attempt: int, timestamp: int, previous_secrets: Iterable[str] = ()) -> dict[str, str]:
+    """``previous_secrets``: rotated-out secrets still in their grace period, signed for too."""
     return {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
-        "X-DocExtract-Signature": signature(secret, body),
+        "X-DocExtract-Signature": docextract_signature(secret, body),
         "X-DocExtract-Event-Id": event_id,
         "X-DocExtract-Event-Type": event_type,
         "X-DocExtract-Delivery-Id": delivery_id,
         "X-DocExtract-Delivery-Attempt": str(attempt),
         "X-DocExtract-Timestamp": str(timestamp),
+        "webhook-id": event_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": " ".join(standard_signature(s, event_id, timestamp, body)
+                                      for s in (secret, *previous_secrets)),
     }

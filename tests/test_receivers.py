@@ -29,8 +29,8 @@ import pytest
 from aiohttp import web
 
 import outbox
-from deliverer import sign
 from deliverer.worker import Worker
+from outbox.signatures import docextract_signature
 from tests.conftest import Receiver, add_endpoint, settings_for
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -228,8 +228,8 @@ async def test_receiver_handles_every_event_once_when_delivered_twice(
             # Not signed with the secret: refused, and nothing is handled.
             body = b'{"event":"webhook.test","data":{"message":"forged","timestamp":"2024-11-23T10:00:00Z"}}'
             forged_id = "evt_" + "f" * 32
-            good = sign.signature(endpoint.secret, body)
-            for signature in (sign.signature("whsec_someone_else", body), good[:-1], "", good.upper()):
+            good = docextract_signature(endpoint.secret, body)
+            for signature in (docextract_signature("whsec_someone_else", body), good[:-1], "", good.upper()):
                 headers = {"Content-Type": "application/json", "X-DocExtract-Signature": signature,
                            "X-DocExtract-Event-Id": forged_id}
                 async with session.post(target, data=body, headers=headers) as response:
@@ -244,7 +244,7 @@ async def test_receiver_handles_every_event_once_when_delivered_twice(
             unknown = b'{"event":"invoice.archived","data":{}}'
             unknown_id = "evt_" + "a" * 32
             headers = {"Content-Type": "application/json", "X-DocExtract-Event-Id": unknown_id,
-                       "X-DocExtract-Signature": sign.signature(endpoint.secret, unknown)}
+                       "X-DocExtract-Signature": docextract_signature(endpoint.secret, unknown)}
             async with session.post(target, data=unknown, headers=headers) as response:
                 assert response.status == 200
             log = await process.wait_for(lambda text: "Unknown event type: invoice.archived" in text,
