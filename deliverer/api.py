@@ -150,6 +150,9 @@ async def _json_object(request: web.Request, allowed: set[str]) -> dict[str, Any
         raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ApiError(422, "invalid_request", "the request body must be a JSON object")
+    for name, value in body.items():
+        if _has_nul(value):
+            raise ApiError(422, "invalid_request", f"{name} contains a NUL character, which is not allowed", name)
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise ApiError(422, "invalid_request", f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}",
@@ -157,13 +160,24 @@ async def _json_object(request: web.Request, allowed: set[str]) -> dict[str, Any
     return body
 
 
+def _has_nul(value: Any) -> bool:
+    """PostgreSQL text cannot hold NUL characters, so they are refused at the door."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def _typed(body: dict[str, Any], name: str, kind: type | tuple[type, ...], label: str, *,
            required: bool = False) -> Any:
-    if name not in body or body[name] is None:
+    if name not in body:
         if required:
             raise ApiError(422, "invalid_request", f"{name} is required ({label})", name)
         return None
-    value = body[name]
+    value = body[name]  # an explicit null is a wrong type, not an absent field
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
         raise ApiError(422, "invalid_request", f"{name} must be {label}", name)
     return value
@@ -356,7 +370,7 @@ async def recover_webhook(request: web.Request) -> web.Response:
     body = await _json_object(request, {"since", "until", "dry_run"})
     since = _timestamp(_typed(body, "since", str, "an ISO-8601 timestamp", required=True), "since")
     until_raw = _typed(body, "until", str, "an ISO-8601 timestamp")
-    until = _timestamp(until_raw, "until") if until_raw else datetime.now(UTC) + timedelta(seconds=1)
+    until = _timestamp(until_raw, "until") if until_raw is not None else datetime.now(UTC) + timedelta(seconds=1)
     if until <= since:
         raise ApiError(422, "invalid_request", "until must be later than since", "until")
     dry_run = bool(_typed(body, "dry_run", bool, "true or false"))
@@ -408,7 +422,7 @@ async def list_events(request: web.Request) -> web.Response:
     if unknown:
         raise ApiError(422, "invalid_request", f"unknown query parameter {unknown[0]!r}", unknown[0])
     types = None
-    if query.get("types"):
+    if "types" in query:
         types = [_event_type_filter(t, "types") for t in query["types"].split(",")]
     async with request.app[POOL].connection() as conn:
         try:
@@ -426,12 +440,12 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/v1/webhooks", create_webhook),
     ("GET", "/v1/webhooks", list_webhooks),
     ("POST", "/v1/webhooks/test", send_test_event),
-    ("GET", "/v1/webhooks/{webhook_id}", get_webhook),
-    ("PATCH", "/v1/webhooks/{webhook_id}", update_webhook),
-    ("DELETE", "/v1/webhooks/{webhook_id}", delete_webhook),
-    ("POST", "/v1/webhooks/{webhook_id}/rotate-secret", rotate_secret),
-    ("GET", "/v1/webhooks/{webhook_id}/logs", webhook_logs),
-    ("POST", "/v1/webhooks/{webhook_id}/recover", recover_webhook),
+    ("GET", "/v1/webhooks/{webhook_id:ep_[A-Za-z0-9]+}", get_webhook),
+    ("PATCH", "/v1/webhooks/{webhook_id:ep_[A-Za-z0-9]+}", update_webhook),
+    ("DELETE", "/v1/webhooks/{webhook_id:ep_[A-Za-z0-9]+}", delete_webhook),
+    ("POST", "/v1/webhooks/{webhook_id:ep_[A-Za-z0-9]+}/rotate-secret", rotate_secret),
+    ("GET", "/v1/webhooks/{webhook_id:ep_[A-Za-z0-9]+}/logs", webhook_logs),
+    ("POST", "/v1/webhooks/{webhook_id:ep_[A-Za-z0-9]+}/recover", recover_webhook),
     ("GET", "/v1/deliveries/{delivery_id}", get_delivery),
     ("POST", "/v1/deliveries/{delivery_id}/replay", replay_delivery),
     ("GET", "/v1/events", list_events),

@@ -113,11 +113,12 @@ def check_event_types(event_types: Iterable[str] | None) -> list[str] | None:
     if event_types is None:
         return None
     chosen = [t.strip() for t in event_types if t.strip()]
+    unknown = sorted(set(chosen) - {*EVENT_TYPES, "*"})
+    if unknown:
+        raise EndpointError(
+            f"unknown event type(s) {', '.join(unknown)}; known: {', '.join(EVENT_TYPES)}, or * for all")
     if not chosen or "*" in chosen:
         return None
-    unknown = sorted(set(chosen) - set(EVENT_TYPES))
-    if unknown:
-        raise EndpointError(f"unknown event type(s) {', '.join(unknown)}; known: {', '.join(EVENT_TYPES)}")
     return sorted(set(chosen), key=EVENT_TYPES.index)
 
 

@@ -1,6 +1,8 @@
 """The webhooks API on a real server, with a real database, keys and receiver."""
 
+import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -62,7 +64,7 @@ class TestAuth:
         """/v1/openapi.json needs no key, and documents exactly the routes the server has."""
         reply = await api.call("GET", "/v1/openapi.json", key="")
         assert reply.status == 200 and reply.body == OPENAPI
-        served = {(method.lower(), path) for method, path, _ in ROUTES}
+        served = {(method.lower(), re.sub(r"\{(\w+):[^}]+\}", r"{\1}", path)) for method, path, _ in ROUTES}
         documented = {(m, p) for p, ops in OPENAPI["paths"].items() for m in ops}
         assert served == documented
 
@@ -105,6 +107,9 @@ class TestEndpoints:
         ({}, "url", "url is required"),
         ({"url": "https://x.example/hook", "colour": "red"}, "colour", "unknown field 'colour'"),
         ({"url": "https://x.example/hook", "description": "d" * 1001}, "description", "at most 1000"),
+        ({"url": "https://x.example/hook", "events": ["*", "job.nope"]}, "events", "unknown event type(s) job.nope"),
+        ({"url": "https://x.example/hook", "description": "a\x00b"}, "description", "NUL character"),
+        ({"url": "https://x.example/hook", "description": None}, "description", "must be a string"),
     ])
     async def test_invalid_endpoints_get_422_naming_the_field(self, api: Api, body: dict, field: str,
                                                               text: str) -> None:
@@ -344,8 +349,14 @@ class TestEvents:
             seen += await poll()  # the slow transaction is still open: nothing may be returned past it
             assert seen == []
             slow.commit()
-            for _ in range(5):
+            # Transactions of other databases on the same server hold the watermark
+            # too, so wait for the events instead of expecting them on the next call.
+            for _ in range(600):
                 seen += await poll()
+                if len(seen) >= 4:
+                    break
+                await asyncio.sleep(0.05)
+            seen += await poll()
         finally:
             slow.close()
             fast.close()
