@@ -22,7 +22,7 @@ import structlog
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
-from deliverer import apikeys, endpoints, history, ping, replay
+from deliverer import apikeys, dashboard, endpoints, history, ping, replay
 from deliverer.config import Settings
 from deliverer.endpoints import EndpointError
 from deliverer.metrics import METRICS
@@ -459,6 +459,7 @@ def create_app(settings: Settings) -> web.Application:
     app[HEALTH] = Health()
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
+    dashboard.add_routes(app)
 
     async def resources_ctx(app: web.Application) -> Any:
         pool = AsyncConnectionPool(settings.database_url, min_size=1, max_size=10, open=False,
