@@ -254,6 +254,8 @@ async def create_webhook(request: web.Request) -> web.Response:
 
 def _field_of(exc: EndpointError) -> str:
     text = str(exc)
+    if "endpoints, the most allowed" in text:
+        return "url"
     if "event type" in text:
         return "events"
     if "description" in text:

@@ -23,6 +23,7 @@ from outbox.catalog import EVENT_TYPES
 from outbox.ids import iso
 
 MAX_URL_LENGTH = 2048
+MAX_ENDPOINTS_PER_ORG = 100
 SECRET_BYTES = 32
 
 
@@ -147,7 +148,13 @@ def _new_endpoint_params(org_id: str, url: str, event_types: Iterable[str] | Non
         "id": new_endpoint_id(), "org_id": org_id, "url": check_url(url, allow_insecure=allow_insecure),
         "secret": new_secret() if secret is None else check_secret(secret),
         "event_types": check_event_types(event_types), "description": check_description(description),
+        "max_endpoints": MAX_ENDPOINTS_PER_ORG,
     }
+
+
+def _too_many(org_id: str) -> EndpointError:
+    return EndpointError(f"org {org_id} already has {MAX_ENDPOINTS_PER_ORG} endpoints, the most allowed; "
+                         "delete one it no longer needs first")
 
 
 def add(conn: psycopg.Connection, *, org_id: str, url: str, event_types: Iterable[str] | None = None,
@@ -155,7 +162,8 @@ def add(conn: psycopg.Connection, *, org_id: str, url: str, event_types: Iterabl
     """Register an endpoint; the returned Endpoint carries the secret (shown once)."""
     params = _new_endpoint_params(org_id, url, event_types, secret, description, allow_insecure)
     row = conn.execute(QUERIES["insert_endpoint"], params).fetchone()
-    assert row is not None
+    if row is None:
+        raise _too_many(org_id)
     return _endpoint(row, params["secret"])
 
 
@@ -165,7 +173,8 @@ async def add_async(conn: psycopg.AsyncConnection[Any], *, org_id: str, url: str
     """:func:`add` on an async connection."""
     params = _new_endpoint_params(org_id, url, event_types, secret, description, allow_insecure)
     row = await (await conn.execute(QUERIES["insert_endpoint"], params)).fetchone()
-    assert row is not None
+    if row is None:
+        raise _too_many(org_id)
     return _endpoint(row, params["secret"])
 
 

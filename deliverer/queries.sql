@@ -106,8 +106,11 @@ SELECT extract(epoch FROM min(due_at) - coalesce(%(now)s::timestamptz, now()))::
 FROM delivery_queue
 
 -- name: insert_endpoint
+-- Registers nothing (no row returned) when the org already has max_endpoints.
 INSERT INTO webhook_endpoint (id, org_id, url, secret, event_types, description)
-VALUES (%(id)s, %(org_id)s, %(url)s, %(secret)s, %(event_types)s, %(description)s)
+SELECT %(id)s, %(org_id)s, %(url)s, %(secret)s, %(event_types)s, %(description)s
+WHERE (SELECT count(*) FROM webhook_endpoint
+       WHERE org_id = %(org_id)s AND deleted_at IS NULL) < %(max_endpoints)s
 RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at
 
 -- name: list_endpoints

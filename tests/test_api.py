@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 import outbox
-from deliverer import apikeys
+from deliverer import apikeys, endpoints
 from deliverer.api import OPENAPI, ROUTES, create_app
 from deliverer.worker import Worker
 from tests.api_client import Api
@@ -118,6 +118,17 @@ class TestEndpoints:
         assert reply.status == 422
         assert reply.body["error"]["field"] == field
         assert text in reply.body["error"]["message"]
+
+
+    async def test_an_org_has_at_most_100_endpoints(self, api: Api, db: psycopg.Connection) -> None:
+        """The 101st endpoint of an org is refused with a way out; other orgs are unaffected."""
+        for i in range(endpoints.MAX_ENDPOINTS_PER_ORG):
+            endpoints.add(db, org_id="org_a", url=f"https://hooks{i}.example/hook")
+        reply = await api.call("POST", "/v1/webhooks", json_body={"url": "https://one-more.example/hook"})
+        assert reply.status == 422 and "delete one it no longer needs" in reply.body["error"]["message"]
+        other = await api.call("POST", "/v1/webhooks", json_body={"url": "https://one-more.example/hook"},
+                               key=api.other_key)
+        assert other.status == 201
 
 
 class TestErrors:
