@@ -50,6 +50,17 @@ CREATE TABLE IF NOT EXISTS webhook_endpoint (
     deleted_at   timestamptz
 );
 
+-- Columns added after the first release: ADD COLUMN IF NOT EXISTS migrates databases
+-- created before them.
+-- Secret rotation keeps the previous secret valid for a grace period; requests are
+-- signed with both meanwhile (see README, "Secret rotation").
+ALTER TABLE webhook_endpoint ADD COLUMN IF NOT EXISTS previous_secret text;
+ALTER TABLE webhook_endpoint ADD COLUMN IF NOT EXISTS previous_secret_expires_at timestamptz;
+-- Why the endpoint was disabled (NULL while enabled, or when disabled by hand).
+ALTER TABLE webhook_endpoint ADD COLUMN IF NOT EXISTS disabled_reason text;
+-- Start of the current run of failed attempts; NULL after a success.
+ALTER TABLE webhook_endpoint ADD COLUMN IF NOT EXISTS failing_since timestamptz;
+
 -- Fan-out reads this on every publish.
 CREATE INDEX IF NOT EXISTS webhook_endpoint_org ON webhook_endpoint (org_id) WHERE enabled AND deleted_at IS NULL;
 

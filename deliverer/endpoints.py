@@ -24,6 +24,7 @@ from outbox.ids import iso
 
 MAX_URL_LENGTH = 2048
 MAX_ENDPOINTS_PER_ORG = 100
+ROTATION_GRACE_SECONDS = 24 * 3600
 SECRET_BYTES = 32
 
 
@@ -41,13 +42,15 @@ class Endpoint:
     enabled: bool
     created_at: datetime
     updated_at: datetime
+    disabled_reason: str | None = None  # why it was disabled automatically (410 Gone, failing for days)
     secret: str | None = None  # only filled in right after creation or rotation
 
     def as_json(self) -> dict[str, Any]:
         out = {
             "id": self.id, "org_id": self.org_id, "url": self.url,
             "events": self.event_types or ["*"], "description": self.description,
-            "enabled": self.enabled, "created_at": iso(self.created_at), "updated_at": iso(self.updated_at),
+            "enabled": self.enabled, "disabled_reason": self.disabled_reason,
+            "created_at": iso(self.created_at), "updated_at": iso(self.updated_at),
         }
         if self.secret is not None:
             out["secret"] = self.secret
@@ -126,7 +129,7 @@ def check_event_types(event_types: Iterable[str] | None) -> list[str] | None:
 def _endpoint(row: tuple[Any, ...], secret: str | None = None) -> Endpoint:
     return Endpoint(
         id=row[0], org_id=row[1], url=row[2], event_types=row[3], description=row[4],
-        enabled=row[5], created_at=row[6], updated_at=row[7], secret=secret,
+        enabled=row[5], created_at=row[6], updated_at=row[7], disabled_reason=row[8], secret=secret,
     )
 
 
@@ -225,9 +228,11 @@ async def delete(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: s
     return await cur.fetchone() is not None
 
 
-async def rotate_secret(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: str) -> Endpoint | None:
+async def rotate_secret(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: str,
+                        grace_seconds: float = ROTATION_GRACE_SECONDS) -> Endpoint | None:
+    """Replace the secret; the old one stays valid (signed for too) for ``grace_seconds``."""
     secret = new_secret()
     cur = await conn.execute(QUERIES["rotate_endpoint_secret"], {"id": endpoint_id, "org_id": org_id,
-                                                                 "secret": secret})
+                                                                 "secret": secret, "grace_seconds": grace_seconds})
     row = await cur.fetchone()
     return None if row is None else _endpoint(row, secret)

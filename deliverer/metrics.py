@@ -39,6 +39,9 @@ class Metrics:
         self.deliveries_failed = Counter(
             "deliverer_deliveries_failed_total", "Deliveries that failed their last automatic attempt.",
             registry=registry)
+        self.endpoints_disabled = Counter(
+            "deliverer_endpoints_disabled_total", "Endpoints disabled automatically (410 Gone, or failing for "
+            "DELIVERER_DISABLE_AFTER).", registry=registry)
         self.deliveries_due = Gauge(
             "deliverer_deliveries_due", "Deliveries due now and not leased (the whole queue, not this pod: "
             "aggregate with max).", registry=registry)

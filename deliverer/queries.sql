@@ -111,18 +111,22 @@ INSERT INTO webhook_endpoint (id, org_id, url, secret, event_types, description)
 SELECT %(id)s, %(org_id)s, %(url)s, %(secret)s, %(event_types)s, %(description)s
 WHERE (SELECT count(*) FROM webhook_endpoint
        WHERE org_id = %(org_id)s AND deleted_at IS NULL) < %(max_endpoints)s
-RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at
+RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason
 
 -- name: list_endpoints
-SELECT id, org_id, url, event_types, description, enabled, created_at, updated_at
+SELECT id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason
 FROM webhook_endpoint
 WHERE deleted_at IS NULL AND (%(org_id)s::text IS NULL OR org_id = %(org_id)s)
 ORDER BY created_at, id
 
 -- name: set_endpoint_enabled
-UPDATE webhook_endpoint SET enabled = %(enabled)s, updated_at = now()
+-- Enabling starts afresh: no reason to be disabled, no run of failures.
+UPDATE webhook_endpoint
+SET enabled = %(enabled)s, updated_at = now(),
+    disabled_reason = CASE WHEN %(enabled)s THEN NULL ELSE disabled_reason END,
+    failing_since = CASE WHEN %(enabled)s THEN NULL ELSE failing_since END
 WHERE id = %(id)s AND deleted_at IS NULL
-RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at
+RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason
 
 -- name: lock_migrations
 -- Pods starting together must not apply the schema concurrently.
@@ -191,7 +195,7 @@ RETURNING id, org_id, prefix, created_at
 SELECT org_id, id FROM api_key WHERE key_hash = %(key_hash)s AND revoked_at IS NULL
 
 -- name: get_endpoint
-SELECT id, org_id, url, event_types, description, enabled, created_at, updated_at
+SELECT id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason
 FROM webhook_endpoint
 WHERE id = %(id)s AND (%(org_id)s::text IS NULL OR org_id = %(org_id)s) AND deleted_at IS NULL
 
@@ -203,9 +207,11 @@ SET url = coalesce(%(url)s, url),
     event_types = CASE WHEN %(set_events)s THEN %(event_types)s::text[] ELSE event_types END,
     description = coalesce(%(description)s, description),
     enabled = coalesce(%(enabled)s, enabled),
+    disabled_reason = CASE WHEN %(enabled)s THEN NULL ELSE disabled_reason END,
+    failing_since = CASE WHEN %(enabled)s THEN NULL ELSE failing_since END,
     updated_at = now()
 WHERE id = %(id)s AND org_id = %(org_id)s AND deleted_at IS NULL
-RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at
+RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason
 
 -- name: delete_endpoint
 -- Endpoints are kept for the log's sake; deleted ones get nothing more.
@@ -214,9 +220,14 @@ WHERE id = %(id)s AND org_id = %(org_id)s AND deleted_at IS NULL
 RETURNING id
 
 -- name: rotate_endpoint_secret
-UPDATE webhook_endpoint SET secret = %(secret)s, updated_at = now()
+-- The old secret stays valid for grace_seconds: requests are signed with both meanwhile.
+UPDATE webhook_endpoint
+SET previous_secret = secret,
+    previous_secret_expires_at = now() + make_interval(secs => %(grace_seconds)s),
+    secret = %(secret)s,
+    updated_at = now()
 WHERE id = %(id)s AND org_id = %(org_id)s AND deleted_at IS NULL
-RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at
+RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason
 
 -- name: find_endpoint_by_url
 SELECT id, org_id, url, secret, enabled
