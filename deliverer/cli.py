@@ -248,6 +248,31 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_generate_encryption_key(args: argparse.Namespace) -> int:
+    from deliverer import sealing
+
+    print(sealing.new_key())
+    return 0
+
+
+def cmd_reseal(args: argparse.Namespace) -> int:
+    """Seal every endpoint secret with the first key of DELIVERER_SECRET_KEYS (after a key rotation)."""
+    from deliverer import sealing
+
+    with _connect(_settings(args)) as conn, conn.transaction():
+        rows = conn.execute(QUERIES["endpoint_secrets"]).fetchall()
+        for endpoint_id, secret, previous in rows:
+            try:
+                conn.execute(QUERIES["store_sealed_secrets"], {
+                    "id": endpoint_id, "secret": sealing.reseal(secret),
+                    "previous_secret": None if previous is None else sealing.reseal(previous),
+                })
+            except sealing.SealingError as exc:
+                raise config.ConfigError(str(exc)) from None
+    print(f"re-sealed the secrets of {len(rows)} endpoints with the first key of {sealing.ENV}")
+    return 0
+
+
 LOG_HEADERS = ["time", "event type", "event", "delivery", "attempt", "outcome", "status", "ms", "error"]
 
 
@@ -418,6 +443,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--test", action="store_true", help="an sk_test_ key instead of sk_live_")
     create.add_argument("--json", action="store_true")
     _setting_flags(create)
+    generate = key_commands.add_parser(
+        "generate-encryption-key", help="print a new key for DELIVERER_SECRET_KEYS",
+        description="print a new Fernet key for DELIVERER_SECRET_KEYS (endpoint secrets at rest)")
+    generate.set_defaults(func=cmd_keys_generate_encryption_key, log_level=None, log_format=None)
+    command("reseal", "re-seal every endpoint secret with the first key of DELIVERER_SECRET_KEYS", cmd_reseal)
 
     logs = command("logs", "attempts, newest first, from the delivery log", cmd_logs)
     logs.add_argument("--endpoint", help="only this endpoint")
@@ -453,4 +483,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except (config.ConfigError, endpoints.EndpointError) as exc:
         print(f"deliverer: error: {exc}", file=sys.stderr)
+        return 2
+    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
+        print(f"deliverer: error: the database schema is older than this deliverer ({str(exc).splitlines()[0]}); "
+              "run `deliverer migrate`", file=sys.stderr)
+        return 2
+    except psycopg.Error as exc:
+        print(f"deliverer: database error: {str(exc).strip()}", file=sys.stderr)
         return 2

@@ -229,6 +229,14 @@ SET previous_secret = secret,
 WHERE id = %(id)s AND org_id = %(org_id)s AND deleted_at IS NULL
 RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason
 
+-- name: endpoint_secrets
+-- Every stored secret, for re-sealing under the current key. FOR UPDATE: a
+-- rotation running meanwhile waits instead of being overwritten.
+SELECT id, secret, previous_secret FROM webhook_endpoint ORDER BY id FOR UPDATE
+
+-- name: store_sealed_secrets
+UPDATE webhook_endpoint SET secret = %(secret)s, previous_secret = %(previous_secret)s WHERE id = %(id)s
+
 -- name: find_endpoint_by_url
 SELECT id, org_id, url, secret, enabled
 FROM webhook_endpoint

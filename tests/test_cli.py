@@ -179,3 +179,32 @@ def test_test_webhook_reports_the_outcome(dsn: str, db: psycopg.Connection) -> N
     assert "not delivered: could not connect" in result.stdout
     unknown = deliverer(dsn, "test-webhook", "https://nowhere.example/hook")
     assert unknown.returncode == 2 and "register it first" in unknown.stderr
+
+
+def test_reseal_seals_legacy_secrets_and_moves_them_to_a_new_key(dsn: str, db: psycopg.Connection) -> None:
+    """reseal seals secrets stored in the clear, and after a key rotation re-seals under the new first key."""
+    from deliverer import sealing
+
+    db.execute("INSERT INTO webhook_endpoint (id, org_id, url, secret) VALUES ('ep_1', 'org_a', 'https://e.x', "
+               "'whsec_legacy')")
+    old = deliverer(None, "keys", "generate-encryption-key").stdout.strip()
+    new = deliverer(None, "keys", "generate-encryption-key").stdout.strip()
+    assert old != new
+    first = deliverer(dsn, "reseal", DELIVERER_SECRET_KEYS=old)
+    assert first.returncode == 0 and "re-sealed the secrets of 1 endpoints" in first.stdout
+    stored = db.execute("SELECT secret FROM webhook_endpoint").fetchone()[0]
+    assert stored.startswith("fernet:") and sealing.unseal(stored, old) == "whsec_legacy"
+    assert deliverer(dsn, "reseal", DELIVERER_SECRET_KEYS=f"{new},{old}").returncode == 0
+    stored = db.execute("SELECT secret FROM webhook_endpoint").fetchone()[0]
+    assert sealing.unseal(stored, new) == "whsec_legacy"
+    missing = deliverer(dsn, "reseal")
+    assert missing.returncode == 2 and "generate-encryption-key" in missing.stderr
+
+
+def test_an_old_schema_is_reported_with_the_fix(dsn: str, db: psycopg.Connection) -> None:
+    """A database without the newest columns gets an error that says to run migrate, not a traceback."""
+    db.execute("ALTER TABLE webhook_endpoint DROP COLUMN previous_secret")
+    result = deliverer(dsn, "reseal", DELIVERER_SECRET_KEYS=deliverer(None, "keys", "generate-encryption-key")
+                       .stdout.strip())
+    assert result.returncode == 2 and "run `deliverer migrate`" in result.stderr
+    assert "Traceback" not in result.stderr
