@@ -7,10 +7,10 @@ the base64 of 32 random bytes. An existing secret can be imported instead, so
 customers moving from another sender keep theirs.
 """
 
+import asyncio
 import base64
-import ipaddress
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 
+from deliverer import ssrf
 from deliverer.queries import QUERIES
 from outbox.catalog import EVENT_TYPES
 from outbox.ids import iso
@@ -74,18 +75,12 @@ def check_secret(secret: str) -> str:
     return secret
 
 
-def _is_local_address(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return not address.is_global
+def check_url(url: str, *, allow_insecure: bool, allowed: Sequence[ssrf.Network] | None = None) -> str:
+    """Return the URL if it may be registered, else raise EndpointError saying why.
 
-
-def check_url(url: str, *, allow_insecure: bool) -> str:
-    """Return the URL if it may be registered, else raise EndpointError saying why."""
+    ``allowed``: non-public networks that may still be targeted (DELIVERER_ALLOWED_NETWORKS);
+    None means every network in development mode (``allow_insecure``) and none otherwise.
+    """
     if not isinstance(url, str) or not url:
         raise EndpointError("url is required, e.g. https://example.com/webhooks/docextract")
     if len(url) > MAX_URL_LENGTH:
@@ -102,14 +97,21 @@ def check_url(url: str, *, allow_insecure: bool) -> str:
         raise EndpointError("url must not contain a user name or password; authenticate with the signature")
     if parts.fragment:
         raise EndpointError("url must not contain a #fragment")
-    if not allow_insecure:
-        hint = "set DELIVERER_ALLOW_INSECURE_URLS=1 (development only) to allow it"
-        if parts.scheme != "https":
-            raise EndpointError(f"url {url!r} must use https://; plain http:// is refused: {hint}")
-        if _is_local_address(host.lower()):
-            raise EndpointError(
-                f"url {url!r} points at a loopback or private address, which a webhook must not target; {hint}"
-            )
+    hint = "set DELIVERER_ALLOW_INSECURE_URLS=1 (development only) to allow it"
+    if not allow_insecure and parts.scheme != "https":
+        raise EndpointError(f"url {url!r} must use https://; plain http:// is refused: {hint}")
+    if allowed is None:
+        allowed = ssrf.EVERYWHERE if allow_insecure else ()
+    host = host.lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        host = "127.0.0.1"
+    try:
+        ssrf.check_name(host, allowed)
+    except ssrf.SsrfBlocked as exc:
+        raise EndpointError(
+            f"url {url!r} points at a loopback or private address, which a webhook must not target "
+            f"({str(exc).removeprefix('refused to connect: ')}); {hint}, or list the network in "
+            "DELIVERER_ALLOWED_NETWORKS") from None
     return url
 
 
@@ -174,7 +176,9 @@ async def add_async(conn: psycopg.AsyncConnection[Any], *, org_id: str, url: str
                     event_types: Iterable[str] | None = None, secret: str | None = None,
                     description: str = "", allow_insecure: bool = False) -> Endpoint:
     """:func:`add` on an async connection."""
-    params = _new_endpoint_params(org_id, url, event_types, secret, description, allow_insecure)
+    # Checking the URL may resolve its host name: not on the event loop.
+    params = await asyncio.to_thread(_new_endpoint_params, org_id, url, event_types, secret, description,
+                                     allow_insecure)
     row = await (await conn.execute(QUERIES["insert_endpoint"], params)).fetchone()
     if row is None:
         raise _too_many(org_id)
@@ -213,7 +217,7 @@ async def update(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: s
     set_events = event_types is not _UNSET
     cur = await conn.execute(QUERIES["update_endpoint"], {
         "id": endpoint_id, "org_id": org_id,
-        "url": None if url is None else check_url(url, allow_insecure=allow_insecure),
+        "url": None if url is None else await asyncio.to_thread(check_url, url, allow_insecure=allow_insecure),
         "set_events": set_events,
         "event_types": check_event_types(event_types) if set_events else None,
         "description": None if description is None else check_description(description),

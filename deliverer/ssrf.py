@@ -17,11 +17,9 @@ resolution and are vetted by :func:`check_host` before the request.
 and tests.
 """
 
-import asyncio
 import ipaddress
 import socket
 from collections.abc import Sequence
-from typing import Any
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
@@ -37,6 +35,10 @@ _BLOCKED: tuple[Network, ...] = tuple(ipaddress.ip_network(n) for n in (
     "::/128", "::1/128", "100::/64", "2001:db8::/32", "fc00::/7", "fe80::/10", "ff00::/8",
 ))
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+EVERYWHERE: tuple[Network, ...] = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+"""The allow-list of development mode: no network is refused."""
 
 
 class SsrfBlocked(OSError):
@@ -124,18 +126,19 @@ class GuardedResolver(AbstractResolver):
         await self.inner.close()
 
 
-async def check_name(host: str, allowed: Sequence[Network] = ()) -> None:
-    """Registration-time check: refuse a name that resolves to a refused address now.
+def check_name(host: str, allowed: Sequence[Network] = ()) -> None:
+    """Registration-time check: refuse a host that is, or now resolves to, a refused address.
 
-    A name that does not resolve yet is let through; it is checked again at every attempt.
+    A name that does not resolve yet is let through: it is checked again at every attempt.
     """
     if literal(host) is not None:
         check_host(host, allowed)
         return
-    loop = asyncio.get_running_loop()
+    if all(any(n.prefixlen == 0 and n.version == v for n in allowed) for v in (4, 6)):
+        return  # everything is allowed: nothing to look up
     try:
-        infos: list[Any] = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except OSError:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
         return
     for info in infos:
         check_address(ipaddress.ip_address(info[4][0]), allowed)

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from deliverer import endpoints
+from deliverer import endpoints, ssrf
 from deliverer.endpoints import EndpointError
 
 
@@ -41,6 +41,22 @@ def test_bad_urls_are_refused_with_the_reason(url: str, message: str) -> None:
 def test_development_setting_allows_http_and_loopback() -> None:
     """With the development setting, http:// and loopback targets are accepted."""
     assert endpoints.check_url("http://127.0.0.1:3000/hook", allow_insecure=True)
+
+
+@pytest.mark.parametrize("url", ["https://[::ffff:127.0.0.1]/hook", "https://[2002:a9fe:a9fe::]/latest",
+                                 "https://100.64.0.1/hook", "https://[fd00::1]/hook"])
+def test_registration_uses_the_ssrf_rules(url: str) -> None:
+    """IPv4 hidden in IPv6, CGNAT and unique-local addresses are refused at registration too."""
+    with pytest.raises(EndpointError, match="loopback or private address"):
+        endpoints.check_url(url, allow_insecure=False)
+
+
+def test_an_allow_list_opens_only_its_networks() -> None:
+    """A listed private network may be registered over https while others stay refused."""
+    allowed = ssrf.parse_networks("10.1.0.0/16")
+    assert endpoints.check_url("https://10.1.2.3/hook", allow_insecure=False, allowed=allowed)
+    with pytest.raises(EndpointError, match="DELIVERER_ALLOWED_NETWORKS"):
+        endpoints.check_url("https://10.2.0.1/hook", allow_insecure=False, allowed=allowed)
 
 
 def test_new_secrets_are_standard_webhooks_format() -> None:
