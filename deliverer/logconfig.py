@@ -53,7 +53,9 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
             structlog.processors.JSONRenderer(),
         ]
     else:
-        final = [redact_secrets, structlog.dev.ConsoleRenderer()]
+        # plain_traceback: the default console formatter prints every frame's local
+        # variables, and locals hold secrets.
+        final = [redact_secrets, structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)]
     numeric_level = logging.getLevelName(level.upper())
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
