@@ -20,12 +20,15 @@ test: install ## run the test suite (OUTBOX_TEST_DATABASE_URL picks the server)
 	$(PY) -m pytest -q
 
 lint: install ## ruff over the code and the tests
-	$(VENV)/bin/ruff check outbox deliverer tests bench examples
+	$(VENV)/bin/ruff check outbox deliverer tests bench examples chaos
 
 bench: install ## measure drain rate and publish-to-receipt latency
 	$(PY) -m bench
 
+chaos: install ## fault suite: kills, outages, bad receivers, shutdowns; prints the loss/duplicate table (<10 min)
+	$(PY) -m chaos
+
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-.PHONY: install demo test lint bench help
+.PHONY: install demo test lint bench chaos help

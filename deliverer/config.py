@@ -74,6 +74,8 @@ class Settings:
             )
         if self.batch_size < 1 or self.max_in_flight < 1:
             raise ConfigError("batch_size and max_in_flight must be at least 1")
+        if self.shutdown_grace < 0:
+            raise ConfigError("shutdown_grace must be zero or more seconds")
         if not 0 <= self.retry_jitter < 1:
             raise ConfigError("retry_jitter must be a fraction in [0, 1)")
         if self.log_format not in ("auto", "json", "console"):

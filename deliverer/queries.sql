@@ -60,7 +60,9 @@ JOIN webhook_endpoint w ON w.id = l.endpoint_id
 -- the worker still holds that attempt's lease (same worker, series and attempt
 -- number); otherwise the lease was taken over, or this batch was already applied
 -- before a lost reply, and the outcome is logged as a late result that changes
--- nothing. retry_after NULL means the delivery is finished.
+-- nothing. retry_after NULL means the delivery is finished. An 'unknown' outcome
+-- is a send handed back at shutdown: it is logged as abandoned, like a lease that
+-- ran out, and with retry_after 0 the delivery is due again at once.
 WITH r AS (
     SELECT *
     FROM unnest(%(delivery_ids)s::uuid[], %(event_ids)s::uuid[], %(endpoint_ids)s::text[],
@@ -92,7 +94,9 @@ applied AS (
 INSERT INTO delivery_log (kind, delivery_id, event_id, endpoint_id, org_id, series, attempt, outcome,
                           next_attempt_at, worker_id, started_at, duration_ms, http_status,
                           error_class, error_message, response_excerpt)
-SELECT CASE WHEN a.delivery_id IS NULL THEN 'late_result' ELSE 'attempt_finished' END,
+SELECT CASE WHEN a.delivery_id IS NULL THEN 'late_result'
+            WHEN r.outcome = 'unknown' THEN 'attempt_abandoned'
+            ELSE 'attempt_finished' END,
        r.delivery_id, r.event_id, r.endpoint_id, r.org_id, r.series, r.attempt, r.outcome,
        a.next_attempt_at, %(worker_id)s, r.started_at, r.duration_ms, r.http_status,
        r.error_class, r.error_message, r.response_excerpt

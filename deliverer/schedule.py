@@ -31,3 +31,20 @@ def retry_delay(attempt: int, delays: Sequence[float] = SEED_DELAYS, *, jitter: 
     if jitter:
         delay *= 1 + (rng or random).uniform(-jitter, jitter)
     return delay
+
+
+RETRY_AFTER_CAP = 3600.0
+"""The longest wait a receiver's Retry-After can impose: one hour, the contract's longest delay."""
+
+
+def honour_retry_after(delay: float | None, retry_after: float | None,
+                       cap: float = RETRY_AFTER_CAP) -> float | None:
+    """The wait before the next attempt when a 429/503 carried Retry-After.
+
+    The contract's schedule is a floor: Retry-After can only push the next
+    attempt later, to at most ``cap`` seconds, never sooner and never past the
+    last attempt (``delay`` None stays None).
+    """
+    if delay is None or retry_after is None:
+        return delay
+    return max(delay, min(retry_after, cap))

@@ -12,6 +12,13 @@ Wake-ups come from LISTEN/NOTIFY (one notification per producer transaction);
 between them the worker sleeps until the next delivery is due, at most
 ``poll_interval``, so retries and expired leases are picked up without a
 notification.
+
+Losing the database never stops the worker: every connection reconnects with
+capped backoff, ``ready`` is false (and logged) until a claim succeeds again, and
+outcomes wait in memory until they can be written. At shutdown the worker stops
+claiming, gives in-flight sends the shutdown grace, and hands back whatever is
+cut off by recording it as abandoned and due now, fenced like any result, so
+other workers take it at once instead of waiting for the lease to run out.
 """
 
 import asyncio
@@ -19,9 +26,10 @@ import contextlib
 import os
 import secrets
 import socket
+import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,8 +39,9 @@ import structlog
 
 from deliverer import send, sign
 from deliverer.config import Settings
+from deliverer.metrics import METRICS, outcome_class
 from deliverer.queries import QUERIES
-from deliverer.schedule import retry_delay
+from deliverer.schedule import RETRY_AFTER_CAP, honour_retry_after, retry_delay
 from outbox.ids import delivery_public_id, event_public_id
 
 log = structlog.get_logger("deliverer.worker")
@@ -41,6 +50,7 @@ CHANNEL = "outbox_delivery"
 RECORD_BATCH = 1000
 RECORD_GRACE = 10.0  # seconds to write outstanding outcomes at shutdown
 MIN_SLEEP = 0.005
+CONNECT_TIMEOUT = 5  # seconds; a database that does not answer must not hang a reconnect
 # A worker outlives any database error: it logs, backs off and tries again, so a
 # failover or an outage never kills the pod (liveness is the event loop's job).
 _TRANSIENT = (psycopg.Error,)
@@ -70,6 +80,13 @@ class Result:
     outcome: send.Outcome
     started_at: datetime
     retry_after: float | None  # None: the delivery is finished (delivered or failed)
+    abandoned: bool = False  # handed back at shutdown: the outcome is unknown, the delivery is due again
+
+    @property
+    def log_outcome(self) -> str:
+        if self.abandoned:
+            return "unknown"
+        return "succeeded" if self.outcome.succeeded else "failed"
 
 
 def default_worker_id() -> str:
@@ -85,8 +102,13 @@ class Backoff:
     def reset(self) -> None:
         self.current = self.first
 
-    async def sleep(self) -> None:
-        await asyncio.sleep(self.current)
+    async def sleep(self, interrupt: asyncio.Event | None = None) -> None:
+        """Wait the current delay (cut short when ``interrupt`` is set), then double it up to the cap."""
+        if interrupt is None:
+            await asyncio.sleep(self.current)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(interrupt.wait(), self.current)
         self.current = min(self.current * 2, self.cap)
 
 
@@ -106,6 +128,8 @@ class Worker:
         self._record_conn: psycopg.AsyncConnection[Any] | None = None
         self._http: aiohttp.ClientSession | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._unsent: dict[uuid.UUID, Claimed] = {}  # claimed, no outcome yet: what shutdown hands back
+        self._sending: set[uuid.UUID] = set()  # the request may have reached the receiver
         self._unrecorded: list[Result] = []
         self._results_ready = asyncio.Event()
         self._wake = asyncio.Event()  # a producer committed, or the listener reconnected
@@ -130,8 +154,14 @@ class Worker:
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         return await psycopg.AsyncConnection.connect(
-            self.settings.database_url, autocommit=True, application_name=f"deliverer {self.worker_id}"
+            self.settings.database_url, autocommit=True, application_name=f"deliverer {self.worker_id}",
+            connect_timeout=CONNECT_TIMEOUT,
         )
+
+    def _set_ready(self, ready: bool) -> None:
+        if ready != self.ready:
+            self.ready = ready
+            log.info("worker ready" if ready else "worker not ready", worker_id=self.worker_id)
 
     async def _claim_db(self) -> psycopg.AsyncConnection[Any]:
         if self._claim_conn is None or self._claim_conn.closed:
@@ -150,7 +180,10 @@ class Worker:
             "limit": limit, "now": self._now(), "worker_id": self.worker_id,
             "lease_seconds": self.settings.lease_seconds, "max_attempts": self.settings.max_attempts,
         })
-        return [Claimed(*row) for row in await cur.fetchall()]
+        claimed = [Claimed(*row) for row in await cur.fetchall()]
+        METRICS.claim_batch.observe(len(claimed))
+        METRICS.last_poll.set(time.time())
+        return claimed
 
     async def record(self, results: list[Result]) -> list[tuple[Any, ...]]:
         """Write outcomes back; returns (delivery_id, kind, next_attempt_at) per result."""
@@ -166,7 +199,7 @@ class Worker:
             "org_ids": [r.claimed.org_id for r in results],
             "series": [r.claimed.series for r in results],
             "attempts": [r.claimed.attempt for r in results],
-            "outcomes": ["succeeded" if r.outcome.succeeded else "failed" for r in results],
+            "outcomes": [r.log_outcome for r in results],
             "retry_after": [r.retry_after for r in results],
             "started_at": [r.started_at for r in results],
             "duration_ms": [r.outcome.duration_ms for r in results],
@@ -193,6 +226,7 @@ class Worker:
                 False, 0.0, error_class="endpoint_disabled",
                 error_message=f"endpoint {claimed.endpoint_id} is disabled; nothing was sent",
             )
+            self._count_attempt(claimed, outcome, None)
             return Result(claimed, outcome, started_at, None)
         body = claimed.body.encode("utf-8")
         headers = sign.headers(
@@ -201,13 +235,52 @@ class Worker:
             attempt=claimed.attempt, timestamp=int(started_at.timestamp()),
         )
         assert self._http is not None, "use the Worker as an async context manager"
+        self._sending.add(claimed.delivery_id)
         outcome = await send.post(self._http, claimed.url, body, headers, timeout=self.settings.http_timeout)
+        self._sending.discard(claimed.delivery_id)  # left in place only when a shutdown cuts the send off
         retry_after = None
         if not outcome.succeeded:
-            retry_after = retry_delay(claimed.attempt, self.settings.retry_delays,
-                                      jitter=self.settings.retry_jitter)
+            scheduled = retry_delay(claimed.attempt, self.settings.retry_delays, jitter=self.settings.retry_jitter)
+            retry_after = honour_retry_after(scheduled, outcome.retry_after)
+            if outcome.retry_after is not None:
+                # The log has no column for it: the message says what the receiver asked and what was done.
+                asked = f"Retry-After {outcome.retry_after:g} s"
+                if retry_after is None:
+                    note = f"{asked} ignored: that was the last attempt"
+                elif outcome.retry_after > RETRY_AFTER_CAP:
+                    note = f"{asked} capped at {RETRY_AFTER_CAP:g} s"
+                elif scheduled is not None and outcome.retry_after > scheduled:
+                    note = f"{asked} honoured"
+                else:
+                    note = f"{asked} shorter than the schedule's {scheduled:g} s"
+                outcome = replace(outcome, error_message=f"{outcome.error_message}; {note}")
         self._log_attempt(claimed, outcome, retry_after)
+        self._count_attempt(claimed, outcome, retry_after)
         return Result(claimed, outcome, started_at, retry_after)
+
+    def _count_attempt(self, claimed: Claimed, outcome: send.Outcome, retry_after: float | None) -> None:
+        METRICS.attempts.labels(outcome_class(outcome.error_class)).inc()
+        METRICS.attempt_duration.observe(outcome.duration_ms / 1000)
+        if outcome.succeeded:
+            finished = self.clock() if self.clock else datetime.now(UTC)
+            METRICS.end_to_end.observe(max(0.0, (finished - claimed.created_at).total_seconds()))
+        elif retry_after is None:
+            METRICS.deliveries_failed.inc()
+        else:
+            METRICS.retries_scheduled.inc()
+
+    def hand_back(self, claimed: Claimed, *, sent: bool) -> Result:
+        """The result for a send cut off at shutdown: abandoned, due again now (or failed if it was the last).
+
+        It counts as an attempt, like a lease that ran out: the receiver may have
+        got the request, and a request that kills workers must not loop forever.
+        """
+        started_at = self.clock() if self.clock else datetime.now(UTC)
+        message = ("cut off by shutdown mid-send; the receiver may have it" if sent
+                   else "handed back at shutdown before it was sent")
+        outcome = send.Outcome(False, 0.0, error_class="shutdown", error_message=message)
+        last = claimed.attempt >= self.settings.max_attempts
+        return Result(claimed, outcome, started_at, None if last else 0.0, abandoned=True)
 
     def _log_attempt(self, claimed: Claimed, outcome: send.Outcome, retry_after: float | None) -> None:
         fields = {
@@ -280,28 +353,36 @@ class Worker:
             self._wake.clear()
             try:
                 claimed = await self.claim(limit)
-                wait = 0.0 if len(claimed) == limit else await self.seconds_until_due()
             except _TRANSIENT as exc:
-                await self._lost_database(exc, backoff)
+                METRICS.db_errors.labels("claim").inc()
+                await self._lost_database(exc, backoff, stop)
                 continue
-            self.ready = True
+            self._set_ready(True)
             backoff.reset()
+            # Start before asking anything else of the database: claimed work left
+            # unstarted by a failure there would sit out a whole lease.
             for item in claimed:
                 self._start(item)
             if len(claimed) == limit:
                 continue  # there may be more due right now
+            try:
+                wait = await self.seconds_until_due()
+            except _TRANSIENT as exc:
+                METRICS.db_errors.labels("claim").inc()
+                await self._lost_database(exc, backoff, stop)
+                continue
             # Sleep until the next delivery is due, a producer commits, or the poll
             # interval ends. Never spin: due rows we could not claim are being
             # claimed by another worker right now.
             interval = settings.poll_interval if wait is None else min(wait, settings.poll_interval)
             await self._sleep(stop, self._wake, max(interval, MIN_SLEEP))
 
-    async def _lost_database(self, exc: Exception, backoff: Backoff) -> None:
-        self.ready = False
+    async def _lost_database(self, exc: Exception, backoff: Backoff, stop: asyncio.Event) -> None:
+        self._set_ready(False)
         log.warning("database unavailable; reconnecting", error=str(exc).strip(), retry_in_s=backoff.current)
         if self._claim_conn is not None:
             await self._claim_conn.close()
-        await backoff.sleep()
+        await backoff.sleep(stop)
 
     @staticmethod
     async def _sleep(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
@@ -313,16 +394,20 @@ class Worker:
                 waiter.cancel()
 
     def _start(self, claimed: Claimed) -> None:
+        self._unsent[claimed.delivery_id] = claimed
         self._in_flight.add(asyncio.create_task(self._send_and_queue(claimed)))
+        METRICS.in_flight.set(len(self._in_flight))
 
     async def _send_and_queue(self, claimed: Claimed) -> None:
         try:
             with structlog.contextvars.bound_contextvars(delivery_id=delivery_public_id(claimed.delivery_id)):
                 result = await self.attempt(claimed)
+            del self._unsent[claimed.delivery_id]
             self._unrecorded.append(result)
             self._results_ready.set()
         finally:
             self._in_flight.discard(asyncio.current_task())  # type: ignore[arg-type]
+            METRICS.in_flight.set(len(self._in_flight))
             self._room.set()
 
     async def _record_loop(self) -> None:
@@ -336,6 +421,8 @@ class Worker:
                 try:
                     await self.record(batch)
                 except _TRANSIENT as exc:
+                    METRICS.db_errors.labels("record").inc()
+                    self._set_ready(False)
                     log.warning("could not record outcomes; retrying", error=str(exc).strip(),
                                 pending=len(self._unrecorded), retry_in_s=backoff.current)
                     if self._record_conn is not None:
@@ -356,11 +443,19 @@ class Worker:
                            return_when=asyncio.FIRST_COMPLETED)
         forced.cancel()
         if not sends.done():
-            # Their leases expire and other workers retry them: nothing is lost.
-            log.warning("abandoning in-flight sends at shutdown", count=len(self._in_flight))
+            # Cut them off; they are handed back below, so other workers retry them at once.
+            log.warning("handing back in-flight sends at shutdown", count=len(self._in_flight),
+                        forced=force.is_set())
             sends.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sends
+        # Whatever has no outcome now (cut off, or claimed and never started) goes
+        # back to the queue due at once, rather than waiting out its lease.
+        handed_back = [self.hand_back(c, sent=c.delivery_id in self._sending) for c in self._unsent.values()]
+        self._unsent.clear()
+        if handed_back:
+            self._unrecorded.extend(handed_back)
+            self._results_ready.set()
 
     async def _listen(self) -> None:
         backoff = Backoff()
@@ -373,6 +468,7 @@ class Worker:
                     async for _ in conn.notifies():
                         self._wake.set()
             except _TRANSIENT as exc:
+                METRICS.db_errors.labels("listen").inc()
                 log.warning("notification connection lost; reconnecting", error=str(exc).strip(),
                             retry_in_s=backoff.current)
                 await backoff.sleep()

@@ -2,11 +2,16 @@
 
 import asyncio
 import json
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psycopg
+
+import outbox
 from deliverer import probes
+from tests.conftest import Receiver, add_endpoint, webhook_test
 from tests.processes import WorkerProcess
 
 
@@ -55,6 +60,32 @@ async def test_a_worker_without_its_database_is_alive_but_not_ready(tmp_path: Pa
         assert get(port, "/livez")[0] == 200
         assert get(port, "/readyz")[0] == 503
         assert "database unavailable; reconnecting" in worker.log()
+    finally:
+        assert await worker.stop() == 0
+
+
+async def test_a_working_worker_is_ready_and_exports_its_metrics(
+        dsn: str, db: psycopg.Connection, receiver: Receiver, tmp_path: Path) -> None:
+    """After delivering, the worker is ready and /metrics shows the attempt and the backlog gauges."""
+    add_endpoint(db, receiver, "/hook")
+    worker = WorkerProcess(dsn, "w", tmp_path)
+    await worker.start()
+    try:
+        port = await probe_port(worker)
+        with psycopg.connect(dsn) as conn:
+            outbox.publish(conn, "webhook.test", webhook_test(), org_id="org_a")
+            conn.commit()
+        await receiver.wait_for(1)
+        for _ in range(200):
+            _, metrics = get(port, "/metrics")
+            if re.search(r'^deliverer_attempts_total\{outcome="success"\} 1\.0$', metrics, re.MULTILINE):
+                break
+            await asyncio.sleep(0.05)
+        assert get(port, "/readyz")[0] == 200
+        assert re.search(r'^deliverer_attempts_total\{outcome="success"\} 1\.0$', metrics, re.MULTILINE), metrics
+        assert "deliverer_end_to_end_latency_seconds_count 1.0" in metrics
+        assert "deliverer_deliveries_due " in metrics and "deliverer_heartbeat_timestamp_seconds " in metrics
+        assert "whsec_" not in metrics and "org_a" not in metrics
     finally:
         assert await worker.stop() == 0
 

@@ -1,0 +1,59 @@
+-- All SQL of the fault suite. Blocks start with "-- name: <name>".
+-- Tampering statements are expected to fail: they prove the log is append-only.
+
+-- name: tamper_update_log
+UPDATE delivery_log SET outcome = 'succeeded' WHERE seq = (SELECT min(seq) FROM delivery_log)
+
+-- name: tamper_delete_log
+DELETE FROM delivery_log WHERE seq = (SELECT min(seq) FROM delivery_log)
+
+-- name: tamper_truncate_log
+TRUNCATE delivery_log
+
+-- name: tamper_update_event
+UPDATE outbox_event SET body = '{}' WHERE id = (SELECT id FROM outbox_event ORDER BY id LIMIT 1)
+
+-- name: tamper_delete_event
+DELETE FROM outbox_event WHERE id = (SELECT id FROM outbox_event ORDER BY id LIMIT 1)
+
+-- name: tamper_truncate_event
+TRUNCATE outbox_event CASCADE
+
+-- name: open_deliveries
+-- Deliveries not yet delivered or failed.
+SELECT count(*) FROM delivery_queue
+
+-- name: attempt_facts
+-- Every attempt fact: who started it and how it ended, for explaining duplicates.
+SELECT delivery_id, attempt, kind, outcome, worker_id, error_class, error_message, http_status,
+       started_at, recorded_at, next_attempt_at
+FROM delivery_log
+WHERE kind IN ('attempt_started', 'attempt_finished', 'attempt_abandoned', 'late_result')
+ORDER BY delivery_id, attempt, seq
+
+-- name: final_states
+-- The derived state of every delivery, with its event and endpoint URL.
+SELECT s.delivery_id, s.event_id, w.url, s.state, s.attempt
+FROM delivery_state s
+JOIN webhook_endpoint w ON w.id = s.endpoint_id
+
+-- name: deliverer_backends
+-- Terminate every connection a deliverer process holds (application_name "deliverer <id>").
+SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+WHERE application_name LIKE 'deliverer %' AND datname = current_database()
+
+-- name: producer_table
+-- The application's own table next to which the producers publish.
+CREATE TABLE IF NOT EXISTS chaos_job (id text PRIMARY KEY, status text NOT NULL)
+
+-- name: producer_save_job
+INSERT INTO chaos_job (id, status) VALUES (%(id)s, %(status)s)
+ON CONFLICT (id) DO UPDATE SET status = excluded.status
+
+-- name: attempts_by_url
+-- Starts and outcomes of one org's attempts, with the endpoint URL, in log order.
+SELECT w.url, l.attempt, l.kind, l.error_class, l.http_status, l.started_at, l.recorded_at, l.next_attempt_at
+FROM delivery_log l
+JOIN webhook_endpoint w ON w.id = l.endpoint_id
+WHERE l.org_id = %(org_id)s AND l.kind IN ('attempt_started', 'attempt_finished')
+ORDER BY l.seq
