@@ -1,209 +1,131 @@
-"""Drain rate and publish-to-receipt latency of the deliverer, on this machine.
+"""How fast the deliverer drains, how soon an event arrives, and what publishing costs, on this machine.
 
-Everything runs here: a PostgreSQL (BENCH_DATABASE_URL or DATABASE_URL, else an
-embedded one) with a fresh database, an aiohttp sink on loopback that answers
-200 and notes when each event arrived, and real `deliverer run` processes.
+Everything starts here: a PostgreSQL (BENCH_DATABASE_URL or DATABASE_URL, else
+an embedded one), a fresh database per scenario created and dropped on it, a
+minimal HTTP sink on loopback in its own process (see bench.sink), and real
+``python -m deliverer run`` processes. The sink, the database and the
+deliverers share the machine, so every figure is for all of them together.
 
-1. drain: N events are queued first, then one deliverer process starts; the
-   rate is measured from the first receipt to the last (process start-up left
-   out), and CPU seconds are those of the deliverer process for the whole run.
-2. latency: with an idle deliverer, one event per producer transaction;
-   the time from COMMIT returning to the sink receiving the request.
-
-The sink shares the machine with the database and the deliverer, so the figures
-are for all three together. Medians over --repeat runs.
+Figures are medians of --repeat runs; ratios are taken within one run and
+their median reported. --quick is a smoke run (small numbers, one repeat) that
+only shows the harness works. The benchmark exits non-zero if anything was
+lost or delivered twice. Results: a table on stdout and bench/results/latest.json.
 """
 
 import argparse
 import asyncio
-import contextlib
-import json
 import os
-import platform
-import resource
-import secrets
-import statistics
-import sys
 import time
-from pathlib import Path
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-import psycopg
-from aiohttp import web
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from bench import database, machine, report, scenarios
+from bench.sink import SinkProcess, capacity
+from deliverer import devdb
 
-import outbox
-from deliverer import devdb, endpoints, schema
-
-RESULTS = Path(__file__).parent / "results"
-PAYLOAD = {
-    "id": "job_abc123", "org_id": "org_bench", "extractor_id": "ext_def456", "status": "completed",
-    "extracted_data": {"invoice_number": "INV-2024-001", "total_amount": 1250.50, "invoice_date": "2024-11-15"},
-    "confidence": {"invoice_number": 0.98, "total_amount": 0.95, "invoice_date": 0.99},
-    "processing_time_ms": 4532, "cost_credits": 2, "metadata": {"customer_id": "cust_123", "source": "email"},
-    "created_at": "2024-11-23T10:00:00Z", "completed_at": "2024-11-23T10:00:05Z",
-}
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.received: dict[str, float] = {}
-        self.count = 0
-        self.done = asyncio.Event()
-        self.expect = 0
-
-    async def handle(self, request: web.Request) -> web.Response:
-        await request.read()
-        self.received[request.headers["X-DocExtract-Event-Id"]] = time.perf_counter()
-        self.count += 1
-        if self.count >= self.expect:
-            self.done.set()
-        return web.Response(text="OK")
-
-
-class Bench:
-    def __init__(self, server: str) -> None:
-        self.server = server
-        self.sink = Sink()
-        self.url = ""
-
-    async def start_sink(self) -> web.AppRunner:
-        app = web.Application()
-        app.router.add_post("/hook", self.sink.handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-        return runner
-
-    def fresh_database(self) -> str:
-        name = f"bench_{secrets.token_hex(4)}"
-        with psycopg.connect(self.server, autocommit=True) as admin:
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        dsn = make_conninfo(self.server, dbname=name)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            schema.migrate(conn)
-            endpoints.add(conn, org_id="org_bench", url=self.url, allow_insecure=True)
-        return dsn
-
-    def drop_database(self, dsn: str) -> None:
-        name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
-        with psycopg.connect(self.server, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(str(name))))
-
-    async def start_worker(self, dsn: str) -> asyncio.subprocess.Process:
-        env = {**os.environ, "DATABASE_URL": dsn, "DELIVERER_ALLOW_INSECURE_URLS": "1",
-               "DELIVERER_LOG_LEVEL": "warning", "DELIVERER_LOG_FORMAT": "json", "DELIVERER_METRICS_PORT": "0"}
-        return await asyncio.create_subprocess_exec(sys.executable, "-m", "deliverer", "run", env=env,
-                                                    stdin=asyncio.subprocess.DEVNULL)
-
-    @staticmethod
-    async def stop_worker(proc: asyncio.subprocess.Process) -> None:
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), 30)
-
-    async def drain(self, events: int) -> dict[str, float]:
-        dsn = self.fresh_database()
-        try:
-            with psycopg.connect(dsn) as conn:
-                for start in range(0, events, 1000):
-                    outbox.publish_many(conn, [outbox.Event("job.completed", PAYLOAD, "org_bench")
-                                               for _ in range(min(1000, events - start))])
-                conn.commit()
-            self.sink.received.clear()
-            self.sink.count, self.sink.expect = 0, events
-            self.sink.done.clear()
-            cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            proc = await self.start_worker(dsn)
-            await asyncio.wait_for(self.sink.done.wait(), 600)
-            await self.stop_worker(proc)
-            cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            with psycopg.connect(dsn) as conn:
-                left = conn.execute("SELECT count(*) FROM delivery_queue").fetchone()[0]
-            times = sorted(self.sink.received.values())
-            cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
-            return {
-                "deliveries_per_s": (len(times) - 1) / (times[-1] - times[0]),
-                "deliverer_cpu_ms_per_delivery": cpu * 1000 / events,
-                "duplicates": self.sink.count - len(self.sink.received),
-                "unrecorded_after_stop": left,
-            }
-        finally:
-            self.drop_database(dsn)
-
-    async def latency(self, samples: int) -> dict[str, float]:
-        dsn = self.fresh_database()
-        try:
-            proc = await self.start_worker(dsn)
-            self.sink.received.clear()
-            self.sink.count, self.sink.expect = 0, samples
-            self.sink.done.clear()
-            await asyncio.sleep(1.5)  # let the worker connect and start listening
-            committed: dict[str, float] = {}
-            async with await psycopg.AsyncConnection.connect(dsn) as conn:
-                for _ in range(samples):
-                    event_id = await outbox.apublish(conn, "job.completed", PAYLOAD, org_id="org_bench")
-                    await conn.commit()
-                    committed[event_id] = time.perf_counter()
-                    await asyncio.sleep(0.02)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.sink.done.wait(), 10)
-            await self.stop_worker(proc)
-            ms = sorted((self.sink.received[e] - t) * 1000 for e, t in committed.items() if e in self.sink.received)
-            return {
-                "p50_ms": statistics.median(ms),
-                "p95_ms": ms[int(len(ms) * 0.95) - 1],
-                "max_ms": ms[-1],
-                "lost": samples - len(ms),
-            }
-        finally:
-            self.drop_database(dsn)
-
-
-def _median_of(runs: list[dict[str, float]]) -> dict[str, float]:
-    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-
-
-async def main(args: argparse.Namespace) -> int:
-    url = os.environ.get("BENCH_DATABASE_URL") or os.environ.get("DATABASE_URL")
-    with devdb.database(url, use_docker=False) as server:
-        bench = Bench(server)
-        runner = await bench.start_sink()
-        try:
-            drains = [await bench.drain(args.events) for _ in range(args.repeat)]
-            latencies = [await bench.latency(args.latency_samples) for _ in range(args.repeat)]
-        finally:
-            await runner.cleanup()
-        pg_version = psycopg.connect(server).execute("SHOW server_version").fetchone()[0]
-    drain, latency = _median_of(drains), _median_of(latencies)
-    machine = (f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, "
-               f"PostgreSQL {pg_version}")
-    print(f"machine: {machine}; database, sink and deliverer on the same machine; medians of {args.repeat} runs")
-    print(f"{'measure':<58}{'value':>12}")
-    print(f"{'drain, 1 deliverer process, ' + str(args.events) + ' queued events (deliveries/s)':<58}"
-          f"{drain['deliveries_per_s']:>12.0f}")
-    print(f"{'  deliverer CPU per delivery (ms)':<58}{drain['deliverer_cpu_ms_per_delivery']:>12.3f}")
-    print(f"{'  duplicates / not recorded at stop':<58}"
-          f"{drain['duplicates']:>6.0f} / {drain['unrecorded_after_stop']:.0f}")
-    print(f"{'idle publish-to-receipt latency, p50 (ms)':<58}{latency['p50_ms']:>12.2f}")
-    print(f"{'idle publish-to-receipt latency, p95 (ms)':<58}{latency['p95_ms']:>12.2f}")
-    print(f"{'idle publish-to-receipt latency, max (ms)':<58}{latency['max_ms']:>12.2f}")
-    RESULTS.mkdir(exist_ok=True)
-    out = {"machine": machine, "repeat": args.repeat, "events": args.events, "latency_samples":
-           args.latency_samples, "drain": drain, "latency": latency, "drain_runs": drains, "latency_runs": latencies}
-    (RESULTS / "latest.json").write_text(json.dumps(out, indent=2))
-    print(f"written to {RESULTS / 'latest.json'}")
-    lost = latency["lost"] + drain["duplicates"]
-    return 1 if lost else 0
+SCENARIOS = ("drain", "latency", "publish", "backlog", "slow", "fanout")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=10_000, help="events queued for the drain run")
-    parser.add_argument("--latency-samples", type=int, default=100)
-    parser.add_argument("--repeat", type=int, default=3, help="runs per measure; the median is reported")
-    return parser.parse_args(argv)
+    parser = argparse.ArgumentParser(prog="python -m bench", description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: small numbers, one repeat")
+    parser.add_argument("--repeat", type=int, help="runs per figure, the median is reported (default 3)")
+    parser.add_argument("--events", type=int, help="queued events per drain (default 30,000)")
+    parser.add_argument("--processes", help="deliverer process counts for the drain (default 1,2,4)")
+    parser.add_argument("--scenario-processes", type=int, default=2,
+                        help="deliverer processes in the other scenarios (default 2)")
+    parser.add_argument("--latency-seconds", type=float, help="seconds per producer rate (default 20)")
+    parser.add_argument("--rates", help="producer rates, events/s (default 200,1000)")
+    parser.add_argument("--backlog", type=int, help="not-due deliveries for the backlog scenario (default 1,000,000)")
+    parser.add_argument("--only", help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    parser.add_argument("--output", help="JSON file (default bench/results/latest.json)")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    defaults = {"repeat": 1 if quick else 3, "events": 1000 if quick else 30_000,
+                "processes": "1,2" if quick else "1,2,4", "latency_seconds": 2.0 if quick else 20.0,
+                "rates": "200" if quick else "200,1000", "backlog": 20_000 if quick else 1_000_000}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.processes = [int(p) for p in str(args.processes).split(",")]
+    args.rates = [float(r) for r in str(args.rates).split(",")]
+    args.only = SCENARIOS if not args.only else tuple(args.only.split(","))
+    unknown = set(args.only) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    return args
+
+
+async def run(args: argparse.Namespace, server: database.Server) -> dict[str, Any]:
+    sink = SinkProcess()
+    await sink.start()
+    bench = scenarios.Bench(server, sink)
+    quick, repeat, p = args.quick, args.repeat, args.scenario_processes
+    results: dict[str, Any] = {"machine": machine.describe(server.version()), "repeat": repeat, "quick": quick,
+                               "timings_s": {}}
+    steps: list[tuple[str, str, Callable[[], Awaitable[Any]]]] = [
+        ("sink", "sink", lambda: capacity(sink, database.body().encode(), seconds=1 if quick else 2)),
+        ("drain", "drain", lambda: scenarios.drain(bench, events=args.events, processes=args.processes,
+                                                   repeat=repeat)),
+        ("latency", "latency", lambda: scenarios.latency(bench, rates=args.rates, seconds=args.latency_seconds,
+                                                         processes=p, repeat=repeat)),
+        ("publish", "publish", lambda: asyncio.to_thread(
+            scenarios.publish_cost, bench, ops=200 if quick else 1000, batch=500 if quick else 1000,
+            batches=3 if quick else 10, repeat=repeat)),
+        ("backlog", "backlog", lambda: scenarios.backlog(bench, backlog_size=args.backlog,
+                                                         events=300 if quick else 5000, processes=p,
+                                                         repeat=repeat)),
+        ("slow", "slow_receivers", lambda: scenarios.slow_receivers(bench, events=200 if quick else 2000,
+                                                                    processes=p, repeat=repeat)),
+        ("fanout", "fan_out", lambda: scenarios.fan_out(bench, endpoints=100, events=1 if quick else 3 * repeat,
+                                                        processes=p)),
+    ]
+    try:
+        for name, key, step in steps:
+            if name != "sink" and name not in args.only:
+                continue
+            started = time.monotonic()
+            results[key] = await step()
+            results["timings_s"][key] = round(time.monotonic() - started, 1)
+            print(f"[{key} done in {results['timings_s'][key]:.0f} s]", flush=True)
+    finally:
+        await sink.stop()
+    return results
+
+
+def problems(results: dict[str, Any]) -> list[str]:
+    """Anything lost or duplicated, anywhere."""
+    found = []
+    for processes, run_list in results.get("drain", {}).get("runs", {}).items():
+        for r in run_list:
+            if r["duplicates"] or r["lost"]:
+                found.append(f"drain with {processes} processes: {r['duplicates']} duplicates, {r['lost']} lost")
+    for rate, run_list in results.get("latency", {}).get("runs", {}).items():
+        found += [f"latency at {rate}/s: {r['lost']} lost" for r in run_list if r["lost"]]
+    for key in ("backlog", "slow_receivers"):
+        for label, run_list in results.get(key, {}).get("runs", {}).items():
+            found += [f"{key} ({label}): {r['duplicates']} duplicates, {r['lost']} lost"
+                      for r in run_list if r["duplicates"] or r["lost"]]
+    if results.get("fan_out", {}).get("lost_events"):
+        found.append(f"fan-out: {results['fan_out']['lost_events']} events missed an endpoint")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    url = os.environ.get("BENCH_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    with devdb.database(url, use_docker=False) as server_url:
+        results = asyncio.run(run(args, database.Server(server_url)))
+    results["total_seconds"] = round(time.monotonic() - started, 1)
+    print(report.table(results))
+    path = report.write(results, None if args.output is None else report.Path(args.output))
+    print(f"\ntotal {results['total_seconds']:.0f} s; written to {path}")
+    found = problems(results)
+    for problem in found:
+        print(f"PROBLEM: {problem}")
+    return 1 if found else 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(asyncio.run(main(parse_args())))
+    raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""Real ``python -m deliverer run`` processes, as in production, one per simulated pod.
+
+They run with warnings-only JSON logs (written to a file, shown if a run goes
+wrong), no probe port (``DELIVERER_METRICS_PORT=0`` picks a free one) and
+``http://`` loopback URLs allowed. Everything else is the default unless a
+scenario says otherwise.
+"""
+
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from bench import machine
+from bench.database import QUERIES, dbname, fetch_one
+
+
+class Deliverers:
+    """``count`` deliverer processes on one database; ``async with`` starts them and waits until they listen."""
+
+    def __init__(self, dsn: str, count: int, **settings: str) -> None:
+        self.dsn, self.count = dsn, count
+        self.env = {**os.environ, "DATABASE_URL": dsn, "DELIVERER_LOG_LEVEL": "warning",
+                    "DELIVERER_LOG_FORMAT": "json", "DELIVERER_METRICS_PORT": "0",
+                    "DELIVERER_ALLOW_INSECURE_URLS": "1", "DELIVERER_SHUTDOWN_GRACE": "5", **settings}
+        self.processes: list[asyncio.subprocess.Process] = []
+        self.log = Path(tempfile.mkstemp(prefix="bench-deliverer-", suffix=".log")[1])
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes]
+
+    def cpu(self) -> float:
+        return sum(machine.process_cpu(pid) for pid in self.pids)
+
+    async def __aenter__(self) -> "Deliverers":
+        with self.log.open("ab") as log:
+            for _ in range(self.count):
+                self.processes.append(await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "deliverer", "run", env=self.env,
+                    stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log))
+        await self.wait_listening()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        await self.stop()
+        if exc_type is None:
+            self.log.unlink(missing_ok=True)  # kept (and named in the error) when something went wrong
+
+    async def wait_listening(self, timeout: float = 60) -> None:
+        """Until every process has its LISTEN connection open (it has claimed once by then, or is about to)."""
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while fetch_one(conn, "listening_deliverers", {"dbname": dbname(self.dsn)}) < self.count:
+                if time.monotonic() > deadline or any(p.returncode is not None for p in self.processes):
+                    raise RuntimeError(f"deliverers did not start; their log: {self.log}\n{self.tail()}")
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # the first (empty) claim and its sleep
+
+    def backends(self, conn: psycopg.Connection[Any]) -> list[int]:
+        return [row[0] for row in conn.execute(QUERIES["deliverer_backends"], {"dbname": dbname(self.dsn)})]
+
+    async def stop(self) -> None:
+        for process in self.processes:
+            if process.returncode is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                await asyncio.wait_for(process.wait(), 30)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
