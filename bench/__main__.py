@@ -21,7 +21,7 @@ from typing import Any
 
 from bench import database, machine, report, scenarios
 from bench.sink import SinkProcess, capacity
-from deliverer import devdb
+from deliverer import devdb, sealing
 
 SCENARIOS = ("drain", "latency", "publish", "backlog", "slow", "fanout")
 
@@ -112,6 +112,7 @@ def problems(results: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    sealing.use_development_key()
     args = parse_args(argv)
     started = time.monotonic()
     url = os.environ.get("BENCH_DATABASE_URL") or os.environ.get("DATABASE_URL")

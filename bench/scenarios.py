@@ -33,7 +33,9 @@ from bench import database, machine
 from bench.database import ORGS, QUERIES, Server, fetch_one
 from bench.deliverers import Deliverers
 from bench.sink import SinkProcess
+from deliverer.config import Settings
 from deliverer.queries import QUERIES as DELIVERER_QUERIES
+from deliverer.worker import Worker
 from outbox import ids
 from outbox.publish import serialize
 
@@ -348,7 +350,7 @@ def explain_claim(conn: psycopg.Connection[Any], *, analyze: bool = False) -> st
 
     With ``analyze`` the claim really runs, so call it inside a transaction that is rolled back.
     """
-    params = {"limit": 100, "now": None, "worker_id": "bench-explain", "lease_seconds": 30.0, "max_attempts": 6}
+    params = Worker(Settings(worker_id="bench-explain")).claim_params(100)
     prefix = "EXPLAIN (ANALYZE, BUFFERS) " if analyze else "EXPLAIN "
     rows = conn.execute(prefix + DELIVERER_QUERIES["claim_deliveries"], params).fetchall()
     return "\n".join(row[0] for row in rows)

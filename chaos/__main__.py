@@ -29,7 +29,7 @@ from chaos import (
 )
 from chaos.embedded_postgres import EmbeddedPostgres, database
 from chaos.report import Report, table
-from deliverer import logconfig
+from deliverer import logconfig, sealing
 
 Scenario = Callable[[str, Path], Awaitable[Report]]
 
@@ -77,6 +77,7 @@ def server() -> Iterator[str]:
 
 
 async def main(argv: list[str]) -> int:
+    sealing.use_development_key()
     parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the reduced sizes of the pytest versions")
     parser.add_argument("--only", action="append", help="run only this scenario (1, 2a, 2b, 3, 4, 5, 6); repeatable")

@@ -60,6 +60,8 @@ def model(pattern: list[Step]) -> tuple[list[float], tuple[str, int]]:
     for attempt, step in enumerate(padded, start=1):
         if step.status == 200:
             return offsets, ("delivered", attempt)
+        if step.status == 410:
+            return offsets, ("failed", attempt)  # Gone: final, and the endpoint is disabled
         if attempt == len(SEED_DELAYS) + 1:
             return offsets, ("failed", attempt)
         if step.status == 0:

@@ -7,11 +7,14 @@
 | lease_seconds      | DELIVERER_LEASE_SECONDS           | 30 seconds          |
 | batch_size         | DELIVERER_BATCH_SIZE              | 100                 |
 | max_in_flight      | DELIVERER_MAX_IN_FLIGHT           | 200                 |
+| endpoint_concurrency | DELIVERER_ENDPOINT_CONCURRENCY | 50 per endpoint and worker |
 | poll_interval      | DELIVERER_POLL_INTERVAL           | 1 second            |
 | retry_delays       | DELIVERER_RETRY_DELAYS            | 5,30,120,600,3600   |
 | retry_jitter       | DELIVERER_RETRY_JITTER            | 0 (off)             |
 | shutdown_grace     | DELIVERER_SHUTDOWN_GRACE          | 20 seconds          |
 | allow_insecure_urls| DELIVERER_ALLOW_INSECURE_URLS     | 0 (HTTPS only)      |
+| disable_after      | DELIVERER_DISABLE_AFTER           | 432000 (5 days of failing) |
+| allowed_networks   | DELIVERER_ALLOWED_NETWORKS        | none (insecure mode: all) |
 | worker_id          | DELIVERER_WORKER_ID               | host-pid-random     |
 | log_level          | DELIVERER_LOG_LEVEL               | info                |
 | log_format         | DELIVERER_LOG_FORMAT              | auto (json unless a TTY) |
@@ -22,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from deliverer import ssrf
 from deliverer.schedule import SEED_DELAYS
 
 
@@ -55,11 +59,14 @@ class Settings:
     lease_seconds: float = 30.0
     batch_size: int = 100
     max_in_flight: int = 200
+    endpoint_concurrency: int = 50
     poll_interval: float = 1.0
     retry_delays: tuple[float, ...] = field(default=SEED_DELAYS)
     retry_jitter: float = 0.0
     shutdown_grace: float = 20.0
     allow_insecure_urls: bool = False
+    allowed_networks: str = ""
+    disable_after: float = 5 * 24 * 3600.0
     worker_id: str = ""
     log_level: str = "info"
     log_format: str = "auto"
@@ -72,15 +79,27 @@ class Settings:
                 f"lease_seconds ({self.lease_seconds}) must be at least http_timeout + 5 s "
                 f"({self.http_timeout + 5}), or a slow send could be taken over while still running"
             )
-        if self.batch_size < 1 or self.max_in_flight < 1:
-            raise ConfigError("batch_size and max_in_flight must be at least 1")
+        if self.batch_size < 1 or self.max_in_flight < 1 or self.endpoint_concurrency < 1:
+            raise ConfigError("batch_size, max_in_flight and endpoint_concurrency must be at least 1")
         if self.shutdown_grace < 0:
             raise ConfigError("shutdown_grace must be zero or more seconds")
         if not 0 <= self.retry_jitter < 1:
             raise ConfigError("retry_jitter must be a fraction in [0, 1)")
+        try:
+            ssrf.parse_networks(self.allowed_networks)
+        except ValueError as exc:
+            raise ConfigError(f"DELIVERER_ALLOWED_NETWORKS: {exc}") from None
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError("log_format must be auto, json or console")
         return self
+
+    @property
+    def networks(self) -> tuple[ssrf.Network, ...]:
+        """Non-public networks webhooks may still reach. Development mode (insecure URLs allowed) opens all,
+        unless an explicit list narrows it."""
+        if self.allowed_networks.strip():
+            return ssrf.parse_networks(self.allowed_networks)
+        return ssrf.parse_networks("0.0.0.0/0,::/0") if self.allow_insecure_urls else ()
 
     @property
     def max_attempts(self) -> int:
@@ -93,11 +112,14 @@ _ENV = {
     "lease_seconds": "DELIVERER_LEASE_SECONDS",
     "batch_size": "DELIVERER_BATCH_SIZE",
     "max_in_flight": "DELIVERER_MAX_IN_FLIGHT",
+    "endpoint_concurrency": "DELIVERER_ENDPOINT_CONCURRENCY",
     "poll_interval": "DELIVERER_POLL_INTERVAL",
     "retry_delays": "DELIVERER_RETRY_DELAYS",
     "retry_jitter": "DELIVERER_RETRY_JITTER",
     "shutdown_grace": "DELIVERER_SHUTDOWN_GRACE",
     "allow_insecure_urls": "DELIVERER_ALLOW_INSECURE_URLS",
+    "allowed_networks": "DELIVERER_ALLOWED_NETWORKS",
+    "disable_after": "DELIVERER_DISABLE_AFTER",
     "worker_id": "DELIVERER_WORKER_ID",
     "log_level": "DELIVERER_LOG_LEVEL",
     "log_format": "DELIVERER_LOG_FORMAT",

@@ -23,7 +23,7 @@ import psycopg
 from aiohttp import web
 
 import outbox
-from deliverer import config, devdb, endpoints, logconfig, projection, schema
+from deliverer import config, devdb, endpoints, logconfig, projection, schema, sealing
 from deliverer.cli import ATTEMPT_HEADERS, DELIVERY_HEADERS, attempt_rows, delivery_rows, format_table
 from deliverer.queries import QUERIES
 from deliverer.worker import Worker
@@ -149,6 +149,7 @@ async def _wait_until_finished(dsn: str, org_id: str, timeout: float) -> bool:
 
 
 async def main(database_url: str | None) -> int:
+    sealing.use_development_key()
     print("== DocExtract webhooks demo ==")
     logconfig.configure("error", "console")
     with devdb.database(database_url, use_docker=False) as dsn:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 
-from deliverer import ssrf
+from deliverer import sealing, ssrf
 from deliverer.queries import QUERIES
 from outbox.catalog import EVENT_TYPES
 from outbox.ids import iso
@@ -151,10 +151,15 @@ def _new_endpoint_params(org_id: str, url: str, event_types: Iterable[str] | Non
     _check_org(org_id)
     return {
         "id": new_endpoint_id(), "org_id": org_id, "url": check_url(url, allow_insecure=allow_insecure),
-        "secret": new_secret() if secret is None else check_secret(secret),
+        "plain_secret": new_secret() if secret is None else check_secret(secret),
         "event_types": check_event_types(event_types), "description": check_description(description),
         "max_endpoints": MAX_ENDPOINTS_PER_ORG,
     }
+
+
+def _sealed(params: dict[str, Any]) -> dict[str, Any]:
+    """The insert's parameters, with the secret sealed: the database never sees it in the clear."""
+    return {k: v for k, v in params.items() if k != "plain_secret"} | {"secret": sealing.seal(params["plain_secret"])}
 
 
 def _too_many(org_id: str) -> EndpointError:
@@ -166,10 +171,10 @@ def add(conn: psycopg.Connection, *, org_id: str, url: str, event_types: Iterabl
         secret: str | None = None, description: str = "", allow_insecure: bool = False) -> Endpoint:
     """Register an endpoint; the returned Endpoint carries the secret (shown once)."""
     params = _new_endpoint_params(org_id, url, event_types, secret, description, allow_insecure)
-    row = conn.execute(QUERIES["insert_endpoint"], params).fetchone()
+    row = conn.execute(QUERIES["insert_endpoint"], _sealed(params)).fetchone()
     if row is None:
         raise _too_many(org_id)
-    return _endpoint(row, params["secret"])
+    return _endpoint(row, params["plain_secret"])
 
 
 async def add_async(conn: psycopg.AsyncConnection[Any], *, org_id: str, url: str,
@@ -179,10 +184,10 @@ async def add_async(conn: psycopg.AsyncConnection[Any], *, org_id: str, url: str
     # Checking the URL may resolve its host name: not on the event loop.
     params = await asyncio.to_thread(_new_endpoint_params, org_id, url, event_types, secret, description,
                                      allow_insecure)
-    row = await (await conn.execute(QUERIES["insert_endpoint"], params)).fetchone()
+    row = await (await conn.execute(QUERIES["insert_endpoint"], _sealed(params))).fetchone()
     if row is None:
         raise _too_many(org_id)
-    return _endpoint(row, params["secret"])
+    return _endpoint(row, params["plain_secret"])
 
 
 def list_all(conn: psycopg.Connection, org_id: str | None = None) -> list[Endpoint]:
@@ -237,6 +242,7 @@ async def rotate_secret(conn: psycopg.AsyncConnection[Any], endpoint_id: str, or
     """Replace the secret; the old one stays valid (signed for too) for ``grace_seconds``."""
     secret = new_secret()
     cur = await conn.execute(QUERIES["rotate_endpoint_secret"], {"id": endpoint_id, "org_id": org_id,
-                                                                 "secret": secret, "grace_seconds": grace_seconds})
+                                                                 "secret": sealing.seal(secret),
+                                                                 "grace_seconds": grace_seconds})
     row = await cur.fetchone()
     return None if row is None else _endpoint(row, secret)

@@ -26,7 +26,7 @@ class EndpointDisabled(Exception):
 
 async def send(conn: psycopg.AsyncConnection[Any], worker: Worker, endpoint: tuple[Any, ...]) -> dict[str, Any]:
     """Send a webhook.test event to ``endpoint`` (a find_endpoint_by_url row) and report what happened."""
-    endpoint_id, org_id, url, secret, enabled = endpoint
+    endpoint_id, org_id, url, secret, previous_secret, enabled = endpoint
     if not enabled:
         raise EndpointDisabled(f"endpoint {endpoint_id} is disabled; enable it before sending a test event")
     body = serialize("webhook.test", {"message": TEST_MESSAGE, "timestamp": format_timestamp(datetime.now(UTC))})
@@ -39,7 +39,7 @@ async def send(conn: psycopg.AsyncConnection[Any], worker: Worker, endpoint: tup
     assert row is not None
     delivery_id, event_id, created_at = row
     claimed = Claimed(delivery_id, event_id, endpoint_id, org_id, 1, 1, "webhook.test", body, created_at,
-                      url, secret, True)
+                      url, secret, previous_secret, True)
     result = dataclasses.replace(await worker.attempt(claimed), retry_after=None)
     await worker.record([result])
     outcome = result.outcome

@@ -7,14 +7,33 @@
 -- that is still leased belongs to a worker whose lease ran out: that attempt is
 -- recorded as abandoned with an unknown outcome, and if it was the last attempt
 -- allowed the delivery fails instead of being leased again.
-WITH due AS (
-    SELECT delivery_id, event_id, endpoint_id, org_id, series, attempt, leased_by,
-           leased_by IS NOT NULL AND attempt >= %(max_attempts)s AS exhausted
-    FROM delivery_queue
-    WHERE due_at <= coalesce(%(now)s::timestamptz, now())
-    ORDER BY due_at
+-- Each endpoint gets at most its room in this worker: the room_* arrays list the
+-- endpoints whose room is not default_room, full_endpoints those with none left, so
+-- a slow endpoint's backlog is skipped instead of filling every free slot.
+WITH room AS (
+    SELECT * FROM unnest(%(room_endpoints)s::text[], %(room_free)s::int[]) AS room (endpoint_id, free)
+),
+head AS (
+    SELECT delivery_id, endpoint_id, due_at,
+           row_number() OVER (PARTITION BY endpoint_id ORDER BY due_at) AS nth
+    FROM (SELECT delivery_id, endpoint_id, due_at
+          FROM delivery_queue
+          WHERE due_at <= coalesce(%(now)s::timestamptz, now())
+            AND endpoint_id <> ALL (%(full_endpoints)s::text[])
+          ORDER BY due_at
+          LIMIT %(scan)s) AS oldest
+),
+due AS (
+    SELECT q.delivery_id, q.event_id, q.endpoint_id, q.org_id, q.series, q.attempt, q.leased_by,
+           q.leased_by IS NOT NULL AND q.attempt >= %(max_attempts)s AS exhausted
+    FROM delivery_queue q
+    JOIN head h ON h.delivery_id = q.delivery_id
+    LEFT JOIN room r ON r.endpoint_id = h.endpoint_id
+    WHERE h.nth <= coalesce(r.free, %(default_room)s)
+      AND q.due_at <= coalesce(%(now)s::timestamptz, now())
+    ORDER BY h.due_at
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF q SKIP LOCKED
 ),
 abandoned AS (
     INSERT INTO delivery_log (kind, delivery_id, event_id, endpoint_id, org_id, series, attempt,
@@ -50,6 +69,7 @@ started AS (
 )
 SELECT l.delivery_id, l.event_id, l.endpoint_id, l.org_id, l.series, l.attempt,
        e.event_type, e.body, e.created_at, w.url, w.secret,
+       CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END AS previous_secret,
        w.enabled AND w.deleted_at IS NULL AS endpoint_enabled
 FROM leased l
 JOIN outbox_event e ON e.id = l.event_id
@@ -102,6 +122,43 @@ SELECT CASE WHEN a.delivery_id IS NULL THEN 'late_result'
        r.error_class, r.error_message, r.response_excerpt
 FROM r LEFT JOIN applied a ON a.delivery_id = r.delivery_id
 RETURNING delivery_id, kind, next_attempt_at
+
+-- name: update_endpoint_health
+-- Keep each endpoint's failing_since: cleared by a success, set by the first of a
+-- run of failures. An endpoint that answered 410 Gone, or has failed without one
+-- success for disable_after seconds, is disabled with the reason. Rows that would
+-- not change are not written. Returns the endpoints it disabled.
+WITH h AS (
+    SELECT *
+    FROM unnest(%(endpoint_ids)s::text[], %(succeeded)s::bool[], %(gone)s::bool[],
+                %(first_failure)s::timestamptz[])
+         AS h (endpoint_id, succeeded, gone, first_failure)
+),
+judged AS (
+    SELECT w.id, h.succeeded, h.gone,
+           coalesce(w.failing_since, h.first_failure) AS failing_since,
+           NOT h.succeeded AND coalesce(w.failing_since, h.first_failure)
+               <= coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(disable_after)s) AS expired,
+           w.failing_since IS NULL AS was_healthy
+    FROM webhook_endpoint w JOIN h ON h.endpoint_id = w.id
+    WHERE w.enabled AND w.deleted_at IS NULL
+),
+updated AS (
+    UPDATE webhook_endpoint w
+    SET failing_since = CASE WHEN j.succeeded THEN NULL ELSE j.failing_since END,
+        enabled = NOT (j.gone OR j.expired),
+        disabled_reason = CASE
+            WHEN j.gone THEN 'the receiver answered 410 Gone'
+            WHEN j.expired THEN 'every attempt failed since ' || to_char(j.failing_since AT TIME ZONE 'UTC',
+                                                                       'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+        END,
+        updated_at = now()
+    FROM judged j
+    WHERE w.id = j.id
+      AND (j.gone OR j.expired OR (j.succeeded AND NOT j.was_healthy) OR (NOT j.succeeded AND j.was_healthy))
+    RETURNING w.id, w.org_id, w.enabled, w.disabled_reason
+)
+SELECT id, org_id, disabled_reason FROM updated WHERE NOT enabled
 
 -- name: seconds_until_due
 -- Seconds until the earliest open delivery becomes due (a retry, or a lease
@@ -242,14 +299,16 @@ SELECT id, secret, previous_secret FROM webhook_endpoint ORDER BY id FOR UPDATE
 UPDATE webhook_endpoint SET secret = %(secret)s, previous_secret = %(previous_secret)s WHERE id = %(id)s
 
 -- name: find_endpoint_by_url
-SELECT id, org_id, url, secret, enabled
+SELECT id, org_id, url, secret,
+       CASE WHEN previous_secret_expires_at > now() THEN previous_secret END, enabled
 FROM webhook_endpoint
 WHERE (%(org_id)s::text IS NULL OR org_id = %(org_id)s) AND url = %(url)s AND deleted_at IS NULL
 ORDER BY enabled DESC, created_at
 LIMIT 1
 
 -- name: endpoint_for_test
-SELECT id, org_id, url, secret, enabled
+SELECT id, org_id, url, secret,
+       CASE WHEN previous_secret_expires_at > now() THEN previous_secret END, enabled
 FROM webhook_endpoint
 WHERE id = %(id)s AND (%(org_id)s::text IS NULL OR org_id = %(org_id)s) AND deleted_at IS NULL
 

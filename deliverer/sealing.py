@@ -57,3 +57,10 @@ def reseal(stored: str, keys: str | None = None) -> str:
     if not stored.startswith(PREFIX):
         return seal(stored, keys)
     return PREFIX + _box(keys).rotate(stored[len(PREFIX):].encode()).decode()
+
+
+def use_development_key() -> None:
+    """For the demo, the benchmark and the fault suite, which run every process themselves:
+    a fresh key for this run unless one is set. Never for a deployment."""
+    if not os.environ.get(ENV):
+        os.environ[ENV] = new_key()

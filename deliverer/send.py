@@ -15,6 +15,7 @@ Error classes recorded in the log:
 | connect_error      | no connection: refused, unreachable, DNS                          |
 | tls_error          | the TLS handshake failed, e.g. an untrusted certificate           |
 | protocol_error     | connected, but the answer was not HTTP or the connection was cut  |
+| ssrf_blocked       | the destination is not a public address (see deliverer.ssrf)      |
 """
 
 import ssl
@@ -24,6 +25,9 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import aiohttp
+from yarl import URL
+
+from deliverer import ssrf
 
 EXCERPT_BYTES = 1024
 """How much of a response body is kept in the log. The rest is never read."""
@@ -43,8 +47,11 @@ class Outcome:
     retry_after: float | None = None  # seconds a 429/503 asked us to wait, as sent; None when absent or unparsable
 
 
-def new_session(*, max_connections: int) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=60, keepalive_timeout=30)
+def new_session(*, max_connections: int, allowed: tuple[ssrf.Network, ...] = ()) -> aiohttp.ClientSession:
+    """Connections resolve names through the SSRF guard on every new connection (no DNS cache),
+    so each is made to addresses vetted just before."""
+    connector = aiohttp.TCPConnector(limit=max_connections, use_dns_cache=False, keepalive_timeout=30,
+                                     resolver=ssrf.GuardedResolver(allowed))
     # Cookies would leak state between endpoints and orgs.
     return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
@@ -83,8 +90,14 @@ def _failure(started: float, error_class: str, message: str) -> Outcome:
 
 
 async def post(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], *,
-               timeout: float) -> Outcome:
+               timeout: float, allowed: tuple[ssrf.Network, ...] = ()) -> Outcome:
     started = time.perf_counter()
+    try:
+        ssrf.check_host(URL(url).host or "", allowed)
+    except ssrf.SsrfBlocked as exc:
+        return _failure(started, "ssrf_blocked", str(exc))
+    except ValueError as exc:
+        return _failure(started, "invalid_url", f"invalid URL: {exc}")
     try:
         async with session.post(
             url, data=body, headers=headers, allow_redirects=False,
@@ -98,6 +111,8 @@ async def post(session: aiohttp.ClientSession, url: str, body: bytes, headers: d
     except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError, ssl.SSLError) as exc:
         return _failure(started, "tls_error", f"TLS failed: {exc}")
     except aiohttp.ClientConnectorError as exc:
+        if isinstance(exc.os_error, ssrf.SsrfBlocked):
+            return _failure(started, "ssrf_blocked", str(exc.os_error))
         return _failure(started, "connect_error", f"could not connect: {exc}")
     except aiohttp.InvalidURL as exc:
         return _failure(started, "invalid_url", f"invalid URL: {exc}")

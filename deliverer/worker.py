@@ -37,7 +37,7 @@ import aiohttp
 import psycopg
 import structlog
 
-from deliverer import send, sign
+from deliverer import sealing, send, sign
 from deliverer.config import Settings
 from deliverer.metrics import METRICS, outcome_class
 from deliverer.queries import QUERIES
@@ -70,7 +70,8 @@ class Claimed:
     body: str
     created_at: datetime
     url: str
-    secret: str
+    secret: str  # sealed (deliverer.sealing)
+    previous_secret: str | None  # sealed; set while a rotated-out secret is still valid
     endpoint_enabled: bool
 
 
@@ -87,6 +88,57 @@ class Result:
         if self.abandoned:
             return "unknown"
         return "succeeded" if self.outcome.succeeded else "failed"
+
+
+class EndpointLimits:
+    """How many sends each endpoint may have in flight in this worker, adjusted like TCP
+    congestion control: halved when the endpoint times out, cannot be reached or
+    answers 429/503, raised by one per success, up to ``ceiling``. A slow or dead
+    endpoint then holds a few of the worker's sends, not all of them.
+    """
+
+    SHRINK_ON = frozenset({"timeout", "connect_error"})
+
+    def __init__(self, ceiling: int) -> None:
+        self.ceiling = ceiling
+        self.caps: dict[str, int] = {}
+        self.in_flight: dict[str, int] = {}
+
+    def cap(self, endpoint_id: str) -> int:
+        return self.caps.get(endpoint_id, self.ceiling)
+
+    def rooms(self) -> tuple[list[str], list[int], list[str]]:
+        """(endpoints with less than the default room, their room, endpoints with no room) for the claim."""
+        limited, free, full = [], [], []
+        for endpoint_id in self.caps.keys() | self.in_flight.keys():
+            room = self.cap(endpoint_id) - self.in_flight.get(endpoint_id, 0)
+            if room <= 0:
+                full.append(endpoint_id)
+            elif room < self.ceiling:
+                limited.append(endpoint_id)
+                free.append(room)
+        return limited, free, full
+
+    def started(self, endpoint_id: str) -> None:
+        self.in_flight[endpoint_id] = self.in_flight.get(endpoint_id, 0) + 1
+
+    def finished(self, endpoint_id: str, outcome: send.Outcome | None) -> None:
+        left = self.in_flight.get(endpoint_id, 1) - 1
+        if left:
+            self.in_flight[endpoint_id] = left
+        else:
+            self.in_flight.pop(endpoint_id, None)
+        if outcome is None:
+            return
+        cap = self.cap(endpoint_id)
+        if outcome.error_class in self.SHRINK_ON or outcome.http_status in (429, 503):
+            cap = max(1, cap // 2)
+        elif outcome.succeeded:
+            cap = min(self.ceiling, cap + 1)
+        if cap >= self.ceiling:
+            self.caps.pop(endpoint_id, None)
+        else:
+            self.caps[endpoint_id] = cap
 
 
 def default_worker_id() -> str:
@@ -131,13 +183,15 @@ class Worker:
         self._unsent: dict[uuid.UUID, Claimed] = {}  # claimed, no outcome yet: what shutdown hands back
         self._sending: set[uuid.UUID] = set()  # the request may have reached the receiver
         self._unrecorded: list[Result] = []
+        self._failing: set[str] = set()  # endpoints whose last outcome here was a failure
+        self.limits = EndpointLimits(settings.endpoint_concurrency)
         self._results_ready = asyncio.Event()
         self._wake = asyncio.Event()  # a producer committed, or the listener reconnected
         self._room = asyncio.Event()  # a send finished
         self._closing = False
 
     async def __aenter__(self) -> "Worker":
-        self._http = send.new_session(max_connections=self.settings.max_in_flight)
+        self._http = send.new_session(max_connections=self.settings.max_in_flight, allowed=self.settings.networks)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -173,13 +227,20 @@ class Worker:
             self._record_conn = await self._connect()
         return self._record_conn
 
+    def claim_params(self, limit: int) -> dict[str, Any]:
+        """The claim statement's parameters: the lease, the clock, and each endpoint's room here."""
+        room_endpoints, room_free, full = self.limits.rooms()
+        return {
+            "limit": limit, "now": self._now(), "worker_id": self.worker_id,
+            "lease_seconds": self.settings.lease_seconds, "max_attempts": self.settings.max_attempts,
+            "scan": limit * 4, "default_room": self.limits.ceiling, "room_endpoints": room_endpoints,
+            "room_free": room_free, "full_endpoints": full,
+        }
+
     async def claim(self, limit: int) -> list[Claimed]:
         """Lease up to ``limit`` due deliveries for this worker."""
         conn = await self._claim_db()
-        cur = await conn.execute(QUERIES["claim_deliveries"], {
-            "limit": limit, "now": self._now(), "worker_id": self.worker_id,
-            "lease_seconds": self.settings.lease_seconds, "max_attempts": self.settings.max_attempts,
-        })
+        cur = await conn.execute(QUERIES["claim_deliveries"], self.claim_params(limit))
         claimed = [Claimed(*row) for row in await cur.fetchall()]
         METRICS.claim_batch.observe(len(claimed))
         METRICS.last_poll.set(time.time())
@@ -208,7 +269,45 @@ class Worker:
             "error_message": [r.outcome.error_message for r in results],
             "response_excerpt": [r.outcome.response_excerpt for r in results],
         })
-        return await cur.fetchall()
+        rows = await cur.fetchall()
+        await self._update_health(conn, results)
+        return rows
+
+    async def _update_health(self, conn: psycopg.AsyncConnection[Any], results: list[Result]) -> None:
+        """Track each endpoint's run of failures; disable it on 410 Gone or after failing for disable_after.
+
+        Best effort: the outcomes are already recorded, and the next batch tries again.
+        Nothing is sent on the healthy path (successes of endpoints not seen failing).
+        """
+        summary: dict[str, list[Any]] = {}  # endpoint -> [succeeded, gone, first failure]
+        for result in results:
+            if result.abandoned or result.outcome.error_class == "endpoint_disabled":
+                continue
+            entry = summary.setdefault(result.claimed.endpoint_id, [False, False, None])
+            if result.outcome.succeeded:
+                entry[0] = True
+            else:
+                entry[1] = entry[1] or result.outcome.http_status == 410
+                entry[2] = result.started_at if entry[2] is None else min(entry[2], result.started_at)
+        relevant = {e: v for e, v in summary.items() if not v[0] or e in self._failing}
+        if not relevant:
+            return
+        try:
+            cur = await conn.execute(QUERIES["update_endpoint_health"], {
+                "now": self._now(), "disable_after": self.settings.disable_after,
+                "endpoint_ids": list(relevant), "succeeded": [v[0] for v in relevant.values()],
+                "gone": [v[1] for v in relevant.values()], "first_failure": [v[2] for v in relevant.values()],
+            })
+            disabled = await cur.fetchall()
+        except _TRANSIENT as exc:
+            METRICS.db_errors.labels("record").inc()
+            log.warning("could not update endpoint health", error=str(exc).strip())
+            return
+        for endpoint_id, (succeeded, _gone, _first) in relevant.items():
+            (self._failing.discard if succeeded else self._failing.add)(endpoint_id)
+        for endpoint_id, org_id, reason in disabled:
+            METRICS.endpoints_disabled.inc()
+            log.warning("endpoint disabled", endpoint_id=endpoint_id, org_id=org_id, reason=reason)
 
     async def seconds_until_due(self) -> float | None:
         conn = await self._claim_db()
@@ -229,17 +328,22 @@ class Worker:
             self._count_attempt(claimed, outcome, None)
             return Result(claimed, outcome, started_at, None)
         body = claimed.body.encode("utf-8")
+        previous = () if claimed.previous_secret is None else (sealing.unseal(claimed.previous_secret),)
         headers = sign.headers(
-            secret=claimed.secret, body=body, event_id=event_public_id(claimed.event_id),
+            secret=sealing.unseal(claimed.secret), previous_secrets=previous, body=body,
+            event_id=event_public_id(claimed.event_id),
             event_type=claimed.event_type, delivery_id=delivery_public_id(claimed.delivery_id),
             attempt=claimed.attempt, timestamp=int(started_at.timestamp()),
         )
         assert self._http is not None, "use the Worker as an async context manager"
         self._sending.add(claimed.delivery_id)
-        outcome = await send.post(self._http, claimed.url, body, headers, timeout=self.settings.http_timeout)
+        outcome = await send.post(self._http, claimed.url, body, headers, timeout=self.settings.http_timeout,
+                                  allowed=self.settings.networks)
         self._sending.discard(claimed.delivery_id)  # left in place only when a shutdown cuts the send off
         retry_after = None
-        if not outcome.succeeded:
+        if outcome.http_status == 410:
+            pass  # Gone: the receiver asks us to stop, so this is final and the endpoint gets disabled
+        elif not outcome.succeeded:
             scheduled = retry_delay(claimed.attempt, self.settings.retry_delays, jitter=self.settings.retry_jitter)
             retry_after = honour_retry_after(scheduled, outcome.retry_after)
             if outcome.retry_after is not None:
@@ -373,7 +477,12 @@ class Worker:
                 continue
             # Sleep until the next delivery is due, a producer commits, or the poll
             # interval ends. Never spin: due rows we could not claim are being
-            # claimed by another worker right now.
+            # claimed by another worker right now, or belong to endpoints with no
+            # room left here, which a finishing send may free.
+            if wait is not None and wait <= 0 and self.limits.in_flight:
+                self._room.clear()
+                await self._sleep(stop, self._room, settings.poll_interval, also=self._wake)
+                continue
             interval = settings.poll_interval if wait is None else min(wait, settings.poll_interval)
             await self._sleep(stop, self._wake, max(interval, MIN_SLEEP))
 
@@ -385,8 +494,9 @@ class Worker:
         await backoff.sleep(stop)
 
     @staticmethod
-    async def _sleep(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
-        waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
+    async def _sleep(stop: asyncio.Event, wake: asyncio.Event, seconds: float,
+                     also: asyncio.Event | None = None) -> None:
+        waiters = [asyncio.ensure_future(e.wait()) for e in (wake, stop, also) if e is not None]
         try:
             await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -395,10 +505,12 @@ class Worker:
 
     def _start(self, claimed: Claimed) -> None:
         self._unsent[claimed.delivery_id] = claimed
+        self.limits.started(claimed.endpoint_id)
         self._in_flight.add(asyncio.create_task(self._send_and_queue(claimed)))
         METRICS.in_flight.set(len(self._in_flight))
 
     async def _send_and_queue(self, claimed: Claimed) -> None:
+        result = None
         try:
             with structlog.contextvars.bound_contextvars(delivery_id=delivery_public_id(claimed.delivery_id)):
                 result = await self.attempt(claimed)
@@ -406,6 +518,7 @@ class Worker:
             self._unrecorded.append(result)
             self._results_ready.set()
         finally:
+            self.limits.finished(claimed.endpoint_id, None if result is None else result.outcome)
             self._in_flight.discard(asyncio.current_task())  # type: ignore[arg-type]
             METRICS.in_flight.set(len(self._in_flight))
             self._room.set()

@@ -29,6 +29,8 @@ from deliverer.config import Settings
 
 # Worker processes started by tests each serve probes; a free port each avoids clashes.
 os.environ["DELIVERER_METRICS_PORT"] = "0"
+# Endpoint secrets are sealed at rest; tests (and the workers they start) share one key.
+os.environ.setdefault("DELIVERER_SECRET_KEYS", "5_ZsxSiPzlJuC4q_f8tTHYBU8pC76WdHhM3O-gS9F3g=")
 
 
 @pytest.fixture(scope="session")

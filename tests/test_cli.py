@@ -7,9 +7,12 @@ import sys
 
 import psycopg
 
+from deliverer import sealing
+
 
 def deliverer(dsn: str | None, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERER_") and k != "DATABASE_URL"}
+    environ = {k: v for k, v in os.environ.items()
+               if (not k.startswith("DELIVERER_") or k == "DELIVERER_SECRET_KEYS") and k != "DATABASE_URL"}
     if dsn:
         environ["DATABASE_URL"] = dsn
     return subprocess.run([sys.executable, "-m", "deliverer", *args], env=environ | env,
@@ -33,8 +36,8 @@ def test_endpoints_add_prints_id_and_secret_as_json(dsn: str, db: psycopg.Connec
     assert created["id"].startswith("ep_")
     assert created["secret"].startswith("whsec_")
     assert created["events"] == ["job.completed", "job.failed"]
-    stored = db.execute("SELECT secret FROM webhook_endpoint WHERE id = %s", [created["id"]]).fetchone()
-    assert stored == (created["secret"],)
+    stored = db.execute("SELECT secret FROM webhook_endpoint WHERE id = %s", [created["id"]]).fetchone()[0]
+    assert created["secret"] not in stored and sealing.unseal(stored) == created["secret"]
 
 
 def test_endpoints_add_imports_an_existing_secret(dsn: str, db: psycopg.Connection) -> None:
@@ -174,7 +177,9 @@ def test_logs_replay_and_recover(dsn: str, db: psycopg.Connection) -> None:
 def test_test_webhook_reports_the_outcome(dsn: str, db: psycopg.Connection) -> None:
     """test-webhook sends webhook.test to a registered URL and says whether it arrived."""
     _failed_delivery(dsn, db)
-    result = deliverer(dsn, "test-webhook", "http://127.0.0.1:9/hook")
+    guarded = deliverer(dsn, "test-webhook", "http://127.0.0.1:9/hook")
+    assert guarded.returncode == 1 and "not delivered: refused to connect" in guarded.stdout
+    result = deliverer(dsn, "test-webhook", "http://127.0.0.1:9/hook", DELIVERER_ALLOW_INSECURE_URLS="1")
     assert result.returncode == 1
     assert "not delivered: could not connect" in result.stdout
     unknown = deliverer(dsn, "test-webhook", "https://nowhere.example/hook")
@@ -197,7 +202,7 @@ def test_reseal_seals_legacy_secrets_and_moves_them_to_a_new_key(dsn: str, db: p
     assert deliverer(dsn, "reseal", DELIVERER_SECRET_KEYS=f"{new},{old}").returncode == 0
     stored = db.execute("SELECT secret FROM webhook_endpoint").fetchone()[0]
     assert sealing.unseal(stored, new) == "whsec_legacy"
-    missing = deliverer(dsn, "reseal")
+    missing = deliverer(dsn, "reseal", DELIVERER_SECRET_KEYS="")
     assert missing.returncode == 2 and "generate-encryption-key" in missing.stderr
 
 

@@ -9,6 +9,7 @@ of everything that is due now.
 import psycopg
 
 from deliverer.queries import QUERIES
+from deliverer.worker import Worker
 from tests.conftest import settings_for
 
 NOT_DUE = 50_000
@@ -30,8 +31,7 @@ def _fill_queue(db: psycopg.Connection) -> None:
 
 def _explain_claim(db: psycopg.Connection, dsn: str) -> str:
     settings = settings_for(dsn)
-    params = {"limit": settings.batch_size, "now": None, "worker_id": "plan-test",
-              "lease_seconds": settings.lease_seconds, "max_attempts": settings.max_attempts}
+    params = Worker(settings).claim_params(settings.batch_size)
     rows = db.execute("EXPLAIN " + QUERIES["claim_deliveries"], params).fetchall()
     return "\n".join(row[0] for row in rows)
 
@@ -50,7 +50,6 @@ def test_claim_with_a_test_clock_uses_the_due_index(db: psycopg.Connection, dsn:
     settings = settings_for(dsn)
     row = db.execute("SELECT now()").fetchone()
     assert row is not None
-    params = {"limit": settings.batch_size, "now": row[0], "worker_id": "plan-test",
-              "lease_seconds": settings.lease_seconds, "max_attempts": settings.max_attempts}
+    params = Worker(settings, clock=lambda: row[0]).claim_params(settings.batch_size)
     plan = "\n".join(r[0] for r in db.execute("EXPLAIN " + QUERIES["claim_deliveries"], params).fetchall())
     assert "delivery_queue_due on delivery_queue" in plan, plan

@@ -1,0 +1,174 @@
+"""Security and endpoint health end to end: rotation overlap, secrets at rest, 410, auto-disable, fair sharing."""
+
+import asyncio
+from pathlib import Path
+
+import psycopg
+import pytest
+from aiohttp import web
+from standardwebhooks.webhooks import Webhook as StandardWebhook
+
+import outbox
+from deliverer import endpoints
+from deliverer.worker import Worker
+from outbox import signatures
+from tests.conftest import FakeClock, Receiver, add_endpoint, count, settings_for, webhook_test
+from tests.processes import WorkerProcess
+
+
+def publish(dsn: str, org_id: str = "org_a") -> str:
+    with psycopg.connect(dsn) as conn:
+        event_id = outbox.publish(conn, "webhook.test", webhook_test(), org_id=org_id)
+        conn.commit()
+    return event_id
+
+
+async def rotate(dsn: str, endpoint_id: str, **kwargs: float) -> str:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        rotated = await endpoints.rotate_secret(conn, endpoint_id, "org_a", **kwargs)
+    assert rotated is not None and rotated.secret is not None
+    return rotated.secret
+
+
+class TestSecretRotation:
+    async def test_both_secrets_verify_during_the_grace_period_and_only_the_new_one_after(
+            self, dsn: str, db: psycopg.Connection, receiver: Receiver) -> None:
+        """After rotation, standardwebhooks receivers with the old or the new secret both verify; after the grace,
+        only the new one does. X-DocExtract-Signature uses the new secret at once."""
+        endpoint = add_endpoint(db, receiver, "/hook")
+        old = endpoint.secret
+        new = await rotate(dsn, endpoint.id)
+        publish(dsn)
+        async with Worker(settings_for(dsn)) as worker:
+            await worker.run_once()
+        during = receiver.requests[-1]
+        StandardWebhook(old).verify(during.body, during.headers)
+        StandardWebhook(new).verify(during.body, during.headers)
+        assert len(during.headers["webhook-signature"].split()) == 2
+        assert signatures.verify_signature(during.body, during.headers["X-DocExtract-Signature"], new)
+
+        newer = await rotate(dsn, endpoint.id, grace_seconds=0)  # ends the first grace period
+        publish(dsn)
+        async with Worker(settings_for(dsn)) as worker:
+            await worker.run_once()
+        after = receiver.requests[-1]
+        StandardWebhook(newer).verify(after.body, after.headers)
+        assert len(after.headers["webhook-signature"].split()) == 1
+        with pytest.raises(signatures.InvalidSignature):
+            signatures.verify_standard(after.body, after.headers, [old, new])
+
+
+class TestSecretsAtRest:
+    async def test_secrets_are_sealed_in_the_database_and_absent_from_logs(
+            self, dsn: str, db: psycopg.Connection, receiver: Receiver, tmp_path: Path) -> None:
+        """The database holds no secret in the clear, and a worker's log never shows one."""
+        endpoint = add_endpoint(db, receiver, "/hook")
+        receiver.fail_first("/hook", 1)
+        dump = " ".join(str(v) for row in db.execute("SELECT * FROM webhook_endpoint") for v in row)
+        assert endpoint.secret not in dump and "fernet:" in dump
+        worker = WorkerProcess(dsn, "w", tmp_path, DELIVERER_LOG_LEVEL="debug",
+                               DELIVERER_RETRY_DELAYS="0.1")
+        await worker.start()
+        try:
+            await worker.wait_started()
+            publish(dsn)
+            await receiver.wait_for(2)
+        finally:
+            assert await worker.stop() == 0
+        assert all(r.signature_ok for r in receiver.requests)
+        assert endpoint.secret not in worker.log() and "whsec_" not in worker.log()
+
+
+class TestEndpointHealth:
+    async def test_410_gone_ends_the_delivery_and_disables_the_endpoint(
+            self, dsn: str, db: psycopg.Connection, receiver: Receiver) -> None:
+        """A 410 is not retried; the endpoint is disabled with the reason and gets nothing more."""
+        endpoint = add_endpoint(db, receiver, "/gone")
+
+        async def gone(request: web.Request, n: int) -> web.StreamResponse:
+            return web.Response(status=410)
+        receiver.behave("/gone", gone)
+        publish(dsn)
+        async with Worker(settings_for(dsn)) as worker:
+            [result] = await worker.run_once()
+            assert result.retry_after is None
+            publish(dsn)
+            await worker.run_once()
+        assert len(receiver.requests) == 1
+        assert db.execute("SELECT enabled, disabled_reason FROM webhook_endpoint WHERE id = %s",
+                          [endpoint.id]).fetchone() == (False, "the receiver answered 410 Gone")
+        assert db.execute("SELECT state FROM delivery_state").fetchall() == [("failed",)]
+        assert count(db, "outbox_event") == 2, "the second event has no delivery: the endpoint was disabled"
+
+    async def test_an_endpoint_failing_for_the_whole_period_is_disabled(
+            self, dsn: str, db: psycopg.Connection, receiver: Receiver, clock: FakeClock) -> None:
+        """Failures spread over the disable period disable the endpoint; one success in between resets the clock."""
+        endpoint = add_endpoint(db, receiver, "/down")
+        receiver.fail_first("/down", 3)  # fails, fails, fails, then recovers
+        settings = settings_for(dsn, retry_delays=(), disable_after=3600)
+        async with Worker(settings, clock=clock) as worker:
+            publish(dsn)
+            await worker.run_once()            # failing since now
+            clock.advance(1800)
+            publish(dsn)
+            await worker.run_once()            # still within the period
+            assert db.execute("SELECT enabled FROM webhook_endpoint").fetchone() == (True,)
+            clock.advance(1801)
+            publish(dsn)
+            await worker.run_once()            # failing for over an hour: disabled
+        row = db.execute("SELECT enabled, disabled_reason FROM webhook_endpoint WHERE id = %s",
+                         [endpoint.id]).fetchone()
+        assert row[0] is False and row[1].startswith("every attempt failed since ")
+
+        other = add_endpoint(db, receiver, "/flaky", org_id="org_b")
+        receiver.fail_first("/flaky", 1)
+        async with Worker(settings, clock=clock) as worker:
+            publish(dsn, "org_b")
+            await worker.run_once()            # fails
+            clock.advance(3000)
+            publish(dsn, "org_b")
+            await worker.run_once()            # succeeds: the run of failures ends
+            clock.advance(3000)
+        assert db.execute("SELECT enabled, failing_since FROM webhook_endpoint WHERE id = %s",
+                          [other.id]).fetchone() == (True, None)
+
+    async def test_enabling_again_clears_the_reason(self, dsn: str, db: psycopg.Connection,
+                                                    receiver: Receiver) -> None:
+        """Re-enabling a disabled endpoint clears why it was disabled."""
+        endpoint = add_endpoint(db, receiver, "/hook")
+        db.execute("UPDATE webhook_endpoint SET enabled = false, disabled_reason = 'the receiver answered 410 Gone'")
+        enabled = endpoints.set_enabled(db, endpoint.id, True)
+        assert (enabled.enabled, enabled.disabled_reason) == (True, None)
+
+
+class TestFairSharing:
+    async def test_a_hanging_endpoint_cannot_take_every_send(
+            self, dsn: str, db: psycopg.Connection, receiver: Receiver, tmp_path: Path) -> None:
+        """With a hanging endpoint holding its cap, a healthy endpoint's events are delivered meanwhile."""
+        add_endpoint(db, receiver, "/hang", org_id="org_slow")
+        add_endpoint(db, receiver, "/ok", org_id="org_ok")
+        release = asyncio.Event()
+
+        async def hang(request: web.Request, n: int) -> web.StreamResponse:
+            await release.wait()
+            return web.Response()
+        receiver.behave("/hang", hang)
+        slow = [publish(dsn, "org_slow") for _ in range(20)]  # first in line
+        healthy = [publish(dsn, "org_ok") for _ in range(20)]
+        worker = WorkerProcess(dsn, "w", tmp_path, DELIVERER_MAX_IN_FLIGHT="8", DELIVERER_BATCH_SIZE="8",
+                               DELIVERER_ENDPOINT_CONCURRENCY="2", DELIVERER_HTTP_TIMEOUT="30",
+                               DELIVERER_LEASE_SECONDS="60")
+        await worker.start()
+        try:
+            # Without the cap the 8 slots fill with hanging sends and nothing else moves until they time out.
+            for _ in range(400):
+                if len(receiver.to("/ok")) == len(healthy):
+                    break
+                await asyncio.sleep(0.05)
+            assert sorted(receiver.event_ids("/ok")) == sorted(healthy)
+            assert len(receiver.to("/hang")) <= 2
+        finally:
+            release.set()
+            assert await worker.stop() == 0
+        assert set(receiver.event_ids("/hang")) <= set(slow)
+        assert count(db, "outbox_event") == 40
