@@ -127,7 +127,8 @@ RETURNING delivery_id, kind, next_attempt_at
 -- Keep each endpoint's failing_since: cleared by a success, set by the first of a
 -- run of failures. An endpoint that answered 410 Gone, or has failed without one
 -- success for disable_after seconds, is disabled with the reason. Rows that would
--- not change are not written. Returns the endpoints it disabled.
+-- not change are not written. Returns the endpoints it disabled, for the caller to
+-- announce in the same transaction.
 WITH h AS (
     SELECT *
     FROM unnest(%(endpoint_ids)s::text[], %(succeeded)s::bool[], %(gone)s::bool[],
@@ -156,9 +157,9 @@ updated AS (
     FROM judged j
     WHERE w.id = j.id
       AND (j.gone OR j.expired OR (j.succeeded AND NOT j.was_healthy) OR (NOT j.succeeded AND j.was_healthy))
-    RETURNING w.id, w.org_id, w.enabled, w.disabled_reason
+    RETURNING w.id, w.org_id, w.url, w.enabled, w.disabled_reason, w.updated_at
 )
-SELECT id, org_id, disabled_reason FROM updated WHERE NOT enabled
+SELECT id, org_id, url, disabled_reason, updated_at FROM updated WHERE NOT enabled
 
 -- name: seconds_until_due
 -- Seconds until the earliest open delivery becomes due (a retry, or a lease

@@ -37,12 +37,13 @@ import aiohttp
 import psycopg
 import structlog
 
+import outbox
 from deliverer import sealing, send, sign
 from deliverer.config import Settings
 from deliverer.metrics import METRICS, outcome_class
 from deliverer.queries import QUERIES
 from deliverer.schedule import RETRY_AFTER_CAP, honour_retry_after, retry_delay
-from outbox.ids import delivery_public_id, event_public_id
+from outbox.ids import delivery_public_id, event_public_id, iso
 
 log = structlog.get_logger("deliverer.worker")
 
@@ -293,19 +294,24 @@ class Worker:
         if not relevant:
             return
         try:
-            cur = await conn.execute(QUERIES["update_endpoint_health"], {
-                "now": self._now(), "disable_after": self.settings.disable_after,
-                "endpoint_ids": list(relevant), "succeeded": [v[0] for v in relevant.values()],
-                "gone": [v[1] for v in relevant.values()], "first_failure": [v[2] for v in relevant.values()],
-            })
-            disabled = await cur.fetchall()
+            async with conn.transaction():
+                cur = await conn.execute(QUERIES["update_endpoint_health"], {
+                    "now": self._now(), "disable_after": self.settings.disable_after,
+                    "endpoint_ids": list(relevant), "succeeded": [v[0] for v in relevant.values()],
+                    "gone": [v[1] for v in relevant.values()], "first_failure": [v[2] for v in relevant.values()],
+                })
+                disabled = await cur.fetchall()
+                # The owner hears of it through their other endpoints, in the same transaction.
+                await outbox.apublish_many(conn, [outbox.Event("webhook.endpoint_disabled", {
+                    "endpoint_id": endpoint_id, "url": url, "reason": reason, "disabled_at": iso(at),
+                }, org_id) for endpoint_id, org_id, url, reason, at in disabled])
         except _TRANSIENT as exc:
             METRICS.db_errors.labels("record").inc()
             log.warning("could not update endpoint health", error=str(exc).strip())
             return
         for endpoint_id, (succeeded, _gone, _first) in relevant.items():
             (self._failing.discard if succeeded else self._failing.add)(endpoint_id)
-        for endpoint_id, org_id, reason in disabled:
+        for endpoint_id, org_id, _url, reason, _at in disabled:
             METRICS.endpoints_disabled.inc()
             log.warning("endpoint disabled", endpoint_id=endpoint_id, org_id=org_id, reason=reason)
 

@@ -98,6 +98,11 @@ CATALOG: dict[str, tuple[Field, ...]] = {
     "webhook.test": (
         _str("message"), _timestamp("timestamp"),
     ),
+    # Operational: one of the org's endpoints was disabled automatically (410 Gone,
+    # or failing for days). Sent to the org's other endpoints that subscribe to it.
+    "webhook.endpoint_disabled": (
+        _str("endpoint_id"), _str("url"), _str("reason"), _timestamp("disabled_at"),
+    ),
 }
 
 EVENT_TYPES: tuple[str, ...] = tuple(CATALOG)

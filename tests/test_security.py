@@ -1,6 +1,7 @@
 """Security and endpoint health end to end: rotation overlap, secrets at rest, 410, auto-disable, fair sharing."""
 
 import asyncio
+import json
 from pathlib import Path
 
 import psycopg
@@ -82,8 +83,10 @@ class TestSecretsAtRest:
 class TestEndpointHealth:
     async def test_410_gone_ends_the_delivery_and_disables_the_endpoint(
             self, dsn: str, db: psycopg.Connection, receiver: Receiver) -> None:
-        """A 410 is not retried; the endpoint is disabled with the reason and gets nothing more."""
-        endpoint = add_endpoint(db, receiver, "/gone")
+        """A 410 is not retried; the endpoint is disabled with the reason, gets nothing more, and the org's
+        other endpoint hears of it."""
+        endpoint = add_endpoint(db, receiver, "/gone", events=["webhook.test"])
+        add_endpoint(db, receiver, "/ops", events=["webhook.endpoint_disabled"])
 
         async def gone(request: web.Request, n: int) -> web.StreamResponse:
             return web.Response(status=410)
@@ -94,11 +97,19 @@ class TestEndpointHealth:
             assert result.retry_after is None
             publish(dsn)
             await worker.run_once()
-        assert len(receiver.requests) == 1
+            await worker.run_once()  # delivers the announcement
+        assert len(receiver.to("/gone")) == 1
         assert db.execute("SELECT enabled, disabled_reason FROM webhook_endpoint WHERE id = %s",
                           [endpoint.id]).fetchone() == (False, "the receiver answered 410 Gone")
-        assert db.execute("SELECT state FROM delivery_state").fetchall() == [("failed",)]
-        assert count(db, "outbox_event") == 2, "the second event has no delivery: the endpoint was disabled"
+        [notice] = receiver.to("/ops")
+        assert notice.signature_ok
+        event = json.loads(notice.body)
+        assert event["event"] == "webhook.endpoint_disabled"
+        assert (event["data"]["endpoint_id"], event["data"]["url"], event["data"]["reason"]) == (
+            endpoint.id, endpoint.url, "the receiver answered 410 Gone")
+        assert sorted(db.execute("SELECT state FROM delivery_state").fetchall()) == [("delivered",), ("failed",)]
+        # Two test events and the announcement; the second test event had no delivery: the endpoint was disabled.
+        assert count(db, "outbox_event") == 3
 
     async def test_an_endpoint_failing_for_the_whole_period_is_disabled(
             self, dsn: str, db: psycopg.Connection, receiver: Receiver, clock: FakeClock) -> None:

@@ -7,13 +7,15 @@
 
 (() => {
   const KEY_STORE = "docextract.dashboard.apiKey";
-  const EVENT_TYPES = ["job.completed", "job.failed", "credits.low_balance", "credits.depleted", "webhook.test"];
+  const EVENT_TYPES = ["job.completed", "job.failed", "credits.low_balance", "credits.depleted", "webhook.test",
+                       "webhook.endpoint_disabled"];
   const EVENT_HINTS = {
     "job.completed": "a document was processed",
     "job.failed": "a document could not be processed",
     "credits.low_balance": "credits are running low",
     "credits.depleted": "credits have run out",
     "webhook.test": "test events sent from this page",
+    "webhook.endpoint_disabled": "another endpoint was disabled automatically",
   };
   const KIND_LABELS = {
     scheduled: "Scheduled",
