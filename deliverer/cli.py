@@ -37,6 +37,16 @@ def _setting_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, metavar=f.name.upper(), default=None, help=config.env_name(f.name))
 
 
+def _require_sealing_keys() -> None:
+    """run and api unseal endpoint secrets; without the keys they could not sign anything."""
+    from deliverer import sealing
+
+    try:
+        sealing.seal("startup check")
+    except sealing.SealingError as exc:
+        raise config.ConfigError(str(exc)) from None
+
+
 def _settings(args: argparse.Namespace) -> config.Settings:
     overrides = {
         f.name: config.convert(f.name, getattr(args, f.name))
@@ -95,6 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from deliverer.worker import Worker
 
     settings = _settings(args)
+    _require_sealing_keys()
 
     async def main() -> None:
         stop, force = asyncio.Event(), asyncio.Event()
@@ -215,6 +226,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     from deliverer.api import HEALTH, create_app
 
     settings = _settings(args)
+    _require_sealing_keys()
     host = args.host or os.environ.get("DELIVERER_API_HOST", "0.0.0.0")
     port = int(args.port or os.environ.get("DELIVERER_API_PORT", "8080"))
     app = create_app(settings)

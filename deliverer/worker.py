@@ -334,9 +334,18 @@ class Worker:
             self._count_attempt(claimed, outcome, None)
             return Result(claimed, outcome, started_at, None)
         body = claimed.body.encode("utf-8")
-        previous = () if claimed.previous_secret is None else (sealing.unseal(claimed.previous_secret),)
+        try:
+            secret = sealing.unseal(claimed.secret)
+            previous = () if claimed.previous_secret is None else (sealing.unseal(claimed.previous_secret),)
+        except sealing.SealingError as exc:
+            # Nothing is sent unsigned: the attempt fails and is retried on the schedule once keys are fixed.
+            outcome = send.Outcome(False, 0.0, error_class="other", error_message=str(exc))
+            retry_after = retry_delay(claimed.attempt, self.settings.retry_delays)
+            self._log_attempt(claimed, outcome, retry_after)
+            self._count_attempt(claimed, outcome, retry_after)
+            return Result(claimed, outcome, started_at, retry_after)
         headers = sign.headers(
-            secret=sealing.unseal(claimed.secret), previous_secrets=previous, body=body,
+            secret=secret, previous_secrets=previous, body=body,
             event_id=event_public_id(claimed.event_id),
             event_type=claimed.event_type, delivery_id=delivery_public_id(claimed.delivery_id),
             attempt=claimed.attempt, timestamp=int(started_at.timestamp()),
