@@ -106,6 +106,9 @@ CATALOG: dict[str, tuple[Field, ...]] = {
 }
 
 EVENT_TYPES: tuple[str, ...] = tuple(CATALOG)
+OPERATIONAL_EVENT_TYPES: tuple[str, ...] = ("webhook.endpoint_disabled",)
+"""Ours, about the webhooks themselves; the rest are the customer contract's."""
+CONTRACT_EVENT_TYPES: tuple[str, ...] = tuple(t for t in EVENT_TYPES if t not in OPERATIONAL_EVENT_TYPES)
 
 
 def _check_fields(event_type: str, where: str, data: Mapping[str, Any], fields: tuple[Field, ...]) -> None:

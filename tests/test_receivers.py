@@ -30,6 +30,7 @@ from aiohttp import web
 
 import outbox
 from deliverer.worker import Worker
+from outbox.catalog import CONTRACT_EVENT_TYPES
 from outbox.signatures import docextract_signature
 from tests.conftest import Receiver, add_endpoint, settings_for
 
@@ -197,7 +198,7 @@ async def test_receiver_handles_every_event_once_when_delivered_twice(
             receiver.behave(PATH, proxy)
 
             events = _all_five_events(datetime.now(UTC))
-            assert sorted(e.event_type for e in events) == sorted(outbox.EVENT_TYPES)
+            assert sorted(e.event_type for e in events) == sorted(CONTRACT_EVENT_TYPES)
             with psycopg.connect(dsn) as conn:
                 ids = outbox.publish_many(conn, events)
             published = {event_id: event.event_type for event_id, event in zip(ids, events, strict=True)}
