@@ -246,7 +246,7 @@ async def create_webhook(request: web.Request) -> web.Response:
         try:
             endpoint = await endpoints.add_async(
                 conn, org_id=request[ORG], url=url, event_types=events, description=description,
-                allow_insecure=request.app[SETTINGS].allow_insecure_urls)
+                allow_insecure=request.app[SETTINGS].allow_insecure_urls, allowed=request.app[SETTINGS].networks)
         except EndpointError as exc:
             raise _endpoint_error(exc, _field_of(exc)) from None
     return web.json_response(_endpoint_json(endpoint), status=201)
@@ -299,7 +299,8 @@ async def update_webhook(request: web.Request) -> web.Response:
     async with request.app[POOL].connection() as conn:
         try:
             endpoint = await endpoints.update(conn, request.match_info["webhook_id"], request[ORG],
-                                              allow_insecure=request.app[SETTINGS].allow_insecure_urls, **changes)
+                                              allow_insecure=request.app[SETTINGS].allow_insecure_urls,
+                                              allowed=request.app[SETTINGS].networks, **changes)
         except EndpointError as exc:
             raise _endpoint_error(exc, _field_of(exc)) from None
     if endpoint is None:

@@ -140,6 +140,7 @@ def cmd_endpoints_add(args: argparse.Namespace) -> int:
         endpoint = endpoints.add(
             conn, org_id=args.org, url=args.url, event_types=events, secret=args.secret,
             description=args.description or "", allow_insecure=settings.allow_insecure_urls,
+            allowed=settings.networks,
         )
     if args.json:
         print(json.dumps(endpoint.as_json(), indent=2))

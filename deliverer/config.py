@@ -97,9 +97,7 @@ class Settings:
     def networks(self) -> tuple[ssrf.Network, ...]:
         """Non-public networks webhooks may still reach. Development mode (insecure URLs allowed) opens all,
         unless an explicit list narrows it."""
-        if self.allowed_networks.strip():
-            return ssrf.parse_networks(self.allowed_networks)
-        return ssrf.parse_networks("0.0.0.0/0,::/0") if self.allow_insecure_urls else ()
+        return ssrf.allowed_networks(self.allowed_networks, allow_insecure=self.allow_insecure_urls)
 
     @property
     def max_attempts(self) -> int:

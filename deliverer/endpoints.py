@@ -78,8 +78,8 @@ def check_secret(secret: str) -> str:
 def check_url(url: str, *, allow_insecure: bool, allowed: Sequence[ssrf.Network] | None = None) -> str:
     """Return the URL if it may be registered, else raise EndpointError saying why.
 
-    ``allowed``: non-public networks that may still be targeted (DELIVERER_ALLOWED_NETWORKS);
-    None means every network in development mode (``allow_insecure``) and none otherwise.
+    ``allowed``: non-public networks that may still be targeted (Settings.networks); None means
+    what development mode alone implies (see ssrf.allowed_networks).
     """
     if not isinstance(url, str) or not url:
         raise EndpointError("url is required, e.g. https://example.com/webhooks/docextract")
@@ -101,7 +101,7 @@ def check_url(url: str, *, allow_insecure: bool, allowed: Sequence[ssrf.Network]
     if not allow_insecure and parts.scheme != "https":
         raise EndpointError(f"url {url!r} must use https://; plain http:// is refused: {hint}")
     if allowed is None:
-        allowed = ssrf.EVERYWHERE if allow_insecure else ()
+        allowed = ssrf.allowed_networks("", allow_insecure=allow_insecure)
     host = host.lower()
     if host == "localhost" or host.endswith(".localhost"):
         host = "127.0.0.1"
@@ -147,10 +147,12 @@ def check_description(description: str) -> str:
 
 
 def _new_endpoint_params(org_id: str, url: str, event_types: Iterable[str] | None, secret: str | None,
-                         description: str, allow_insecure: bool) -> dict[str, Any]:
+                         description: str, allow_insecure: bool,
+                         allowed: Sequence[ssrf.Network] | None) -> dict[str, Any]:
     _check_org(org_id)
     return {
-        "id": new_endpoint_id(), "org_id": org_id, "url": check_url(url, allow_insecure=allow_insecure),
+        "id": new_endpoint_id(), "org_id": org_id,
+        "url": check_url(url, allow_insecure=allow_insecure, allowed=allowed),
         "plain_secret": new_secret() if secret is None else check_secret(secret),
         "event_types": check_event_types(event_types), "description": check_description(description),
         "max_endpoints": MAX_ENDPOINTS_PER_ORG,
@@ -168,9 +170,12 @@ def _too_many(org_id: str) -> EndpointError:
 
 
 def add(conn: psycopg.Connection, *, org_id: str, url: str, event_types: Iterable[str] | None = None,
-        secret: str | None = None, description: str = "", allow_insecure: bool = False) -> Endpoint:
-    """Register an endpoint; the returned Endpoint carries the secret (shown once)."""
-    params = _new_endpoint_params(org_id, url, event_types, secret, description, allow_insecure)
+        secret: str | None = None, description: str = "", allow_insecure: bool = False,
+        allowed: Sequence[ssrf.Network] | None = None) -> Endpoint:
+    """Register an endpoint; the returned Endpoint carries the secret (shown once).
+
+    ``allow_insecure`` and ``allowed`` are the URL rules of :func:`check_url`."""
+    params = _new_endpoint_params(org_id, url, event_types, secret, description, allow_insecure, allowed)
     row = conn.execute(QUERIES["insert_endpoint"], _sealed(params)).fetchone()
     if row is None:
         raise _too_many(org_id)
@@ -179,11 +184,12 @@ def add(conn: psycopg.Connection, *, org_id: str, url: str, event_types: Iterabl
 
 async def add_async(conn: psycopg.AsyncConnection[Any], *, org_id: str, url: str,
                     event_types: Iterable[str] | None = None, secret: str | None = None,
-                    description: str = "", allow_insecure: bool = False) -> Endpoint:
+                    description: str = "", allow_insecure: bool = False,
+                    allowed: Sequence[ssrf.Network] | None = None) -> Endpoint:
     """:func:`add` on an async connection."""
     # Checking the URL may resolve its host name: not on the event loop.
     params = await asyncio.to_thread(_new_endpoint_params, org_id, url, event_types, secret, description,
-                                     allow_insecure)
+                                     allow_insecure, allowed)
     row = await (await conn.execute(QUERIES["insert_endpoint"], _sealed(params))).fetchone()
     if row is None:
         raise _too_many(org_id)
@@ -217,12 +223,13 @@ _UNSET: Any = object()
 
 async def update(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: str, *, url: str | None = None,
                  event_types: Any = _UNSET, description: str | None = None, enabled: bool | None = None,
-                 allow_insecure: bool = False) -> Endpoint | None:
+                 allow_insecure: bool = False, allowed: Sequence[ssrf.Network] | None = None) -> Endpoint | None:
     """Change the given fields; None (or, for event_types, leaving it out) keeps a field as it is."""
     set_events = event_types is not _UNSET
     cur = await conn.execute(QUERIES["update_endpoint"], {
         "id": endpoint_id, "org_id": org_id,
-        "url": None if url is None else await asyncio.to_thread(check_url, url, allow_insecure=allow_insecure),
+        "url": None if url is None else await asyncio.to_thread(check_url, url, allow_insecure=allow_insecure,
+                                                                allowed=allowed),
         "set_events": set_events,
         "event_types": check_event_types(event_types) if set_events else None,
         "description": None if description is None else check_description(description),

@@ -41,6 +41,14 @@ EVERYWHERE: tuple[Network, ...] = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.
 """The allow-list of development mode: no network is refused."""
 
 
+def allowed_networks(listed: str, *, allow_insecure: bool) -> tuple[Network, ...]:
+    """The networks exempt from the guard: those ``listed`` (DELIVERER_ALLOWED_NETWORKS), else every
+    network in development mode (DELIVERER_ALLOW_INSECURE_URLS), else none."""
+    if listed.strip():
+        return parse_networks(listed)
+    return EVERYWHERE if allow_insecure else ()
+
+
 class SsrfBlocked(OSError):
     """The destination is not a public address. An OSError, so aiohttp passes it through as the cause."""
 

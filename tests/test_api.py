@@ -131,6 +131,24 @@ class TestEndpoints:
         assert other.status == 201
 
 
+    async def test_registration_honours_the_allowed_networks_setting(self, dsn: str, db: psycopg.Connection) -> None:
+        """Over https, a private network listed in DELIVERER_ALLOWED_NETWORKS may be registered; others may not."""
+        settings = settings_for(dsn, allow_insecure_urls=False, allowed_networks="10.1.0.0/16")
+        runner = web.AppRunner(create_app(settings), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        key = apikeys.create(db, "org_net").key
+        try:
+            async with aiohttp.ClientSession() as http:
+                api = Api(http, f"http://127.0.0.1:{runner.addresses[0][1]}", key, key)
+                listed = await api.call("POST", "/v1/webhooks", json_body={"url": "https://10.1.2.3/hook"})
+                other = await api.call("POST", "/v1/webhooks", json_body={"url": "https://10.2.0.1/hook"})
+        finally:
+            await runner.cleanup()
+        assert listed.status == 201, listed.body
+        assert other.status == 422 and "DELIVERER_ALLOWED_NETWORKS" in other.body["error"]["message"]
+
+
 class TestErrors:
     async def test_malformed_requests(self, api: Api) -> None:
         """Bad JSON 400, wrong shape 422, too large 413, unknown route 404, wrong method 405: all JSON."""
