@@ -8,16 +8,22 @@ the event will be delivered; if it rolls back, the event never existed.
 Everything that can be wrong with the input is checked before any SQL is sent,
 so an ``OutboxError`` leaves the caller's transaction as it was.
 
-The logic lives once, in ``_plan``: a generator that yields the statements to
-run and receives their rows. ``publish``/``apublish`` are thin shells that run
-those statements on a sync or an async connection.
+The logic lives once, in ``_plan_one`` and ``_plan_many``: generators that
+yield the statements to run and receive their rows. ``publish``/``apublish``
+and their ``_many`` versions are thin shells that run those statements on a
+sync or an async connection.
+
+Publishing is on the caller's critical path, so it is kept cheap: one event is
+written by a statement with plain parameters (one without dedupe for the common
+case), a batch by one statement whose arrays are sent in binary (psycopg quotes
+every element of a text array in Python, which cost more than the database
+work), and psycopg connections prepare the statements on first use.
 """
 
 import json
-import uuid
-from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -32,8 +38,15 @@ MAX_KEY_LENGTH = 255
 
 _QUERIES = sqlfile.load("outbox", "queries.sql")
 
+# One encoder for every call: json.dumps would build a new one each time it is given options.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
 Rows = list[tuple[Any, ...]]
 Statement = tuple[str, dict[str, Any]]
+Result = TypeVar("Result")
+
+_Row = tuple[str, str, str, str, str | None]
+"""An event ready to write: (id as 32 hex digits, org_id, event_type, body, dedupe_key)."""
 
 
 @dataclass(frozen=True)
@@ -44,15 +57,6 @@ class Event:
     data: Mapping[str, Any]
     org_id: str
     dedupe_key: str | None = None
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    id: uuid.UUID
-    org_id: str
-    event_type: str
-    body: str
-    dedupe_key: str | None
 
 
 def _check_key(name: str, value: Any) -> None:
@@ -67,16 +71,16 @@ def _check_key(name: str, value: Any) -> None:
 def serialize(event_type: str, data: Mapping[str, Any]) -> str:
     """The exact body receivers get: ``{"event": <type>, "data": {...}}``."""
     try:
-        body = json.dumps(
-            {"event": event_type, "data": data},
-            ensure_ascii=False, separators=(",", ":"), allow_nan=False,
-        )
+        body = _ENCODER.encode({"event": event_type, "data": data})
     except (TypeError, ValueError) as exc:
         raise InvalidPayload(f"{event_type}: data is not JSON-serialisable: {exc}") from None
-    try:
-        size = len(body.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise InvalidPayload(f"{event_type}: data contains text that is not valid Unicode: {exc}") from None
+    if body.isascii():  # a flag CPython keeps on every str: nothing to encode to know the size
+        size = len(body)
+    else:
+        try:
+            size = len(body.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise InvalidPayload(f"{event_type}: data contains text that is not valid Unicode: {exc}") from None
     if size > MAX_BODY_BYTES:
         raise PayloadTooLarge(
             f"{event_type}: the event is {size} bytes serialised, over the {MAX_BODY_BYTES}-byte limit; "
@@ -85,52 +89,81 @@ def serialize(event_type: str, data: Mapping[str, Any]) -> str:
     return body
 
 
-def _prepare(event: Event) -> _Prepared:
-    _check_key("org_id", event.org_id)
-    if event.dedupe_key is not None:
-        _check_key("dedupe_key", event.dedupe_key)
-    catalog.validate(event.event_type, event.data, event.org_id)
-    body = serialize(event.event_type, event.data)
-    return _Prepared(ids.new_event_uuid(), event.org_id, event.event_type, body, event.dedupe_key)
+def _prepare(event_type: str, data: Mapping[str, Any], org_id: str, dedupe_key: str | None) -> _Row:
+    _check_key("org_id", org_id)
+    if dedupe_key is not None:
+        _check_key("dedupe_key", dedupe_key)
+    catalog.validate(event_type, data, org_id)
+    body = serialize(event_type, data)
+    return ids.new_event_hex(), org_id, event_type, body, dedupe_key
 
 
-def _plan(events: Sequence[Event]) -> Generator[Statement, Rows, list[str]]:
-    prepared = [_prepare(event) for event in events]
-    if not prepared:
+def _plan_one(event_id: str, org_id: str, event_type: str, body: str,
+              dedupe_key: str | None) -> Generator[Statement, Rows, str]:
+    """Write one prepared event; returns its public id (the first event's, when deduplicated)."""
+    params = {"id": event_id, "org_id": org_id, "event_type": event_type, "body": body}
+    if dedupe_key is None:
+        yield _QUERIES["publish_event"], params
+        return ids.EVENT_PREFIX + event_id
+    params["dedupe_key"] = dedupe_key
+    rows = yield _QUERIES["publish_event_deduplicated"], params
+    owner = rows[0][0]
+    if owner is None:
+        # The key was taken by a transaction that committed after this statement's
+        # snapshot: under READ COMMITTED the next statement sees it.
+        rows = yield _QUERIES["find_deduplicated"], {"org_ids": [org_id], "dedupe_keys": [dedupe_key]}
+        if not rows:
+            raise _key_not_visible(org_id, dedupe_key)
+        owner = rows[0][2]
+    return ids.EVENT_PREFIX + owner.hex
+
+
+def _plan_many(rows: list[_Row]) -> Generator[Statement, Rows, list[str]]:
+    """Write prepared events; returns their public ids in input order."""
+    if len(rows) == 1:
+        return [(yield from _plan_one(*rows[0]))]
+    if not rows:
         return []
-    rows = yield _QUERIES["publish_events"], {
-        "ids": [p.id for p in prepared],
-        "org_ids": [p.org_id for p in prepared],
-        "event_types": [p.event_type for p in prepared],
-        "bodies": [p.body for p in prepared],
-        "dedupe_keys": [p.dedupe_key for p in prepared],
+    result = yield _QUERIES["publish_events"], {
+        "ids": [r[0] for r in rows],
+        "org_ids": [r[1] for r in rows],
+        "event_types": [r[2] for r in rows],
+        "bodies": [r[3] for r in rows],
+        "dedupe_keys": [r[4] for r in rows],
     }
-    inserted = {row[0] for row in rows}
-    skipped = [p for p in prepared if p.id not in inserted]
-    first: dict[tuple[str, str | None], uuid.UUID] = {}
+    keyed = [r for r in rows if r[4] is not None]
+    if not keyed:
+        return [ids.EVENT_PREFIX + r[0] for r in rows]
+    written = {event_id.hex for event_id in result[0][0]}
+    skipped = [r for r in keyed if r[0] not in written]
+    first: dict[tuple[str, str | None], str] = {}
     if skipped:
-        rows = yield _QUERIES["find_deduplicated"], {
-            "org_ids": [p.org_id for p in skipped],
-            "dedupe_keys": [p.dedupe_key for p in skipped],
+        found = yield _QUERIES["find_deduplicated"], {
+            "org_ids": [r[1] for r in skipped],
+            "dedupe_keys": [r[4] for r in skipped],
         }
-        first = {(org_id, key): event_id for org_id, key, event_id in rows}
-    result = []
-    for p in prepared:
-        if p.id in inserted:
-            result.append(ids.event_public_id(p.id))
-        elif (p.org_id, p.dedupe_key) in first:
-            result.append(ids.event_public_id(first[p.org_id, p.dedupe_key]))
+        first = {(org_id, key): event_id.hex for org_id, key, event_id in found}
+    public = []
+    for event_id, org_id, _, _, dedupe_key in rows:
+        if dedupe_key is None or event_id in written:
+            public.append(ids.EVENT_PREFIX + event_id)
+        elif (org_id, dedupe_key) in first:
+            public.append(ids.EVENT_PREFIX + first[org_id, dedupe_key])
         else:
-            # Only possible under REPEATABLE READ or SERIALIZABLE when another
-            # transaction took the key after this one's snapshot.
-            raise OutboxError(
-                f"dedupe_key {p.dedupe_key!r} of org {p.org_id!r} was taken by a transaction this one "
-                "cannot see; retry the transaction"
-            )
-    return result
+            raise _key_not_visible(org_id, dedupe_key)
+    return public
 
 
-def _run(plan: Generator[Statement, Rows, list[str]], execute: Callable[[str, dict[str, Any]], Rows]) -> list[str]:
+def _key_not_visible(org_id: str, dedupe_key: str | None) -> OutboxError:
+    # Only possible under REPEATABLE READ or SERIALIZABLE when another
+    # transaction took the key after this one's snapshot.
+    return OutboxError(
+        f"dedupe_key {dedupe_key!r} of org {org_id!r} was taken by a transaction this one "
+        "cannot see; retry the transaction"
+    )
+
+
+def _run(plan: Generator[Statement, Rows, Result], execute: Callable[[str, dict[str, Any]], Rows]) -> Result:
     try:
         statement = next(plan)
         while True:
@@ -140,9 +173,9 @@ def _run(plan: Generator[Statement, Rows, list[str]], execute: Callable[[str, di
 
 
 async def _arun(
-    plan: Generator[Statement, Rows, list[str]],
+    plan: Generator[Statement, Rows, Result],
     execute: Callable[[str, dict[str, Any]], Awaitable[Rows]],
-) -> list[str]:
+) -> Result:
     try:
         statement = next(plan)
         while True:
@@ -169,8 +202,10 @@ def _check_sqlalchemy_driver(dialect: Any) -> None:
 def _sync_executor(conn: Any) -> Callable[[str, dict[str, Any]], Rows]:
     if isinstance(conn, psycopg.Connection):
         def execute(sql: str, params: dict[str, Any]) -> Rows:
+            # prepare=True: prepared at once rather than after five runs (unless the
+            # connection disables prepared statements, e.g. behind PgBouncer).
             with conn.cursor() as cur:
-                cur.execute(sql, params)
+                cur.execute(sql, params, prepare=True)
                 return cur.fetchall()
         return execute
 
@@ -189,7 +224,7 @@ async def _async_executor(conn: Any) -> Callable[[str, dict[str, Any]], Awaitabl
     if isinstance(conn, psycopg.AsyncConnection):
         async def execute(sql: str, params: dict[str, Any]) -> Rows:
             async with conn.cursor() as cur:
-                await cur.execute(sql, params)
+                await cur.execute(sql, params, prepare=True)
                 return await cur.fetchall()
         return execute
 
@@ -215,7 +250,8 @@ def publish(conn: Any, event_type: str, data: Mapping[str, Any], *, org_id: str,
     With ``dedupe_key``, publishing the same key again for the same org writes
     nothing and returns the first event's id.
     """
-    return publish_many(conn, [Event(event_type, data, org_id, dedupe_key)])[0]
+    execute = _sync_executor(conn)
+    return _run(_plan_one(*_prepare(event_type, data, org_id, dedupe_key)), execute)
 
 
 def publish_many(conn: Any, events: Iterable[Event]) -> list[str]:
@@ -224,16 +260,18 @@ def publish_many(conn: Any, events: Iterable[Event]) -> list[str]:
     All events are validated before anything is written: one bad event raises
     and none of them is written.
     """
-    return _run(_plan(list(events)), _sync_executor(conn))
+    execute = _sync_executor(conn)
+    return _run(_plan_many([_prepare(e.event_type, e.data, e.org_id, e.dedupe_key) for e in events]), execute)
 
 
 async def apublish(conn: Any, event_type: str, data: Mapping[str, Any], *, org_id: str,
                    dedupe_key: str | None = None) -> str:
     """:func:`publish` for psycopg ``AsyncConnection`` and SQLAlchemy ``AsyncConnection``/``AsyncSession``."""
-    return (await apublish_many(conn, [Event(event_type, data, org_id, dedupe_key)]))[0]
+    execute = await _async_executor(conn)
+    return await _arun(_plan_one(*_prepare(event_type, data, org_id, dedupe_key)), execute)
 
 
 async def apublish_many(conn: Any, events: Iterable[Event]) -> list[str]:
     """:func:`publish_many` for async connections."""
-    plan = _plan(list(events))
-    return await _arun(plan, await _async_executor(conn))
+    execute = await _async_executor(conn)
+    return await _arun(_plan_many([_prepare(e.event_type, e.data, e.org_id, e.dedupe_key) for e in events]), execute)

@@ -1,14 +1,77 @@
 -- All SQL of the producer library. Blocks start with "-- name: <name>".
+--
+-- Each publish statement writes the event, fans it out to its org's subscribed
+-- endpoints (one delivery_queue row and one 'scheduled' delivery_log row each) and
+-- wakes the deliverers, all at once. A transaction that publishes many times still
+-- sends one notification: PostgreSQL folds identical notifications within a
+-- transaction. A new delivery is due at the event's created_at, which is now(): the
+-- start of the transaction.
+
+-- name: publish_event
+-- One event without a dedupe key, in plain parameters: no arrays to unpack, and a
+-- plan that stays cached once psycopg has prepared the statement.
+WITH event AS (
+    INSERT INTO outbox_event (id, org_id, event_type, body)
+    VALUES (%(id)s::uuid, %(org_id)s, %(event_type)s, %(body)s)
+),
+queued AS (
+    INSERT INTO delivery_queue (delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at)
+    SELECT gen_random_uuid(), %(id)s::uuid, w.id, w.org_id, 1, 0, now()
+    FROM webhook_endpoint w
+    WHERE w.org_id = %(org_id)s AND w.enabled AND w.deleted_at IS NULL
+      AND (w.event_types IS NULL OR %(event_type)s = ANY (w.event_types))
+    RETURNING delivery_id, event_id, endpoint_id, org_id
+),
+logged AS (
+    INSERT INTO delivery_log (kind, delivery_id, event_id, endpoint_id, org_id, series, attempt, next_attempt_at)
+    SELECT 'scheduled', delivery_id, event_id, endpoint_id, org_id, 1, 0, now() FROM queued
+)
+SELECT pg_notify('outbox_delivery', '') FROM (SELECT FROM queued LIMIT 1) AS any_delivery
+
+-- name: publish_event_deduplicated
+-- One event with a dedupe key: written only if its (org, dedupe key) is free. Returns
+-- the event id the key belongs to: this event's if it took the key, else the first
+-- event's as this statement's snapshot sees it, or NULL when the key was taken by a
+-- transaction that committed after the snapshot (find_deduplicated then sees it).
+WITH claimed AS (
+    INSERT INTO outbox_dedupe (org_id, dedupe_key, event_id)
+    VALUES (%(org_id)s, %(dedupe_key)s, %(id)s::uuid)
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+),
+event AS (
+    INSERT INTO outbox_event (id, org_id, event_type, body, dedupe_key)
+    SELECT event_id, %(org_id)s, %(event_type)s, %(body)s, %(dedupe_key)s FROM claimed
+),
+queued AS (
+    INSERT INTO delivery_queue (delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at)
+    SELECT gen_random_uuid(), c.event_id, w.id, w.org_id, 1, 0, now()
+    FROM claimed c
+    JOIN webhook_endpoint w
+      ON w.org_id = %(org_id)s AND w.enabled AND w.deleted_at IS NULL
+     AND (w.event_types IS NULL OR %(event_type)s = ANY (w.event_types))
+    RETURNING delivery_id, event_id, endpoint_id, org_id
+),
+logged AS (
+    INSERT INTO delivery_log (kind, delivery_id, event_id, endpoint_id, org_id, series, attempt, next_attempt_at)
+    SELECT 'scheduled', delivery_id, event_id, endpoint_id, org_id, 1, 0, now() FROM queued
+),
+woken AS (
+    SELECT pg_notify('outbox_delivery', '') FROM (SELECT FROM queued LIMIT 1) AS any_delivery
+)
+SELECT coalesce((SELECT event_id FROM claimed),
+                (SELECT event_id FROM outbox_dedupe WHERE org_id = %(org_id)s AND dedupe_key = %(dedupe_key)s)),
+       (SELECT count(*) FROM woken) AS notified
 
 -- name: publish_events
--- Insert events, skipping those whose (org, dedupe key) is already taken, fan each
--- new event out to its org's subscribed endpoints, and wake the deliverers. A
--- transaction that publishes many times still sends one notification: PostgreSQL
--- folds identical notifications within a transaction.
+-- Many events, as one array per column (sent in binary: no quoting to do per
+-- element). Events whose (org, dedupe key) is already taken, by an earlier event or
+-- one earlier in the same batch, are skipped. Returns the ids of the events with a
+-- dedupe key that were written; the caller knows the others were.
 WITH input AS (
     SELECT *
-    FROM unnest(%(ids)s::uuid[], %(org_ids)s::text[], %(event_types)s::text[],
-                %(bodies)s::text[], %(dedupe_keys)s::text[])
+    FROM unnest(%(ids)b::uuid[], %(org_ids)b::text[], %(event_types)b::text[],
+                %(bodies)b::text[], %(dedupe_keys)b::text[])
          AS i (id, org_id, event_type, body, dedupe_key)
 ),
 claimed_keys AS (
@@ -21,33 +84,30 @@ events AS (
     INSERT INTO outbox_event (id, org_id, event_type, body, dedupe_key)
     SELECT id, org_id, event_type, body, dedupe_key FROM input
     WHERE dedupe_key IS NULL OR id IN (SELECT event_id FROM claimed_keys)
-    RETURNING id, org_id, event_type, created_at
+    RETURNING id, org_id, event_type, dedupe_key
 ),
-fanout AS (
-    SELECT gen_random_uuid() AS delivery_id, e.id AS event_id, w.id AS endpoint_id,
-           e.org_id, e.created_at
+queued AS (
+    INSERT INTO delivery_queue (delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at)
+    SELECT gen_random_uuid(), e.id, w.id, e.org_id, 1, 0, now()
     FROM events e
     JOIN webhook_endpoint w
       ON w.org_id = e.org_id AND w.enabled AND w.deleted_at IS NULL
      AND (w.event_types IS NULL OR e.event_type = ANY (w.event_types))
-),
-queued AS (
-    INSERT INTO delivery_queue (delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at)
-    SELECT delivery_id, event_id, endpoint_id, org_id, 1, 0, created_at FROM fanout
+    RETURNING delivery_id, event_id, endpoint_id, org_id
 ),
 logged AS (
-    INSERT INTO delivery_log (kind, delivery_id, event_id, endpoint_id, org_id, series, attempt,
-                              next_attempt_at)
-    SELECT 'scheduled', delivery_id, event_id, endpoint_id, org_id, 1, 0, created_at FROM fanout
+    INSERT INTO delivery_log (kind, delivery_id, event_id, endpoint_id, org_id, series, attempt, next_attempt_at)
+    SELECT 'scheduled', delivery_id, event_id, endpoint_id, org_id, 1, 0, now() FROM queued
 ),
 woken AS (
-    SELECT pg_notify('outbox_delivery', '') FROM (SELECT 1 FROM fanout LIMIT 1) AS any_delivery
+    SELECT pg_notify('outbox_delivery', '') FROM (SELECT FROM queued LIMIT 1) AS any_delivery
 )
-SELECT id, (SELECT count(*) FROM woken) AS notified FROM events
+SELECT ARRAY(SELECT id FROM events WHERE dedupe_key IS NOT NULL) AS keyed,
+       (SELECT count(*) FROM woken) AS notified
 
 -- name: find_deduplicated
 -- The first event id published under each (org, dedupe key).
 SELECT d.org_id, d.dedupe_key, d.event_id
 FROM outbox_dedupe d
-JOIN unnest(%(org_ids)s::text[], %(dedupe_keys)s::text[]) AS k (org_id, dedupe_key)
+JOIN unnest(%(org_ids)b::text[], %(dedupe_keys)b::text[]) AS k (org_id, dedupe_key)
   ON d.org_id = k.org_id AND d.dedupe_key = k.dedupe_key

@@ -3,17 +3,25 @@
 import contextlib
 import json
 import re
+import threading
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
 import sqlalchemy
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
 import outbox
-from deliverer.worker import Worker
+from deliverer import endpoints
+from deliverer.worker import CHANNEL, Worker
+from outbox import ids
+from outbox.publish import serialize
 from tests.conftest import (
     SEED_EXAMPLES,
     Receiver,
@@ -21,6 +29,7 @@ from tests.conftest import (
     count,
     depleted,
     job_completed,
+    job_failed,
     settings_for,
     webhook_test,
 )
@@ -264,3 +273,173 @@ class TestDedupeAndBatch:
             conn.rollback()
         assert all(i.startswith("evt_") and len(i) == 36 for i in ids)
         assert ids == sorted(ids)
+
+
+def _batch_with_duplicates(org_id: str = "org_a") -> list[outbox.Event]:
+    """Six events: keys k0 k1 k2 k0 k1 and one without a key."""
+    events = [outbox.Event("job.completed", job_completed(org_id, f"job_{i}"), org_id, dedupe_key=f"k{i % 3}")
+              for i in range(5)]
+    return [*events, outbox.Event("webhook.test", webhook_test(), org_id)]
+
+
+def _check_batch_ids(batch_ids: list[str], taken: str) -> None:
+    """k0 was taken before the batch; k1, k2 and the keyless event are new; repeats map to the first."""
+    assert batch_ids[0] == batch_ids[3] == taken
+    assert batch_ids[1] == batch_ids[4] != batch_ids[2]
+    assert len({*batch_ids[1:3], batch_ids[5], taken}) == 4
+
+
+class TestEveryConnectionKind:
+    @pytest.mark.parametrize("kind", SYNC)
+    def test_publish_and_publish_many_deduplicate(self, kind: str, dsn: str, db: psycopg.Connection) -> None:
+        """Single and batch statements, with and without keys, give the same ids on every sync connection kind."""
+        with SYNC[kind](dsn) as (conn, commit, _):
+            taken = outbox.publish(conn, "job.completed", job_completed(), org_id="org_a", dedupe_key="k0")
+            assert outbox.publish(conn, "job.completed", job_completed(), org_id="org_a", dedupe_key="k0") == taken
+            batch_ids = outbox.publish_many(conn, _batch_with_duplicates())
+            plain = outbox.publish_many(conn, [outbox.Event("webhook.test", webhook_test(), "org_a")] * 2)
+            commit()
+        _check_batch_ids(batch_ids, taken)
+        assert len(set(plain)) == 2
+        assert count(db, "outbox_event") == 6
+        assert count(db, "outbox_dedupe") == 3
+
+    @pytest.mark.parametrize("kind", ASYNC)
+    async def test_apublish_and_apublish_many_deduplicate(self, kind: str, dsn: str, db: psycopg.Connection) -> None:
+        """The same on every async connection kind."""
+        async with ASYNC[kind](dsn) as (conn, commit, _):
+            taken = await outbox.apublish(conn, "job.completed", job_completed(), org_id="org_a", dedupe_key="k0")
+            again = await outbox.apublish(conn, "job.completed", job_completed(), org_id="org_a", dedupe_key="k0")
+            batch_ids = await outbox.apublish_many(conn, _batch_with_duplicates())
+            await commit()
+        assert again == taken
+        _check_batch_ids(batch_ids, taken)
+        assert count(db, "outbox_event") == 4
+
+    @pytest.mark.parametrize("prepare_threshold", [None, 5])
+    def test_statements_are_prepared_once_unless_the_connection_forbids_it(
+            self, dsn: str, prepare_threshold: int | None) -> None:
+        """Publish prepares its statements on first use, and still works with prepared statements off (PgBouncer)."""
+        with psycopg.connect(dsn, prepare_threshold=prepare_threshold) as conn:
+            for _ in range(2):
+                outbox.publish(conn, "webhook.test", webhook_test(), org_id="org_a")
+                outbox.publish(conn, "webhook.test", webhook_test(), org_id="org_a", dedupe_key="k")
+                outbox.publish_many(conn, [outbox.Event("webhook.test", webhook_test(), "org_a")] * 3)
+            prepared = conn.execute(
+                "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s", ["%INSERT INTO outbox_event%"]
+            ).fetchone()
+            conn.rollback()
+        assert prepared == (0 if prepare_threshold is None else 3,)
+
+
+class TestFanOut:
+    def test_each_event_reaches_exactly_the_subscribed_endpoints_and_wakes_once(
+            self, dsn: str, db: psycopg.Connection) -> None:
+        """Queue and log rows are written per enabled, undeleted endpoint of the org that takes the type; one NOTIFY."""
+        def add(org_id: str, events: list[str] | None = None) -> str:
+            return endpoints.add(db, org_id=org_id, url="https://example.com/hook", event_types=events).id
+
+        every, tests_only, failed_only = add("org_a"), add("org_a", ["webhook.test"]), add("org_a", ["job.failed"])
+        disabled, deleted, other_org = add("org_a"), add("org_a"), add("org_b")
+        endpoints.set_enabled(db, disabled, False)
+        db.execute("UPDATE webhook_endpoint SET deleted_at = now() WHERE id = %s", [deleted])
+        woken: list[str] = []
+        with psycopg.connect(dsn, autocommit=True) as listener, psycopg.connect(dsn) as conn:
+            listener.add_notify_handler(lambda n: woken.append(n.channel))
+            listener.execute(f"LISTEN {CHANNEL}")
+            published = {
+                outbox.publish(conn, "webhook.test", webhook_test(), org_id="org_a"): {every, tests_only},
+                outbox.publish(conn, "job.completed", job_completed(), org_id="org_a", dedupe_key="j"): {every},
+                **dict(zip(outbox.publish_many(conn, [
+                    outbox.Event("webhook.test", webhook_test(), "org_b"),
+                    outbox.Event("job.completed", job_completed("org_a", "job_2"), "org_a"),
+                ]), [{other_org}, {every}], strict=True)),
+            }
+            conn.commit()
+            listener.execute("SELECT 1")  # notifications of committed transactions arrive before this answer
+            assert woken == [CHANNEL]
+            outbox.publish(conn, "job.completed", job_completed("org_c"), org_id="org_c")  # nobody subscribed
+            conn.commit()
+            listener.execute("SELECT 1")
+            assert woken == [CHANNEL], "no delivery, no wake-up"
+            keyed = outbox.publish(conn, "job.failed", job_failed(), org_id="org_a", dedupe_key="f")
+            published[keyed] = {every, failed_only}
+            conn.commit()
+            listener.execute("SELECT 1")
+            assert woken == [CHANNEL] * 2
+            assert outbox.publish(conn, "job.failed", job_failed(), org_id="org_a", dedupe_key="f") == keyed
+            conn.commit()
+            listener.execute("SELECT 1")
+            assert woken == [CHANNEL] * 2, "a deduplicated publish writes nothing and wakes nobody"
+        expected = {(outbox.parse_event_id(e), ep) for e, eps in published.items() for ep in eps}
+        queued = db.execute("SELECT event_id, endpoint_id, delivery_id, due_at, series, attempt FROM delivery_queue"
+                            ).fetchall()
+        logged = db.execute("SELECT event_id, endpoint_id, delivery_id, next_attempt_at, series, attempt "
+                            "FROM delivery_log WHERE kind = 'scheduled'").fetchall()
+        assert {(e, ep) for e, ep, *_ in queued} == expected
+        assert len(queued) == len(expected)
+        assert sorted(queued) == sorted(logged)
+        created = dict(db.execute("SELECT id, created_at FROM outbox_event").fetchall())
+        assert all(due == created[e] and (series, attempt) == (1, 0) for e, _, _, due, series, attempt in queued)
+
+
+class TestDedupeRaces:
+    @pytest.mark.parametrize("batch", [False, True], ids=["publish", "publish_many"])
+    def test_a_key_committed_while_waiting_returns_the_committed_event(
+            self, dsn: str, db: psycopg.Connection, batch: bool) -> None:
+        """A publish blocked on another transaction's uncommitted key returns that event's id once it commits."""
+        event = outbox.Event("job.completed", job_completed(), "org_a", dedupe_key="job_abc123")
+        results: list[str] = []
+        with psycopg.connect(dsn) as first, psycopg.connect(dsn) as second:
+            first_id = outbox.publish(first, event.event_type, event.data, org_id="org_a", dedupe_key="job_abc123")
+            waiting_pid = second.info.backend_pid
+
+            def publish_second() -> None:
+                if batch:
+                    results.extend(outbox.publish_many(second, [outbox.Event("webhook.test", webhook_test(), "org_a"),
+                                                                event]))
+                else:
+                    results.append(outbox.publish(second, event.event_type, event.data, org_id="org_a",
+                                                  dedupe_key="job_abc123"))
+                second.commit()
+
+            thread = threading.Thread(target=publish_second)
+            thread.start()
+            deadline = datetime.now(UTC) + timedelta(seconds=30)
+            while db.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                             [waiting_pid]).fetchone() != ("Lock",):
+                assert datetime.now(UTC) < deadline, "the second publish never waited for the first's key"
+            first.commit()
+            thread.join(30)
+        assert results[-1] == first_id
+        assert count(db, "outbox_event") == (2 if batch else 1)
+
+
+class TestIdsAndBodies:
+    def test_event_ids_are_uuidv7_and_strictly_increasing_within_a_process(self) -> None:
+        """Ids carry version 7, the RFC variant and the current millisecond, and never go backwards."""
+        made = [ids.new_event_hex() for _ in range(10_000)]
+        assert made == sorted(made)
+        assert len(set(made)) == len(made)
+        now_ms = int(datetime.now(UTC).timestamp() * 1000)
+        for value in (uuid.UUID(made[0]), uuid.UUID(made[-1]), ids.new_event_uuid()):
+            assert value.version == 7
+            assert value.variant == uuid.RFC_4122
+            assert abs((value.int >> 80) - now_ms) < 60_000
+        assert ids.new_event_uuid(now_ms=1_700_000_000_000).int >> 80 == 1_700_000_000_000
+
+    @settings(max_examples=200)
+    @given(data=st.dictionaries(st.text(), st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4), max_leaves=12)))
+    def test_bodies_are_exactly_what_json_dumps_writes(self, data: dict[str, Any]) -> None:
+        """The body keeps key order, compact separators and unescaped non-ASCII: json.dumps's exact bytes."""
+        expected = json.dumps({"event": "webhook.test", "data": data}, ensure_ascii=False, separators=(",", ":"),
+                              allow_nan=False)
+        try:
+            body = serialize("webhook.test", data)
+        except outbox.InvalidPayload:
+            with pytest.raises(UnicodeEncodeError):
+                expected.encode("utf-8")
+        else:
+            assert body == expected
