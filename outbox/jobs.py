@@ -17,7 +17,7 @@ started and finished (it excludes the time the job waited in the queue after
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from outbox import events
@@ -53,10 +53,13 @@ def processing_time_ms(started_at: datetime, finished_at: datetime) -> int:
     """Milliseconds from ``started_at`` to ``finished_at``, rounded half up; both must be aware datetimes."""
     _check_aware("started_at", started_at)
     _check_aware("finished_at", finished_at)
-    if finished_at < started_at:
+    # In UTC: two datetimes with the same zone subtract as wall-clock times, which is
+    # an hour off (or negative) across a daylight-saving change.
+    started, finished = started_at.astimezone(UTC), finished_at.astimezone(UTC)
+    if finished < started:
         raise InvalidPayload(f"finished_at ({finished_at.isoformat()}) is before started_at "
                              f"({started_at.isoformat()})")
-    microseconds = (finished_at - started_at) // timedelta(microseconds=1)
+    microseconds = (finished - started) // timedelta(microseconds=1)
     return (microseconds + 500) // 1000
 
 
@@ -71,7 +74,7 @@ def job_finished(*, job_id: str, org_id: str, extractor_id: str, outcome: JobRes
     """
     _check_aware("created_at", created_at)
     _check_aware("started_at", started_at)
-    if started_at < created_at:
+    if started_at.astimezone(UTC) < created_at.astimezone(UTC):  # see processing_time_ms
         raise InvalidPayload(f"started_at ({started_at.isoformat()}) is before created_at "
                              f"({created_at.isoformat()})")
     elapsed = processing_time_ms(started_at, finished_at)

@@ -4,6 +4,7 @@ import json
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -286,6 +287,20 @@ class TestJobHelper:
         assert abs(timedelta(milliseconds=ms) - elapsed) <= timedelta(microseconds=500)
 
 
+    def test_processing_time_across_a_daylight_saving_change_is_real_time(self) -> None:
+        """Started 02:30 CEST, finished 02:10 CET the same night (after clocks went back): 40 minutes,
+        not minus 20, whatever wall clocks say."""
+        berlin = ZoneInfo("Europe/Berlin")
+        started = datetime(2024, 10, 27, 2, 30, tzinfo=berlin)
+        finished = datetime(2024, 10, 27, 2, 10, fold=1, tzinfo=berlin)
+        assert processing_time_ms(started, finished) == 40 * 60 * 1000
+        event = job_finished(job_id="job_a", org_id="org_a", extractor_id="ext_a", outcome=JobResult({}, {}),
+                             created_at=started, started_at=finished, finished_at=finished, cost_credits=0)
+        assert event.data["processing_time_ms"] == 0
+        assert event.data["created_at"] == "2024-10-27T00:30:00Z"
+        assert event.data["completed_at"] == "2024-10-27T01:10:00Z"
+
+
 json_scalars = st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=False,
                                                                                      allow_infinity=False) | st.text()
 json_objects = st.dictionaries(st.text(), st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3)
@@ -309,8 +324,11 @@ class TestBuilderProperties:
             failure: tuple[str, str, str | None] | None) -> None:
         """For any valid job and outcome the helper's event passes the catalog and its body parses back to its data."""
         outcome: JobResult | JobError = JobResult(extracted, confidence) if failure is None else JobError(*failure)
+        # elapsed real time, in the same zone: `created + elapsed` would add wall-clock time,
+        # which differs by an hour across a daylight-saving change.
+        finished = (created.astimezone(UTC) + elapsed).astimezone(created.tzinfo)
         event = job_finished(job_id="job_" + job, org_id="org_" + org, extractor_id="ext_" + extractor,
-                             outcome=outcome, created_at=created, started_at=created, finished_at=created + elapsed,
+                             outcome=outcome, created_at=created, started_at=created, finished_at=finished,
                              cost_credits=cost, metadata=metadata)
         assert event.event_type == ("job.completed" if failure is None else "job.failed")
         catalog.validate(event.event_type, event.data, event.org_id)
@@ -318,4 +336,4 @@ class TestBuilderProperties:
         assert body == {"event": event.event_type, "data": event.data}
         finished_field = "completed_at" if failure is None else "failed_at"
         assert at(body["data"][finished_field]) - at(body["data"]["created_at"]) <= elapsed + timedelta(seconds=1)
-        assert body["data"]["processing_time_ms"] == processing_time_ms(created, created + elapsed)
+        assert body["data"]["processing_time_ms"] == (elapsed // timedelta(microseconds=1) + 500) // 1000
