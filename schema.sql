@@ -12,9 +12,39 @@
 --                     projection of delivery_log (see the delivery_state view) and
 --                     can be dropped and rebuilt from it by `deliverer rebuild-projections`.
 --
--- Keys of the append-only tables lead with a time-ordered column (UUIDv7 event ids,
--- recorded_at on the log) so that retention can range-partition them by time and
--- drop whole partitions instead of deleting rows.
+-- The append-only tables are range-partitioned by time, one partition per UTC day:
+-- outbox_event on its UUIDv7 id (a bound for time T is the uuid whose first 48 bits
+-- are T's Unix milliseconds and the rest zero; uuids compare bytewise), delivery_log
+-- on recorded_at. Retention drops whole partitions instead of deleting rows, so old
+-- data leaves no dead tuples to vacuum. The daily partitions are created ahead by
+-- deliverer/partitions.py (`deliverer migrate`, every running deliverer hourly, and
+-- `deliverer retention`); this file creates only the parents and their DEFAULT
+-- partitions.
+
+-- Upgrading from before partitioning, part one: the plain tables step aside under
+-- a *_legacy name (with their indexes and identity sequence, whose names the new
+-- tables take) and are attached below as the first partitions. Their row triggers
+-- go: attaching gives them the parent's.
+DO $$
+BEGIN
+    IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('outbox_event')) = 'r' THEN
+        ALTER TABLE outbox_event RENAME TO outbox_event_legacy;
+        ALTER INDEX IF EXISTS outbox_event_pkey RENAME TO outbox_event_legacy_pkey;
+        ALTER INDEX IF EXISTS outbox_event_org_txid RENAME TO outbox_event_legacy_org_txid;
+        DROP TRIGGER IF EXISTS outbox_event_append_only ON outbox_event_legacy;
+    END IF;
+    IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('delivery_log')) = 'r' THEN
+        ALTER TABLE delivery_log RENAME TO delivery_log_legacy;
+        ALTER INDEX IF EXISTS delivery_log_pkey RENAME TO delivery_log_legacy_pkey;
+        ALTER INDEX IF EXISTS delivery_log_delivery RENAME TO delivery_log_legacy_delivery;
+        ALTER INDEX IF EXISTS delivery_log_endpoint RENAME TO delivery_log_legacy_endpoint;
+        ALTER INDEX IF EXISTS delivery_log_event RENAME TO delivery_log_legacy_event;
+        EXECUTE format('ALTER SEQUENCE %s RENAME TO delivery_log_legacy_seq_seq',
+                       pg_get_serial_sequence('delivery_log_legacy', 'seq'));
+        DROP TRIGGER IF EXISTS delivery_log_append_only ON delivery_log_legacy;
+    END IF;
+END;
+$$;
 
 CREATE TABLE IF NOT EXISTS outbox_event (
     id          uuid        NOT NULL PRIMARY KEY,  -- UUIDv7: time-ordered, public form evt_<hex>
@@ -24,7 +54,7 @@ CREATE TABLE IF NOT EXISTS outbox_event (
     dedupe_key  text,
     created_at  timestamptz NOT NULL DEFAULT now(),
     txid        xid8        NOT NULL DEFAULT pg_current_xact_id()  -- commit-order cursor for pollers
-);
+) PARTITION BY RANGE (id);
 
 -- Pollers read an org's events in commit order (see events_after in deliverer/queries.sql).
 CREATE INDEX IF NOT EXISTS outbox_event_org_txid ON outbox_event (org_id, txid, id);
@@ -36,6 +66,9 @@ CREATE TABLE IF NOT EXISTS outbox_dedupe (
     created_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (org_id, dedupe_key)
 );
+
+-- Retention forgets dedupe keys older than its cutoff, oldest first, in batches.
+CREATE INDEX IF NOT EXISTS outbox_dedupe_created_at ON outbox_dedupe (created_at);
 
 CREATE TABLE IF NOT EXISTS webhook_endpoint (
     id           text        NOT NULL PRIMARY KEY,  -- ep_<random>
@@ -87,15 +120,19 @@ CREATE TABLE IF NOT EXISTS api_key (
 CREATE TABLE IF NOT EXISTS delivery_log (
     seq              bigint      GENERATED ALWAYS AS IDENTITY,
     recorded_at      timestamptz NOT NULL DEFAULT now(),
-    kind             text        NOT NULL CHECK (kind IN ('scheduled', 'replay_requested',
-                         'attempt_started', 'attempt_finished', 'attempt_abandoned', 'late_result')),
+    -- Constraints are named: attaching a table as a partition needs its CHECK
+    -- constraints to carry the parent's names.
+    kind             text        NOT NULL CONSTRAINT delivery_log_kind_check CHECK (kind IN ('scheduled',
+                         'replay_requested', 'attempt_started', 'attempt_finished', 'attempt_abandoned',
+                         'late_result')),
     delivery_id      uuid        NOT NULL,
     event_id         uuid        NOT NULL,
     endpoint_id      text        NOT NULL,
     org_id           text        NOT NULL,
     series           integer     NOT NULL,
     attempt          integer     NOT NULL,
-    outcome          text        CHECK (outcome IN ('succeeded', 'failed', 'unknown')),
+    outcome          text        CONSTRAINT delivery_log_outcome_check
+                                     CHECK (outcome IN ('succeeded', 'failed', 'unknown')),
     next_attempt_at  timestamptz,
     worker_id        text,
     started_at       timestamptz,
@@ -106,7 +143,7 @@ CREATE TABLE IF NOT EXISTS delivery_log (
     response_excerpt text,
     actor            text,
     PRIMARY KEY (recorded_at, seq)
-);
+) PARTITION BY RANGE (recorded_at);
 
 CREATE INDEX IF NOT EXISTS delivery_log_delivery ON delivery_log (delivery_id, series, attempt);
 -- An endpoint's attempts, newest first, paged by seq.
@@ -166,11 +203,15 @@ ORDER BY delivery_id, series DESC, attempt DESC,
               ELSE 0 END DESC;
 
 -- Append-only tables refuse UPDATE, DELETE and TRUNCATE. Retention drops whole
--- partitions (DROP TABLE), which these triggers deliberately do not cover.
+-- partitions (DROP TABLE), which these triggers deliberately do not cover. Row
+-- triggers are cloned onto every partition; TRUNCATE triggers are not, so
+-- deliverer/partitions.py gives each partition its own. The message names the
+-- partitioned table, whichever partition the statement hit.
 CREATE OR REPLACE FUNCTION outbox_refuse_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    RAISE EXCEPTION '% is append-only: % is not allowed', TG_TABLE_NAME, TG_OP
+    RAISE EXCEPTION '% is append-only: % is not allowed',
+                    coalesce(pg_partition_root(TG_RELID), TG_RELID)::regclass, TG_OP
         USING ERRCODE = 'insufficient_privilege',
               HINT = 'Record a new fact instead of changing an old one.';
 END;
@@ -188,3 +229,39 @@ CREATE OR REPLACE TRIGGER delivery_log_append_only
 CREATE OR REPLACE TRIGGER delivery_log_no_truncate
     BEFORE TRUNCATE ON delivery_log
     FOR EACH STATEMENT EXECUTE FUNCTION outbox_refuse_change();
+
+-- Upgrading from before partitioning, part two: each renamed table becomes the
+-- partition of everything up to the end of the current day (or of its newest row's
+-- day, should a clock have run ahead), and daily partitions follow from there.
+-- Attaching copies nothing: it reads the table once to check the bound, in the
+-- migration's transaction, while producers wait. The log's identity goes on from
+-- the old sequence, so seq keeps ordering the log across the two.
+DO $$
+DECLARE
+    newest timestamptz;
+BEGIN
+    IF NOT (SELECT relispartition FROM pg_class WHERE oid = to_regclass('outbox_event_legacy')) THEN
+        SELECT to_timestamp(('x' || left(replace(id::text, '-', ''), 12))::bit(48)::bigint / 1000.0)
+        INTO newest FROM outbox_event_legacy ORDER BY id DESC LIMIT 1;
+        newest := date_trunc('day', greatest(now(), newest), 'UTC') + interval '1 day';
+        EXECUTE format('ALTER TABLE outbox_event ATTACH PARTITION outbox_event_legacy FOR VALUES FROM (MINVALUE) TO (%L)',
+                       lpad(to_hex((extract(epoch FROM newest) * 1000)::bigint), 12, '0') || repeat('0', 20));
+    END IF;
+    IF NOT (SELECT relispartition FROM pg_class WHERE oid = to_regclass('delivery_log_legacy')) THEN
+        PERFORM setval(pg_get_serial_sequence('delivery_log', 'seq'),
+                       coalesce(pg_sequence_last_value('delivery_log_legacy_seq_seq'), 0) + 1, false);
+        ALTER TABLE delivery_log_legacy ALTER COLUMN seq DROP IDENTITY;
+        SELECT max(recorded_at) INTO newest FROM delivery_log_legacy;
+        newest := date_trunc('day', greatest(now(), newest), 'UTC') + interval '1 day';
+        EXECUTE format('ALTER TABLE delivery_log ATTACH PARTITION delivery_log_legacy FOR VALUES FROM (MINVALUE) TO (%L)',
+                       newest);
+    END IF;
+END;
+$$;
+
+-- The safety net: a row no daily partition covers lands here rather than failing
+-- the producer's transaction when partition maintenance has lapsed. Retention never
+-- drops these, and no daily partition is created over rows they hold (maintenance
+-- reports such ranges instead; see README, "Retention").
+CREATE TABLE IF NOT EXISTS outbox_event_default PARTITION OF outbox_event DEFAULT;
+CREATE TABLE IF NOT EXISTS delivery_log_default PARTITION OF delivery_log DEFAULT;

@@ -75,7 +75,7 @@ async def run(args: argparse.Namespace, server: database.Server) -> dict[str, An
         ("backlog", "backlog", lambda: scenarios.backlog(bench, backlog_size=args.backlog,
                                                          events=300 if quick else 5000, processes=p,
                                                          repeat=repeat)),
-        ("slow", "slow_receivers", lambda: scenarios.slow_receivers(bench, events=200 if quick else 2000,
+        ("slow", "slow_receivers", lambda: scenarios.slow_receivers(bench, events=400 if quick else 10_000,
                                                                     processes=p, repeat=repeat)),
         ("fanout", "fan_out", lambda: scenarios.fan_out(bench, endpoints=100, events=1 if quick else 3 * repeat,
                                                         processes=p)),

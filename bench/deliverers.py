@@ -1,9 +1,9 @@
 """Real ``python -m deliverer run`` processes, as in production, one per simulated pod.
 
-They run with warnings-only JSON logs (written to a file, shown if a run goes
-wrong), no probe port (``DELIVERER_METRICS_PORT=0`` picks a free one) and
-``http://`` loopback URLs allowed. Everything else is the default unless a
-scenario says otherwise.
+They run with the default log level (info: failed attempts, not successes), as
+JSON written to a file that is shown if a run goes wrong, with no fixed probe port
+(``DELIVERER_METRICS_PORT=0`` picks a free one) and ``http://`` loopback URLs
+allowed. Everything else is the default unless a scenario says otherwise.
 """
 
 import asyncio
@@ -25,8 +25,7 @@ class Deliverers:
 
     def __init__(self, dsn: str, count: int, **settings: str) -> None:
         self.dsn, self.count = dsn, count
-        self.env = {**os.environ, "DATABASE_URL": dsn, "DELIVERER_LOG_LEVEL": "warning",
-                    "DELIVERER_LOG_FORMAT": "json", "DELIVERER_METRICS_PORT": "0",
+        self.env = {**os.environ, "DATABASE_URL": dsn, "DELIVERER_LOG_FORMAT": "json", "DELIVERER_METRICS_PORT": "0",
                     "DELIVERER_ALLOW_INSECURE_URLS": "1", "DELIVERER_SHUTDOWN_GRACE": "5", **settings}
         self.processes: list[asyncio.subprocess.Process] = []
         self.log = Path(tempfile.mkstemp(prefix="bench-deliverer-", suffix=".log")[1])

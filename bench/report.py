@@ -86,10 +86,11 @@ def _backlog_rows(backlog: dict[str, Any]) -> list[Row]:
 
 def _slow_rows(slow: dict[str, Any]) -> list[Row]:
     return [
-        (f"5. slow receivers: {slow['slow_endpoints']} of {slow['endpoints']} endpoints hang, "
-         f"{slow['events']:,} events, {slow['processes']} processes, HTTP timeout 2 s", "", ""),
-        ("  deliveries/s, all endpoints healthy", _n(slow["all_healthy"]["deliveries_per_s"]), ""),
-        ("  deliveries/s to the healthy half, half hanging", _n(slow["half_slow"]["deliveries_per_s"]), ""),
+        (f"5. slow receivers: {slow['events']:,} deliveries to healthy endpoints, {slow['processes']} "
+         "processes, HTTP timeout 2 s", "", ""),
+        (f"  deliveries/s, {slow['endpoints']} healthy endpoints", _n(slow["all_healthy"]["deliveries_per_s"]), ""),
+        (f"  same, {slow['endpoints'] - slow['slow_endpoints']} healthy beside {slow['slow_endpoints']} hanging "
+         "(as many events to them)", _n(slow["half_slow"]["deliveries_per_s"]), ""),
         ("  ratio", f"{slow['ratio']:.2f}", ">= 0.90"),
     ]
 

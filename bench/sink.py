@@ -15,7 +15,8 @@ Paths:
 
 - ``/slow/<seconds>/...`` records the request, then answers only after
   ``<seconds>`` (a receiver that hangs; the deliverer's timeout cuts it off).
-- ``/_count`` answers the number of requests recorded; ``/_reset`` forgets
+- ``/_count`` answers the number of requests recorded (``/_count/hook/`` of
+  those whose path starts with ``/hook/``); ``/_reset`` forgets
   them; ``/_dump`` answers them all as JSON ``[[path, event_id, time], ...]``.
   These control paths are not recorded.
 - Anything else is recorded and answered at once.
@@ -60,6 +61,9 @@ class Recorder:
     def control(self, path: bytes) -> bytes:
         if path == b"/_count":
             body = str(len(self.records)).encode()
+        elif path.startswith(b"/_count/"):
+            prefix = path[len(b"/_count"):].decode()
+            body = str(sum(1 for record in self.records if record[0].startswith(prefix))).encode()
         elif path == b"/_reset":
             self.records = []
             body = b"0"
@@ -173,8 +177,9 @@ class SinkProcess:
         length = int(_header(head, head.lower(), _CONTENT_LENGTH))
         return await self._reader.readexactly(length)
 
-    async def count(self) -> int:
-        return int(await self._get("/_count"))
+    async def count(self, prefix: str = "") -> int:
+        """Requests recorded, or only those whose path starts with ``prefix``."""
+        return int(await self._get(f"/_count{prefix}"))
 
     async def reset(self) -> None:
         await self._get("/_reset")

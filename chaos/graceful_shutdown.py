@@ -24,7 +24,9 @@ from chaos.workers import WorkerProcess
 from outbox.ids import delivery_public_id
 
 LEASE = 60  # far longer than the test: a takeover can only come from a hand-back
-ENV = {"DELIVERER_HTTP_TIMEOUT": "30", "DELIVERER_LEASE_SECONDS": str(LEASE), "DELIVERER_POLL_INTERVAL": "0.2"}
+ENV = {"DELIVERER_HTTP_TIMEOUT": "30", "DELIVERER_LEASE_SECONDS": str(LEASE), "DELIVERER_POLL_INTERVAL": "0.2",
+       # Every held send in flight at once, as the scenario needs, not a slow start's first few.
+       "DELIVERER_ENDPOINT_INITIAL_CONCURRENCY": "50"}
 
 
 def _facts(dsn: str) -> list[tuple]:

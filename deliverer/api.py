@@ -22,7 +22,7 @@ import structlog
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
-from deliverer import apikeys, dashboard, endpoints, history, ping, replay
+from deliverer import apikeys, connections, dashboard, endpoints, history, ping, replay
 from deliverer.config import Settings
 from deliverer.endpoints import EndpointError
 from deliverer.metrics import METRICS
@@ -37,6 +37,7 @@ log = structlog.get_logger("deliverer.api")
 MAX_BODY_BYTES = 64 * 1024
 MAX_PAGE = 100
 OUTCOMES = ("succeeded", "failed", "unknown")
+POOL_SIZE = 10  # database connections per API process, plus one for recording test events
 
 POOL: web.AppKey[AsyncConnectionPool] = web.AppKey("pool", AsyncConnectionPool)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
@@ -465,8 +466,8 @@ def create_app(settings: Settings) -> web.Application:
     dashboard.add_routes(app)
 
     async def resources_ctx(app: web.Application) -> Any:
-        pool = AsyncConnectionPool(settings.database_url, min_size=1, max_size=10, open=False,
-                                   kwargs={"autocommit": True, "application_name": "deliverer-api"})
+        pool = AsyncConnectionPool(settings.database_url, min_size=1, max_size=POOL_SIZE, open=False,
+                                   kwargs=connections.options(settings, "deliverer-api"))
         await pool.open()
         sender = Worker(replace(settings, worker_id=f"api-{default_worker_id()}"))
         beat = asyncio.create_task(app[HEALTH].heartbeat.run())

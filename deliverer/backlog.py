@@ -12,6 +12,8 @@ from typing import Any
 import psycopg
 import structlog
 
+from deliverer import connections
+from deliverer.config import Settings
 from deliverer.metrics import METRICS
 from deliverer.queries import QUERIES
 
@@ -28,14 +30,13 @@ async def measure(conn: psycopg.AsyncConnection[Any]) -> tuple[int, float]:
     return due, oldest_age
 
 
-async def watch(database_url: str, interval: float = 5.0) -> None:
+async def watch(settings: Settings, interval: float = 5.0) -> None:
     """Refresh the gauges every ``interval`` seconds until cancelled, through database outages."""
     conn: psycopg.AsyncConnection[Any] | None = None
     while True:
         try:
             if conn is None or conn.closed:
-                conn = await psycopg.AsyncConnection.connect(database_url, autocommit=True,
-                                                             application_name="deliverer backlog")
+                conn = await connections.aconnect(settings, "deliverer backlog")
             await measure(conn)
         except psycopg.Error as exc:
             METRICS.db_errors.labels("backlog").inc()

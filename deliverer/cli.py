@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from deliverer import apikeys, backlog, config, endpoints, history, logconfig, probes, projection, schema
+from deliverer import apikeys, backlog, config, connections, endpoints, history, logconfig, probes, projection, schema
 from deliverer.queries import QUERIES
 from outbox.ids import delivery_public_id, event_public_id, parse_delivery_id
 
@@ -58,9 +58,12 @@ def _settings(args: argparse.Namespace) -> config.Settings:
     return settings
 
 
+CLI_APPLICATION_NAME = "deliverer-cli"
+
+
 def _connect(settings: config.Settings) -> psycopg.Connection:
     try:
-        return psycopg.connect(settings.database_url, autocommit=True)
+        return connections.connect(settings, CLI_APPLICATION_NAME)
     except psycopg.OperationalError as exc:
         raise config.ConfigError(f"cannot connect to the database: {str(exc).strip()}") from None
 
@@ -102,6 +105,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from deliverer import partitions
     from deliverer.worker import Worker
 
     settings = _settings(args)
@@ -121,7 +125,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             server = probes.serve(_metrics_port(args), heartbeat=heartbeat, ready=lambda: worker.ready)
             structlog.get_logger("deliverer.cli").info("probes listening", port=server.server_address[1])
             background = [asyncio.create_task(heartbeat.run()),
-                          asyncio.create_task(backlog.watch(settings.database_url))]
+                          asyncio.create_task(backlog.watch(settings)),
+                          asyncio.create_task(partitions.maintain(settings))]
             try:
                 await worker.run(stop, force)
             finally:
@@ -129,8 +134,20 @@ def cmd_run(args: argparse.Namespace) -> int:
                     task.cancel()
                 server.shutdown()
 
-    asyncio.run(main())
+    run_event_loop(main())
     return 0
+
+
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop where it is installed (Linux, macOS): it halves the event loop's
+    share of a worker's CPU. Elsewhere, on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
 
 
 def cmd_endpoints_add(args: argparse.Namespace) -> int:
@@ -177,6 +194,23 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retention(args: argparse.Namespace) -> int:
+    from deliverer import partitions
+
+    try:
+        older_than = partitions.parse_duration(args.older_than)
+    except ValueError as exc:
+        raise config.ConfigError(f"--older-than: {exc}") from None
+    if older_than < partitions.MIN_OLDER_THAN and not args.force:
+        raise config.ConfigError(
+            f"--older-than {args.older_than} is less than a day: deliveries retry for over an hour and replays "
+            "need their history; pass --force to drop that recent data anyway")
+    with _connect(_settings(args)) as conn:
+        report = partitions.retain(conn, older_than, dry_run=args.dry_run)
+    print("\n".join(report.lines()))
+    return 0
+
+
 def delivery_rows(conn: psycopg.Connection, org_id: str | None, limit: int) -> list[list[Any]]:
     rows = conn.execute(QUERIES["delivery_summary"], {"org_id": org_id, "limit": limit}).fetchall()
     return [[delivery_public_id(r[0]), event_public_id(r[1]), *r[2:]] for r in rows]
@@ -208,7 +242,7 @@ def _actor() -> str:
 
 async def _aconnect(settings: config.Settings) -> psycopg.AsyncConnection[Any]:
     try:
-        return await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True)
+        return await connections.aconnect(settings, CLI_APPLICATION_NAME)
     except psycopg.OperationalError as exc:
         raise config.ConfigError(f"cannot connect to the database: {str(exc).strip()}") from None
 
@@ -435,6 +469,12 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild = command("rebuild-projections", "recompute delivery_queue from the delivery log", cmd_rebuild)
     rebuild.add_argument("--check", action="store_true",
                          help="only compare the live queue with the log; exit 1 if they differ")
+    retention = command("retention", "drop partitions of events and delivery log older than a cutoff, create "
+                        "upcoming ones, forget old dedupe keys", cmd_retention)
+    retention.add_argument("--older-than", required=True, metavar="DURATION",
+                           help="drop data older than this: 30d, 12h or 90m")
+    retention.add_argument("--dry-run", action="store_true", help="only print what would be done")
+    retention.add_argument("--force", action="store_true", help="allow --older-than under a day")
     deliveries = command("deliveries", "list deliveries and their state, derived from the log", cmd_deliveries)
     deliveries.add_argument("--org", help="only this org's deliveries")
     deliveries.add_argument("--limit", type=int, default=50)

@@ -3,11 +3,14 @@
 | setting            | environment                       | default             |
 |--------------------|-----------------------------------|---------------------|
 | database_url       | DATABASE_URL                      | (required)          |
+| listen_database_url | DELIVERER_LISTEN_DATABASE_URL    | DATABASE_URL; direct or session-pooled |
+| prepared_statements | DELIVERER_PREPARED_STATEMENTS    | 1; 0 behind a transaction pooler before PgBouncer 1.21 |
 | http_timeout       | DELIVERER_HTTP_TIMEOUT            | 5 seconds           |
 | lease_seconds      | DELIVERER_LEASE_SECONDS           | 30 seconds          |
 | batch_size         | DELIVERER_BATCH_SIZE              | 100                 |
 | max_in_flight      | DELIVERER_MAX_IN_FLIGHT           | 200                 |
 | endpoint_concurrency | DELIVERER_ENDPOINT_CONCURRENCY | 50 per endpoint and worker |
+| endpoint_initial_concurrency | DELIVERER_ENDPOINT_INITIAL_CONCURRENCY | 4: a new or idle endpoint's start |
 | poll_interval      | DELIVERER_POLL_INTERVAL           | 1 second            |
 | retry_delays       | DELIVERER_RETRY_DELAYS            | 5,30,120,600,3600   |
 | retry_jitter       | DELIVERER_RETRY_JITTER            | 0 (off)             |
@@ -55,11 +58,14 @@ def parse_delays(raw: str) -> tuple[float, ...]:
 @dataclass(frozen=True)
 class Settings:
     database_url: str = ""
+    listen_database_url: str = ""  # empty: DATABASE_URL
+    prepared_statements: bool = True
     http_timeout: float = 5.0
     lease_seconds: float = 30.0
     batch_size: int = 100
     max_in_flight: int = 200
     endpoint_concurrency: int = 50
+    endpoint_initial_concurrency: int = 4
     poll_interval: float = 1.0
     retry_delays: tuple[float, ...] = field(default=SEED_DELAYS)
     retry_jitter: float = 0.0
@@ -79,8 +85,9 @@ class Settings:
                 f"lease_seconds ({self.lease_seconds}) must be at least http_timeout + 5 s "
                 f"({self.http_timeout + 5}), or a slow send could be taken over while still running"
             )
-        if self.batch_size < 1 or self.max_in_flight < 1 or self.endpoint_concurrency < 1:
-            raise ConfigError("batch_size, max_in_flight and endpoint_concurrency must be at least 1")
+        if min(self.batch_size, self.max_in_flight, self.endpoint_concurrency, self.endpoint_initial_concurrency) < 1:
+            raise ConfigError("batch_size, max_in_flight, endpoint_concurrency and endpoint_initial_concurrency "
+                              "must be at least 1")
         if self.shutdown_grace < 0:
             raise ConfigError("shutdown_grace must be zero or more seconds")
         if not 0 <= self.retry_jitter < 1:
@@ -100,17 +107,25 @@ class Settings:
         return ssrf.allowed_networks(self.allowed_networks, allow_insecure=self.allow_insecure_urls)
 
     @property
+    def listen_url(self) -> str:
+        """Where the worker LISTENs: a connection that keeps its server session (not a transaction pooler)."""
+        return self.listen_database_url or self.database_url
+
+    @property
     def max_attempts(self) -> int:
         return len(self.retry_delays) + 1
 
 
 _ENV = {
     "database_url": "DATABASE_URL",
+    "listen_database_url": "DELIVERER_LISTEN_DATABASE_URL",
+    "prepared_statements": "DELIVERER_PREPARED_STATEMENTS",
     "http_timeout": "DELIVERER_HTTP_TIMEOUT",
     "lease_seconds": "DELIVERER_LEASE_SECONDS",
     "batch_size": "DELIVERER_BATCH_SIZE",
     "max_in_flight": "DELIVERER_MAX_IN_FLIGHT",
     "endpoint_concurrency": "DELIVERER_ENDPOINT_CONCURRENCY",
+    "endpoint_initial_concurrency": "DELIVERER_ENDPOINT_INITIAL_CONCURRENCY",
     "poll_interval": "DELIVERER_POLL_INTERVAL",
     "retry_delays": "DELIVERER_RETRY_DELAYS",
     "retry_jitter": "DELIVERER_RETRY_JITTER",

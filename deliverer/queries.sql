@@ -13,27 +13,33 @@
 WITH room AS (
     SELECT * FROM unnest(%(room_endpoints)s::text[], %(room_free)s::int[]) AS room (endpoint_id, free)
 ),
-head AS (
-    SELECT delivery_id, endpoint_id, due_at,
-           row_number() OVER (PARTITION BY endpoint_id ORDER BY due_at) AS nth
-    FROM (SELECT delivery_id, endpoint_id, due_at
-          FROM delivery_queue
-          WHERE due_at <= coalesce(%(now)s::timestamptz, now())
-            AND endpoint_id <> ALL (%(full_endpoints)s::text[])
-          ORDER BY due_at
-          LIMIT %(scan)s) AS oldest
+candidates AS MATERIALIZED (
+    SELECT h.delivery_id
+    FROM (SELECT delivery_id, endpoint_id, due_at,
+                 row_number() OVER (PARTITION BY endpoint_id ORDER BY due_at) AS nth
+          FROM (SELECT delivery_id, endpoint_id, due_at
+                FROM delivery_queue
+                WHERE due_at <= coalesce(%(now)s::timestamptz, now())
+                  AND endpoint_id <> ALL (%(full_endpoints)s::text[])
+                ORDER BY due_at
+                LIMIT %(scan)s) AS oldest) AS h
+    LEFT JOIN room r ON r.endpoint_id = h.endpoint_id
+    WHERE h.nth <= coalesce(r.free, %(default_room)s)
+    ORDER BY h.due_at
 ),
+-- Locks are taken one candidate at a time, oldest first, by primary key, until the
+-- limit is reached: as a join the planner may hash every due row of a large backlog,
+-- and a sort above the lock would lock candidates that are not then leased.
 due AS (
     SELECT q.delivery_id, q.event_id, q.endpoint_id, q.org_id, q.series, q.attempt, q.leased_by,
            q.leased_by IS NOT NULL AND q.attempt >= %(max_attempts)s AS exhausted
-    FROM delivery_queue q
-    JOIN head h ON h.delivery_id = q.delivery_id
-    LEFT JOIN room r ON r.endpoint_id = h.endpoint_id
-    WHERE h.nth <= coalesce(r.free, %(default_room)s)
-      AND q.due_at <= coalesce(%(now)s::timestamptz, now())
-    ORDER BY h.due_at
+    FROM candidates c
+    CROSS JOIN LATERAL (
+        SELECT * FROM delivery_queue q
+        WHERE q.delivery_id = c.delivery_id AND q.due_at <= coalesce(%(now)s::timestamptz, now())
+        FOR UPDATE SKIP LOCKED
+    ) q
     LIMIT %(limit)s
-    FOR UPDATE OF q SKIP LOCKED
 ),
 abandoned AS (
     INSERT INTO delivery_log (kind, delivery_id, event_id, endpoint_id, org_id, series, attempt,
@@ -70,10 +76,19 @@ started AS (
 SELECT l.delivery_id, l.event_id, l.endpoint_id, l.org_id, l.series, l.attempt,
        e.event_type, e.body, e.created_at, w.url, w.secret,
        CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END AS previous_secret,
-       w.enabled AND w.deleted_at IS NULL AS endpoint_enabled
+       w.enabled AND w.deleted_at IS NULL AS endpoint_enabled,
+       NULL::float8 AS next_due_in
 FROM leased l
 JOIN outbox_event e ON e.id = l.event_id
 JOIN webhook_endpoint w ON w.id = l.endpoint_id
+UNION ALL
+-- A last row, with only next_due_in: seconds until the earliest delivery not leased
+-- here becomes due (a retry, a lease running out), so the worker knows how long it
+-- may sleep without asking again.
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       (SELECT extract(epoch FROM min(q.due_at) - coalesce(%(now)s::timestamptz, now()))::float8
+        FROM delivery_queue q
+        WHERE q.delivery_id NOT IN (SELECT delivery_id FROM due))
 
 -- name: record_results
 -- Write back a batch of attempt outcomes. An outcome only changes the delivery if
@@ -83,15 +98,14 @@ JOIN webhook_endpoint w ON w.id = l.endpoint_id
 -- nothing. retry_after NULL means the delivery is finished. An 'unknown' outcome
 -- is a send handed back at shutdown: it is logged as abandoned, like a lease that
 -- ran out, and with retry_after 0 the delivery is due again at once.
+-- The batch arrives as one JSON array: psycopg dumps Python lists element by element,
+-- which cost the worker more than the statement costs the database.
 WITH r AS (
     SELECT *
-    FROM unnest(%(delivery_ids)s::uuid[], %(event_ids)s::uuid[], %(endpoint_ids)s::text[],
-                %(org_ids)s::text[], %(series)s::int[], %(attempts)s::int[], %(outcomes)s::text[],
-                %(retry_after)s::float8[], %(started_at)s::timestamptz[], %(duration_ms)s::float8[],
-                %(http_status)s::int[], %(error_class)s::text[], %(error_message)s::text[],
-                %(response_excerpt)s::text[])
-         AS r (delivery_id, event_id, endpoint_id, org_id, series, attempt, outcome, retry_after,
-               started_at, duration_ms, http_status, error_class, error_message, response_excerpt)
+    FROM jsonb_to_recordset(%(results)s::jsonb)
+         AS r (delivery_id uuid, event_id uuid, endpoint_id text, org_id text, series int, attempt int,
+               outcome text, retry_after float8, started_at timestamptz, duration_ms float8,
+               http_status int, error_class text, error_message text, response_excerpt text)
 ),
 finished AS (
     DELETE FROM delivery_queue q USING r
@@ -191,8 +205,112 @@ WHERE id = %(id)s AND deleted_at IS NULL
 RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason
 
 -- name: lock_migrations
--- Pods starting together must not apply the schema concurrently.
+-- Pods starting together must not apply the schema concurrently. Partition
+-- maintenance and retention take the same lock, one transaction at a time.
 SELECT pg_advisory_xact_lock(hashtext('deliverer.migrate'))
+
+-- name: try_lock_migrations
+-- The same lock for the deliverers' periodic partition maintenance: a pod that
+-- finds it taken skips its turn instead of waiting.
+SELECT pg_try_advisory_xact_lock(hashtext('deliverer.migrate'))
+
+-- name: partition_list
+-- The partitions of the append-only tables and the times they cover, read from
+-- their bounds: low NULL is MINVALUE (a table attached by the upgrade), high NULL
+-- the DEFAULT partition. guarded: it has a trigger refusing TRUNCATE.
+WITH bound AS (
+    SELECT i.inhparent::regclass::text AS parent, c.oid, c.relname::text AS name,
+           substring(pg_get_expr(c.relpartbound, c.oid) FROM $re$FROM \('([^']*)'\)$re$) AS low,
+           substring(pg_get_expr(c.relpartbound, c.oid) FROM $re$TO \('([^']*)'\)$re$) AS high
+    FROM pg_inherits i
+    JOIN pg_class c ON c.oid = i.inhrelid
+    WHERE i.inhparent IN ('outbox_event'::regclass, 'delivery_log'::regclass)
+),
+times AS (
+    SELECT parent, oid, name,
+           CASE WHEN parent = 'delivery_log' THEN low::timestamptz
+                ELSE to_timestamp(('x' || left(replace(low, '-', ''), 12))::bit(48)::bigint / 1000.0) END AS low,
+           CASE WHEN parent = 'delivery_log' THEN high::timestamptz
+                ELSE to_timestamp(('x' || left(replace(high, '-', ''), 12))::bit(48)::bigint / 1000.0) END AS high
+    FROM bound
+)
+SELECT parent, name, low, high,
+       EXISTS (SELECT 1 FROM pg_trigger t
+               WHERE t.tgrelid = times.oid AND t.tgfoid = 'outbox_refuse_change'::regproc
+                 AND t.tgtype & 32 <> 0) AS guarded
+FROM times
+ORDER BY parent, high NULLS LAST, low NULLS FIRST
+
+-- name: partition_create
+-- One partition, created on its own and then attached: attaching locks the parent
+-- only against other DDL, where CREATE TABLE ... PARTITION OF would hold every
+-- producer's INSERT until commit. Attaching adds the parent's indexes and row
+-- triggers; partition_guard adds the TRUNCATE trigger.
+CREATE TABLE {partition} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+ALTER TABLE {parent} ATTACH PARTITION {partition} FOR VALUES FROM ({low}) TO ({high})
+
+-- name: partition_guard
+-- TRUNCATE triggers are not inherited: each partition refuses TRUNCATE itself.
+CREATE OR REPLACE TRIGGER {trigger} BEFORE TRUNCATE ON {partition}
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox_refuse_change()
+
+-- name: partition_default_has_outbox_event
+-- Events in [low, high) that went to the DEFAULT partition: a partition for that
+-- range cannot be attached over them.
+SELECT EXISTS (SELECT 1 FROM outbox_event_default WHERE id >= %(low)s AND id < %(high)s)
+
+-- name: partition_default_has_delivery_log
+SELECT EXISTS (SELECT 1 FROM delivery_log_default WHERE recorded_at >= %(low)s AND recorded_at < %(high)s)
+
+-- name: partition_default_rows
+SELECT (SELECT count(*) FROM outbox_event_default), (SELECT count(*) FROM delivery_log_default)
+
+-- name: partition_open_outbox_event
+-- Open deliveries of events in [low, high); low NULL: from the beginning.
+SELECT count(*) FROM delivery_queue
+WHERE event_id < %(high)s AND (%(low)s::uuid IS NULL OR event_id >= %(low)s)
+
+-- name: partition_open_delivery_log
+-- Open deliveries with a fact recorded in [low, high); low NULL: from the beginning.
+SELECT count(*) FROM delivery_queue q
+WHERE EXISTS (SELECT 1 FROM delivery_log l
+              WHERE l.delivery_id = q.delivery_id AND l.recorded_at < %(high)s
+                AND (%(low)s::timestamptz IS NULL OR l.recorded_at >= %(low)s))
+
+-- name: partition_exists
+SELECT to_regclass(%(name)s) IS NOT NULL
+
+-- name: partition_lock_for_drop
+-- The parent is locked before the partition is checked for open deliveries, so no
+-- replay can reopen one between the check and the drop (a replay reads the parent).
+-- The queue is locked first because a projection rebuild holds it exclusively
+-- while it reads the log: the other order could deadlock with it.
+LOCK TABLE delivery_queue IN ACCESS SHARE MODE;
+LOCK TABLE ONLY {parent} IN ACCESS EXCLUSIVE MODE
+
+-- name: partition_drop
+DROP TABLE {partition}
+
+-- name: partition_ddl_timeouts
+-- Partition DDL queues every later statement on the table behind its lock: give up
+-- after a short wait, and leave the partition for the next run, rather than stall
+-- producers.
+SET LOCAL lock_timeout = '2s';
+SET LOCAL statement_timeout = '10s'
+
+-- name: dedupe_prune
+-- Forget up to %(limit)s dedupe keys recorded before %(before)s, oldest first. SKIP
+-- LOCKED lets two retention runs share the work instead of waiting on each other.
+DELETE FROM outbox_dedupe d
+USING (SELECT org_id, dedupe_key FROM outbox_dedupe
+       WHERE created_at < %(before)s
+       ORDER BY created_at
+       LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED) AS old
+WHERE d.org_id = old.org_id AND d.dedupe_key = old.dedupe_key
+
+-- name: dedupe_count
+SELECT count(*) FROM outbox_dedupe WHERE created_at < %(before)s
 
 -- name: truncate_delivery_queue
 TRUNCATE delivery_queue
@@ -358,6 +476,8 @@ WITH finished AS (
     WHERE delivery_id = ANY (%(delivery_ids)s::uuid[])
       AND (%(org_id)s::text IS NULL OR org_id = %(org_id)s)
       AND state IN ('delivered', 'failed')
+      -- Retention may have dropped the event while facts of its deliveries remain.
+      AND EXISTS (SELECT 1 FROM outbox_event e WHERE e.id = delivery_state.event_id)
 ),
 reopened AS (
     INSERT INTO delivery_queue (delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at)

@@ -11,6 +11,7 @@ before sealing existed; it is read as it is and sealed by ``deliverer reseal``.
 """
 
 import base64
+import functools
 import os
 import secrets
 
@@ -29,7 +30,11 @@ def new_key() -> str:
 
 
 def _box(raw: str | None) -> MultiFernet:
-    raw = os.environ.get(ENV) if raw is None else raw
+    return _box_for(os.environ.get(ENV) if raw is None else raw)
+
+
+@functools.lru_cache(maxsize=4)
+def _box_for(raw: str | None) -> MultiFernet:
     if not raw or not raw.strip():
         raise SealingError(f"{ENV} is not set: endpoint secrets are stored encrypted and need a key. "
                            f"Create one with `deliverer keys generate-encryption-key` and set {ENV} to it")
@@ -46,6 +51,13 @@ def seal(secret: str, keys: str | None = None) -> str:
 def unseal(stored: str, keys: str | None = None) -> str:
     if not stored.startswith(PREFIX):
         return stored
+    return _unseal(stored, os.environ.get(ENV) if keys is None else keys)
+
+
+# Every attempt needs its endpoint's secret and decrypting costs more than signing;
+# endpoints are few, so their plain secrets stay in memory, as they would while sending.
+@functools.lru_cache(maxsize=4096)
+def _unseal(stored: str, keys: str | None) -> str:
     try:
         return _box(keys).decrypt(stored[len(PREFIX):].encode()).decode()
     except InvalidToken:

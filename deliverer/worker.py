@@ -23,6 +23,7 @@ other workers take it at once instead of waiting for the lease to run out.
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import socket
@@ -33,12 +34,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
+import orjson
 import psycopg
 import structlog
 
 import outbox
-from deliverer import sealing, send, sign
+from deliverer import connections, sealing, send, sign
 from deliverer.config import Settings
 from deliverer.metrics import METRICS, outcome_class
 from deliverer.queries import QUERIES
@@ -93,32 +94,43 @@ class Result:
 
 class EndpointLimits:
     """How many sends each endpoint may have in flight in this worker, adjusted like TCP
-    congestion control: halved when the endpoint times out, cannot be reached or
-    answers 429/503, raised by one per success, up to ``ceiling``. A slow or dead
-    endpoint then holds a few of the worker's sends, not all of them.
+    congestion control. An endpoint starts small (``initial``, the slow start), gains one
+    per success, which doubles its room every round trip while all goes well, up to
+    ``ceiling``; it is halved when the endpoint times out, cannot be reached or answers
+    429/503. A slow or dead endpoint then holds a few of the worker's sends, not all of
+    them, even before its first timeout. An endpoint idle for ``FORGET_AFTER`` seconds
+    starts small again.
     """
 
+    FORGET_AFTER = 60.0
     SHRINK_ON = frozenset({"timeout", "connect_error"})
 
-    def __init__(self, ceiling: int) -> None:
+    def __init__(self, ceiling: int, initial: int = 4) -> None:
         self.ceiling = ceiling
+        self.initial = min(initial, ceiling)
         self.caps: dict[str, int] = {}
         self.in_flight: dict[str, int] = {}
+        self._last_finished: dict[str, float] = {}
+        self._next_forget = 0.0
 
     def cap(self, endpoint_id: str) -> int:
-        return self.caps.get(endpoint_id, self.ceiling)
+        return self.caps.get(endpoint_id, self.initial)
 
     def rooms(self) -> tuple[list[str], list[int], list[str]]:
-        """(endpoints with less than the default room, their room, endpoints with no room) for the claim."""
-        limited, free, full = [], [], []
+        """(endpoints whose room is not ``initial``, their room, endpoints with no room) for the claim."""
+        self._forget()
+        listed, free, full = [], [], []
         for endpoint_id in self.caps.keys() | self.in_flight.keys():
             room = self.cap(endpoint_id) - self.in_flight.get(endpoint_id, 0)
             if room <= 0:
                 full.append(endpoint_id)
-            elif room < self.ceiling:
-                limited.append(endpoint_id)
+            elif room != self.initial:
+                listed.append(endpoint_id)
                 free.append(room)
-        return limited, free, full
+        return listed, free, full
+
+    def is_full(self, endpoint_id: str) -> bool:
+        return self.in_flight.get(endpoint_id, 0) >= self.cap(endpoint_id)
 
     def started(self, endpoint_id: str) -> None:
         self.in_flight[endpoint_id] = self.in_flight.get(endpoint_id, 0) + 1
@@ -129,6 +141,7 @@ class EndpointLimits:
             self.in_flight[endpoint_id] = left
         else:
             self.in_flight.pop(endpoint_id, None)
+        self._last_finished[endpoint_id] = time.monotonic()
         if outcome is None:
             return
         cap = self.cap(endpoint_id)
@@ -136,10 +149,17 @@ class EndpointLimits:
             cap = max(1, cap // 2)
         elif outcome.succeeded:
             cap = min(self.ceiling, cap + 1)
-        if cap >= self.ceiling:
-            self.caps.pop(endpoint_id, None)
-        else:
-            self.caps[endpoint_id] = cap
+        self.caps[endpoint_id] = cap
+
+    def _forget(self) -> None:
+        now = time.monotonic()
+        if now < self._next_forget:
+            return
+        self._next_forget = now + self.FORGET_AFTER / 4
+        for endpoint_id, at in list(self._last_finished.items()):
+            if at < now - self.FORGET_AFTER and endpoint_id not in self.in_flight:
+                del self._last_finished[endpoint_id]
+                self.caps.pop(endpoint_id, None)
 
 
 def default_worker_id() -> str:
@@ -179,20 +199,21 @@ class Worker:
         self.ready = False
         self._claim_conn: psycopg.AsyncConnection[Any] | None = None
         self._record_conn: psycopg.AsyncConnection[Any] | None = None
-        self._http: aiohttp.ClientSession | None = None
+        self._http: send.Client | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._unsent: dict[uuid.UUID, Claimed] = {}  # claimed, no outcome yet: what shutdown hands back
         self._sending: set[uuid.UUID] = set()  # the request may have reached the receiver
         self._unrecorded: list[Result] = []
         self._failing: set[str] = set()  # endpoints whose last outcome here was a failure
-        self.limits = EndpointLimits(settings.endpoint_concurrency)
+        self.limits = EndpointLimits(settings.endpoint_concurrency, settings.endpoint_initial_concurrency)
         self._results_ready = asyncio.Event()
         self._wake = asyncio.Event()  # a producer committed, or the listener reconnected
         self._room = asyncio.Event()  # a send finished
         self._closing = False
+        self.next_due_in: float | None = None  # from the last claim: seconds until more is due, None if nothing
 
     async def __aenter__(self) -> "Worker":
-        self._http = send.new_session(max_connections=self.settings.max_in_flight, allowed=self.settings.networks)
+        self._http = send.Client(allowed=self.settings.networks, max_idle=self.settings.max_in_flight)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -207,11 +228,9 @@ class Worker:
     def _now(self) -> datetime | None:
         return self.clock() if self.clock else None
 
-    async def _connect(self) -> psycopg.AsyncConnection[Any]:
-        return await psycopg.AsyncConnection.connect(
-            self.settings.database_url, autocommit=True, application_name=f"deliverer {self.worker_id}",
-            connect_timeout=CONNECT_TIMEOUT,
-        )
+    async def _connect(self, *, listen: bool = False) -> psycopg.AsyncConnection[Any]:
+        """A connection to DATABASE_URL (may be a transaction pooler), or with ``listen`` to the LISTEN URL."""
+        return await connections.aconnect(self.settings, f"deliverer {self.worker_id}", listen=listen)
 
     def _set_ready(self, ready: bool) -> None:
         if ready != self.ready:
@@ -228,21 +247,28 @@ class Worker:
             self._record_conn = await self._connect()
         return self._record_conn
 
-    def claim_params(self, limit: int) -> dict[str, Any]:
+    def claim_params(self, limit: int, *, slow_start: bool = True) -> dict[str, Any]:
         """The claim statement's parameters: the lease, the clock, and each endpoint's room here."""
         room_endpoints, room_free, full = self.limits.rooms()
         return {
             "limit": limit, "now": self._now(), "worker_id": self.worker_id,
             "lease_seconds": self.settings.lease_seconds, "max_attempts": self.settings.max_attempts,
-            "scan": limit * 4, "default_room": self.limits.ceiling, "room_endpoints": room_endpoints,
-            "room_free": room_free, "full_endpoints": full,
+            "scan": limit * 4, "default_room": self.limits.initial if slow_start else self.limits.ceiling,
+            "room_endpoints": room_endpoints, "room_free": room_free, "full_endpoints": full,
         }
 
-    async def claim(self, limit: int) -> list[Claimed]:
-        """Lease up to ``limit`` due deliveries for this worker."""
+    async def claim(self, limit: int, *, slow_start: bool = True) -> list[Claimed]:
+        """Lease up to ``limit`` due deliveries for this worker.
+
+        ``slow_start``: endpoints not sending here yet get the initial room
+        (DELIVERER_ENDPOINT_INITIAL_CONCURRENCY), not the ceiling. ``run_once`` turns it off: it sends one batch and
+        waits for all of it, so there is nothing to protect by holding back.
+        """
         conn = await self._claim_db()
-        cur = await conn.execute(QUERIES["claim_deliveries"], self.claim_params(limit))
-        claimed = [Claimed(*row) for row in await cur.fetchall()]
+        cur = await conn.execute(QUERIES["claim_deliveries"], self.claim_params(limit, slow_start=slow_start))
+        rows = await cur.fetchall()
+        self.next_due_in = rows.pop()[-1]  # the statement's last row says when to look again
+        claimed = [Claimed(*row[:-1]) for row in rows]
         METRICS.claim_batch.observe(len(claimed))
         METRICS.last_poll.set(time.time())
         return claimed
@@ -255,20 +281,14 @@ class Worker:
         cur = await conn.execute(QUERIES["record_results"], {
             "now": self._now(),
             "worker_id": self.worker_id,
-            "delivery_ids": [r.claimed.delivery_id for r in results],
-            "event_ids": [r.claimed.event_id for r in results],
-            "endpoint_ids": [r.claimed.endpoint_id for r in results],
-            "org_ids": [r.claimed.org_id for r in results],
-            "series": [r.claimed.series for r in results],
-            "attempts": [r.claimed.attempt for r in results],
-            "outcomes": [r.log_outcome for r in results],
-            "retry_after": [r.retry_after for r in results],
-            "started_at": [r.started_at for r in results],
-            "duration_ms": [r.outcome.duration_ms for r in results],
-            "http_status": [r.outcome.http_status for r in results],
-            "error_class": [r.outcome.error_class for r in results],
-            "error_message": [r.outcome.error_message for r in results],
-            "response_excerpt": [r.outcome.response_excerpt for r in results],
+            "results": orjson.dumps([{
+                "delivery_id": r.claimed.delivery_id, "event_id": r.claimed.event_id,
+                "endpoint_id": r.claimed.endpoint_id, "org_id": r.claimed.org_id, "series": r.claimed.series,
+                "attempt": r.claimed.attempt, "outcome": r.log_outcome, "retry_after": r.retry_after,
+                "started_at": r.started_at, "duration_ms": r.outcome.duration_ms,
+                "http_status": r.outcome.http_status, "error_class": r.outcome.error_class,
+                "error_message": r.outcome.error_message, "response_excerpt": r.outcome.response_excerpt,
+            } for r in results]).decode(),
         })
         rows = await cur.fetchall()
         await self._update_health(conn, results)
@@ -352,8 +372,7 @@ class Worker:
         )
         assert self._http is not None, "use the Worker as an async context manager"
         self._sending.add(claimed.delivery_id)
-        outcome = await send.post(self._http, claimed.url, body, headers, timeout=self.settings.http_timeout,
-                                  allowed=self.settings.networks)
+        outcome = await self._http.post(claimed.url, body, headers, timeout=self.settings.http_timeout)
         self._sending.discard(claimed.delivery_id)  # left in place only when a shutdown cuts the send off
         retry_after = None
         if outcome.http_status == 410:
@@ -402,6 +421,10 @@ class Worker:
         return Result(claimed, outcome, started_at, None if last else 0.0, abandoned=True)
 
     def _log_attempt(self, claimed: Claimed, outcome: send.Outcome, retry_after: float | None) -> None:
+        # Successes are in the delivery log and the metrics; a line each would be most of
+        # the log volume (and of the worker's CPU) at thousands of deliveries a second.
+        if outcome.succeeded and not log.is_enabled_for(logging.DEBUG):
+            return
         fields = {
             "event_id": event_public_id(claimed.event_id),
             "delivery_id": delivery_public_id(claimed.delivery_id),
@@ -412,7 +435,7 @@ class Worker:
             "duration_ms": round(outcome.duration_ms, 2),
         }
         if outcome.succeeded:
-            log.info("delivered", **fields)
+            log.debug("delivered", **fields)
         elif retry_after is None:
             log.warning("delivery failed", error_class=outcome.error_class, error=outcome.error_message, **fields)
         else:
@@ -424,7 +447,7 @@ class Worker:
 
         For tests, the demo and scripts; ``run`` is the long-running loop.
         """
-        claimed = await self.claim(limit or self.settings.batch_size)
+        claimed = await self.claim(limit or self.settings.batch_size, slow_start=False)
         results = list(await asyncio.gather(*(self.attempt(c) for c in claimed)))
         await self.record(results)
         return results
@@ -482,14 +505,11 @@ class Worker:
             # unstarted by a failure there would sit out a whole lease.
             for item in claimed:
                 self._start(item)
-            if len(claimed) == limit:
-                continue  # there may be more due right now
-            try:
-                wait = await self.seconds_until_due()
-            except _TRANSIENT as exc:
-                METRICS.db_errors.labels("claim").inc()
-                await self._lost_database(exc, backoff, stop)
+            if len(claimed) == limit or any(self.limits.is_full(c.endpoint_id) for c in claimed):
+                # More may be due right now: the limit was reached, or an endpoint's room ran
+                # out and the claim's window of oldest rows may have held little else.
                 continue
+            wait = self.next_due_in
             # Sleep until the next delivery is due, a producer commits, or the poll
             # interval ends. Never spin: due rows we could not claim are being
             # claimed by another worker right now, or belong to endpoints with no
@@ -527,8 +547,7 @@ class Worker:
     async def _send_and_queue(self, claimed: Claimed) -> None:
         result = None
         try:
-            with structlog.contextvars.bound_contextvars(delivery_id=delivery_public_id(claimed.delivery_id)):
-                result = await self.attempt(claimed)
+            result = await self.attempt(claimed)
             del self._unsent[claimed.delivery_id]
             self._unrecorded.append(result)
             self._results_ready.set()
@@ -589,7 +608,9 @@ class Worker:
         backoff = Backoff()
         while True:
             try:
-                async with await self._connect() as conn:
+                # LISTEN is session state: this connection must keep its server session
+                # (DELIVERER_LISTEN_DATABASE_URL), unlike every other one.
+                async with await self._connect(listen=True) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     backoff.reset()
                     self._wake.set()  # anything committed while not listening

@@ -17,6 +17,7 @@ from tests.conftest import (
     FakeClock,
     Receiver,
     add_endpoint,
+    count,
     job_completed,
     job_failed,
     settings_for,
@@ -213,6 +214,23 @@ class TestFailures:
             await worker.run_once()
         row = db.execute("SELECT length(response_excerpt) FROM delivery_log WHERE kind = 'attempt_finished'")
         assert row.fetchone() == (1024,)
+
+
+    async def test_a_response_body_postgresql_cannot_store_is_recorded(
+            self, dsn: str, db: psycopg.Connection, receiver: Receiver) -> None:
+        """A receiver's NUL bytes (which text columns and JSON refuse) must not stop outcomes being written."""
+        add_endpoint(db, receiver, "/binary")
+
+        async def binary(request: web.Request, n: int) -> web.StreamResponse:
+            return web.Response(status=200, body=b"ok\x00\xff\xfe binary")
+        receiver.behave("/binary", binary)
+        publish(dsn, "webhook.test", webhook_test())
+        async with Worker(settings_for(dsn)) as worker:
+            [result] = await worker.run_once()
+        assert result.outcome.succeeded
+        row = db.execute("SELECT response_excerpt FROM delivery_log WHERE kind = 'attempt_finished'").fetchone()
+        assert row == ("ok\ufffd\ufffd\ufffd binary",)
+        assert count(db, "delivery_queue") == 0
 
 
 class socket_closed_port:

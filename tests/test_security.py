@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import psycopg
@@ -10,8 +11,8 @@ from aiohttp import web
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 import outbox
-from deliverer import endpoints
-from deliverer.worker import Worker
+from deliverer import endpoints, send
+from deliverer.worker import EndpointLimits, Worker
 from outbox import signatures
 from tests.conftest import FakeClock, Receiver, add_endpoint, count, settings_for, webhook_test
 from tests.processes import WorkerProcess
@@ -152,18 +153,24 @@ class TestEndpointHealth:
         assert (enabled.enabled, enabled.disabled_reason) == (True, None)
 
 
+def _hanging_and_healthy(db: psycopg.Connection, receiver: Receiver) -> asyncio.Event:
+    """Endpoints /hang (org_slow), which answers once the returned event is set, and /ok (org_ok)."""
+    add_endpoint(db, receiver, "/hang", org_id="org_slow")
+    add_endpoint(db, receiver, "/ok", org_id="org_ok")
+    release = asyncio.Event()
+
+    async def hang(request: web.Request, n: int) -> web.StreamResponse:
+        await release.wait()
+        return web.Response()
+    receiver.behave("/hang", hang)
+    return release
+
+
 class TestFairSharing:
     async def test_a_hanging_endpoint_cannot_take_every_send(
             self, dsn: str, db: psycopg.Connection, receiver: Receiver, tmp_path: Path) -> None:
         """With a hanging endpoint holding its cap, a healthy endpoint's events are delivered meanwhile."""
-        add_endpoint(db, receiver, "/hang", org_id="org_slow")
-        add_endpoint(db, receiver, "/ok", org_id="org_ok")
-        release = asyncio.Event()
-
-        async def hang(request: web.Request, n: int) -> web.StreamResponse:
-            await release.wait()
-            return web.Response()
-        receiver.behave("/hang", hang)
+        release = _hanging_and_healthy(db, receiver)
         slow = [publish(dsn, "org_slow") for _ in range(20)]  # first in line
         healthy = [publish(dsn, "org_ok") for _ in range(20)]
         worker = WorkerProcess(dsn, "w", tmp_path, DELIVERER_MAX_IN_FLIGHT="8", DELIVERER_BATCH_SIZE="8",
@@ -183,3 +190,78 @@ class TestFairSharing:
             assert await worker.stop() == 0
         assert set(receiver.event_ids("/hang")) <= set(slow)
         assert count(db, "outbox_event") == 40
+
+    async def test_a_dead_endpoints_backlog_does_not_hide_newer_work(
+            self, dsn: str, db: psycopg.Connection, receiver: Receiver) -> None:
+        """A claim window filled by a capped endpoint's older deliveries is looked past at once, not
+        after the poll interval: healthy endpoints behind a dead one's backlog are not kept waiting."""
+        release = _hanging_and_healthy(db, receiver)
+        settings = settings_for(dsn, poll_interval=60.0, batch_size=10, max_in_flight=20, http_timeout=30.0,
+                                lease_seconds=60.0)
+        stop = asyncio.Event()
+        async with Worker(settings) as worker:
+            run = asyncio.create_task(worker.run(stop))
+            try:
+                await asyncio.sleep(0.5)  # idle, listening: the next wake-up is the commit below
+                with psycopg.connect(dsn) as conn:  # older than the healthy deliveries, more than a claim window
+                    outbox.publish_many(conn, [outbox.Event("webhook.test", webhook_test(), "org_slow")] * 60)
+                    healthy = outbox.publish_many(conn, [outbox.Event("webhook.test", webhook_test(), "org_ok")] * 5)
+                    conn.commit()
+                for _ in range(300):  # 15 s: far less than the poll interval
+                    if len(receiver.to("/ok")) == len(healthy):
+                        break
+                    await asyncio.sleep(0.05)
+                assert sorted(receiver.event_ids("/ok")) == sorted(healthy), "healthy work waited for the poll"
+                assert len(receiver.to("/hang")) == 4
+            finally:
+                release.set()
+                stop.set()
+                await run
+
+
+class TestEndpointLimits:
+    """The per-endpoint room in one worker: slow start, halving on trouble, forgetting idle endpoints."""
+
+    @staticmethod
+    def _finish(limits: EndpointLimits, endpoint_id: str, outcome: send.Outcome) -> None:
+        limits.started(endpoint_id)
+        limits.finished(endpoint_id, outcome)
+
+    def test_a_new_endpoint_starts_small_and_earns_room_with_successes(self) -> None:
+        limits = EndpointLimits(ceiling=50)
+        assert limits.cap("ep_new") == 4  # the default initial room
+        for _ in range(10):
+            self._finish(limits, "ep_new", send.Outcome(True, 1.0, http_status=200))
+        assert limits.cap("ep_new") == 4 + 10
+        for _ in range(100):
+            self._finish(limits, "ep_new", send.Outcome(True, 1.0, http_status=200))
+        assert limits.cap("ep_new") == 50
+        listed, free, full = limits.rooms()
+        assert (listed, free, full) == (["ep_new"], [50], [])
+
+    def test_timeouts_and_throttling_halve_the_room(self) -> None:
+        limits = EndpointLimits(ceiling=50)
+        limits.caps["ep"] = 40
+        self._finish(limits, "ep", send.Outcome(False, 5000.0, error_class="timeout"))
+        self._finish(limits, "ep", send.Outcome(False, 1.0, http_status=429, error_class="http_4xx"))
+        self._finish(limits, "ep", send.Outcome(False, 1.0, http_status=500, error_class="http_5xx"))
+        assert limits.cap("ep") == 10  # 500 says nothing about load: unchanged
+        for _ in range(10):
+            self._finish(limits, "ep", send.Outcome(False, 1.0, error_class="connect_error"))
+        assert limits.cap("ep") == 1
+
+    def test_an_endpoint_with_no_room_is_excluded_from_claims(self) -> None:
+        limits = EndpointLimits(ceiling=50)
+        for _ in range(4):
+            limits.started("ep_busy")
+        limits.started("ep_other")
+        assert limits.rooms() == (["ep_other"], [4 - 1], ["ep_busy"])
+
+    def test_an_idle_endpoint_is_forgotten_and_starts_small_again(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        limits = EndpointLimits(ceiling=50)
+        limits.caps["ep"] = 50
+        self._finish(limits, "ep", send.Outcome(True, 1.0, http_status=200))
+        now = time.monotonic()
+        monkeypatch.setattr(time, "monotonic", lambda: now + EndpointLimits.FORGET_AFTER + 1)
+        assert limits.rooms() == ([], [], [])
+        assert limits.cap("ep") == 4

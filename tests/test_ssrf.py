@@ -3,11 +3,10 @@
 import ipaddress
 import socket
 
-import aiohttp
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from deliverer import ssrf
+from deliverer import send, ssrf
 from tests.conftest import Receiver
 
 BLOCKED = [
@@ -77,21 +76,24 @@ async def test_a_name_with_any_private_address_is_refused() -> None:
     assert [r["host"] for r in await public.resolve("hooks.example.com", 443)] == ["93.184.216.34"]
 
 
-async def _post_via(resolver: AbstractResolver, url: str) -> int:
-    connector = aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False)
-    async with aiohttp.ClientSession(connector=connector) as session, session.post(url, data=b"{}") as response:
-        return response.status
+async def _post_via(resolver: AbstractResolver, url: str,
+                    allowed: tuple[ssrf.Network, ...] = ()) -> send.Outcome:
+    """One attempt through the deliverer's own client, resolving names with ``resolver``."""
+    client = send.Client(allowed=allowed, resolver=resolver)
+    try:
+        return await client.post(url, b"{}", {"Content-Type": "application/json"}, timeout=5)
+    finally:
+        await client.close()
 
 
 async def test_connections_go_to_the_vetted_address(receiver: Receiver) -> None:
     """The request connects to the address the guard vetted: allowed loopback works, refused loopback never connects."""
     port = int(receiver.base_url.rsplit(":", 1)[1])
-    allowed = ssrf.GuardedResolver(ssrf.parse_networks("127.0.0.0/8"), inner=StubResolver(["127.0.0.1"]))
-    assert await _post_via(allowed, f"http://hooks.test:{port}/ok") == 200
-    refused = ssrf.GuardedResolver(inner=StubResolver(["127.0.0.1"]))
-    with pytest.raises(aiohttp.ClientConnectorError) as caught:
-        await _post_via(refused, f"http://hooks.test:{port}/blocked")
-    assert isinstance(caught.value.os_error, ssrf.SsrfBlocked)
+    allowed = await _post_via(StubResolver(["127.0.0.1"]), f"http://hooks.test:{port}/ok",
+                              ssrf.parse_networks("127.0.0.0/8"))
+    assert allowed.http_status == 200
+    refused = await _post_via(StubResolver(["127.0.0.1"]), f"http://hooks.test:{port}/blocked")
+    assert refused.error_class == "ssrf_blocked" and "127.0.0.0/8" in (refused.error_message or "")
     assert [r.path for r in receiver.requests] == ["/ok"]
 
 
@@ -101,7 +103,6 @@ async def test_rebinding_after_registration_is_caught_at_delivery(receiver: Rece
     stub = StubResolver(["93.184.216.34"], ["127.0.0.1"])
     guard = ssrf.GuardedResolver(inner=stub)
     assert [r["host"] for r in await guard.resolve("rebind.test", port)] == ["93.184.216.34"]  # registration
-    with pytest.raises(aiohttp.ClientConnectorError) as caught:
-        await _post_via(guard, f"http://rebind.test:{port}/hook")  # delivery: resolved again, vetted again
-    assert isinstance(caught.value.os_error, ssrf.SsrfBlocked)
+    outcome = await _post_via(stub, f"http://rebind.test:{port}/hook")  # delivery: resolved again, vetted again
+    assert outcome.error_class == "ssrf_blocked"
     assert receiver.requests == [] and stub.calls == 2
