@@ -50,6 +50,10 @@ log = structlog.get_logger("deliverer.worker")
 
 CHANNEL = "outbox_delivery"
 RECORD_BATCH = 1000
+# At a few hundred deliveries a second each outcome would otherwise be a transaction
+# of its own; waiting this long lets the ones finishing meanwhile share it. Receivers
+# have the request already: this delays only the log, never a delivery.
+RECORD_LINGER = 0.005
 RECORD_GRACE = 10.0  # seconds to write outstanding outcomes at shutdown
 MIN_SLEEP = 0.005
 CONNECT_TIMEOUT = 5  # seconds; a database that does not answer must not hang a reconnect
@@ -492,7 +496,10 @@ class Worker:
                 await self._sleep(stop, self._room, settings.poll_interval)
                 continue
             limit = min(room, settings.batch_size)
+            # Cleared before the claim, not after: a commit or a finished send while it
+            # runs must still wake the sleep below.
             self._wake.clear()
+            self._room.clear()
             try:
                 claimed = await self.claim(limit)
             except _TRANSIENT as exc:
@@ -515,7 +522,6 @@ class Worker:
             # claimed by another worker right now, or belong to endpoints with no
             # room left here, which a finishing send may free.
             if wait is not None and wait <= 0 and self.limits.in_flight:
-                self._room.clear()
                 await self._sleep(stop, self._room, settings.poll_interval, also=self._wake)
                 continue
             interval = settings.poll_interval if wait is None else min(wait, settings.poll_interval)
@@ -562,6 +568,8 @@ class Worker:
         backoff = Backoff()
         while not (self._closing and not self._unrecorded):
             await self._results_ready.wait()
+            if len(self._unrecorded) < RECORD_BATCH and not self._closing:
+                await asyncio.sleep(RECORD_LINGER)
             self._results_ready.clear()
             while self._unrecorded:
                 batch = self._unrecorded[:RECORD_BATCH]
