@@ -52,6 +52,9 @@ RETRY_AFTER_STATUSES = frozenset({429, 503})
 IDLE_SECONDS = 15.0
 """How long an unused keep-alive connection is kept open."""
 
+MAX_HEAD_BYTES = 64 * 1024
+"""Largest status line and headers read; a receiver sending more is cut off (the parser would keep it all)."""
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -131,6 +134,7 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False
         self.framed = False  # Content-Length or chunked: the body does not end at the close
         self.received = False
+        self.head_bytes = 0
         self.retry_after: bytes | None = None
         self.excerpt = bytearray()
 
@@ -170,6 +174,12 @@ class _Connection(asyncio.Protocol):
             self.close()  # bytes nobody asked for: the connection is out of step, never reuse it
             return
         self.received = True
+        if not self.headers_done:
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self.close()
+                self._settle(_Failed("protocol_error", f"bad response: headers over {MAX_HEAD_BYTES} bytes"))
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:

@@ -189,6 +189,20 @@ async def test_a_body_cut_short_is_a_protocol_error(client: send.Client) -> None
     assert outcome.error_class == "protocol_error" and "mid-response" in (outcome.error_message or "")
 
 
+async def test_endless_headers_are_cut_off(client: send.Client) -> None:
+    """A receiver that never ends its headers costs 64 KiB, not memory until the timeout."""
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Pad: ")
+        while True:
+            writer.write(b"a" * 65536)
+            await writer.drain()
+
+    async with RawServer(endless) as server:
+        outcome = await post(client, server.url)
+    assert outcome.error_class == "protocol_error" and "headers over" in (outcome.error_message or "")  # not timeout
+
+
 async def test_tls_is_verified_against_the_name_and_kept_alive() -> None:
     """HTTPS to a name: the certificate must be for that name and signed by a trusted CA; the
     connection is reused. The same server is refused when its CA is not trusted."""
