@@ -175,19 +175,20 @@ class _Connection(asyncio.Protocol):
             return
         self.received = True
         if not self.headers_done:
-            self.head_bytes += len(data)
-            if self.head_bytes > MAX_HEAD_BYTES:
-                self.close()
-                self._settle(_Failed("protocol_error", f"bad response: headers over {MAX_HEAD_BYTES} bytes"))
-                return
+            self.head_bytes += len(data)  # judged after parsing: this read may finish the headers
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self.close()
             self._settle(_Failed("protocol_error", "bad response: the receiver switched protocols"))
+            return
         except httptools.HttpParserError as exc:
             self.close()
             self._settle(_Failed("protocol_error", f"bad response: not HTTP/1.x ({exc})"))
+            return
+        if not self.headers_done and self.head_bytes > MAX_HEAD_BYTES and self.waiter is not None:
+            self.close()
+            self._settle(_Failed("protocol_error", f"bad response: headers over {MAX_HEAD_BYTES} bytes"))
 
     def eof_received(self) -> bool:
         return False  # close our side too; connection_lost follows
