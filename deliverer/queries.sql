@@ -1,6 +1,11 @@
 -- All SQL of the deliverer. Blocks start with "-- name: <name>".
 -- Statements that schedule or expire take %(now)s: NULL means the database's
 -- clock, a timestamp lets tests drive time instead of sleeping.
+-- delivery_log.kind and outcome are enum types (see schema.sql). A quoted literal,
+-- or a parameter used only there, is read as the enum; any other text (a column, a
+-- CASE or VALUES of literals, a parameter also cast to text) needs a cast to be
+-- compared with them, and gets one here where it is written too: a constant is then
+-- converted once, not row by row.
 
 -- name: claim_deliveries
 -- Lease up to %(limit)s due deliveries for one worker, in one statement. A due row
@@ -11,7 +16,7 @@
 -- endpoints whose room is not default_room, full_endpoints those with none left, so
 -- a slow endpoint's backlog is skipped instead of filling every free slot.
 WITH room AS (
-    SELECT * FROM unnest(%(room_endpoints)s::text[], %(room_free)s::int[]) AS room (endpoint_id, free)
+    SELECT * FROM unnest(%(room_endpoints)b::text[], %(room_free)b::int[]) AS room (endpoint_id, free)
 ),
 candidates AS MATERIALIZED (
     SELECT h.delivery_id
@@ -20,7 +25,7 @@ candidates AS MATERIALIZED (
           FROM (SELECT delivery_id, endpoint_id, due_at
                 FROM delivery_queue
                 WHERE due_at <= coalesce(%(now)s::timestamptz, now())
-                  AND endpoint_id <> ALL (%(full_endpoints)s::text[])
+                  AND endpoint_id <> ALL (%(full_endpoints)b::text[])
                 ORDER BY due_at
                 LIMIT %(scan)s) AS oldest) AS h
     LEFT JOIN room r ON r.endpoint_id = h.endpoint_id
@@ -85,10 +90,17 @@ UNION ALL
 -- A last row, with only next_due_in: seconds until the earliest delivery not leased
 -- here becomes due (a retry, a lease running out), so the worker knows how long it
 -- may sleep without asking again.
+-- It also makes this statement's commit asynchronous (set_config local to its own
+-- transaction, so nothing is left on the session): waiting for the WAL flush was
+-- most of the time from a producer's commit to the send (median 0.2 ms, p99 2.6 ms
+-- here). If PostgreSQL crashes before the flush, the lease is lost and the delivery
+-- is sent again; the first send's outcome is then logged as a late result. Nothing
+-- is lost: the event and every outcome are committed synchronously.
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        (SELECT extract(epoch FROM min(q.due_at) - coalesce(%(now)s::timestamptz, now()))::float8
         FROM delivery_queue q
         WHERE q.delivery_id NOT IN (SELECT delivery_id FROM due))
+FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
 
 -- name: record_results
 -- Write back a batch of attempt outcomes. An outcome only changes the delivery if
@@ -104,7 +116,7 @@ WITH r AS (
     SELECT *
     FROM jsonb_to_recordset(%(results)s::jsonb)
          AS r (delivery_id uuid, event_id uuid, endpoint_id text, org_id text, series int, attempt int,
-               outcome text, retry_after float8, started_at timestamptz, duration_ms float8,
+               outcome delivery_outcome, retry_after float8, started_at timestamptz, duration_ms float8,
                http_status int, error_class text, error_message text, response_excerpt text)
 ),
 finished AS (
@@ -128,9 +140,9 @@ applied AS (
 INSERT INTO delivery_log (kind, delivery_id, event_id, endpoint_id, org_id, series, attempt, outcome,
                           next_attempt_at, worker_id, started_at, duration_ms, http_status,
                           error_class, error_message, response_excerpt)
-SELECT CASE WHEN a.delivery_id IS NULL THEN 'late_result'
-            WHEN r.outcome = 'unknown' THEN 'attempt_abandoned'
-            ELSE 'attempt_finished' END,
+SELECT CASE WHEN a.delivery_id IS NULL THEN 'late_result'::delivery_fact_kind
+            WHEN r.outcome = 'unknown' THEN 'attempt_abandoned'::delivery_fact_kind
+            ELSE 'attempt_finished'::delivery_fact_kind END,
        r.delivery_id, r.event_id, r.endpoint_id, r.org_id, r.series, r.attempt, r.outcome,
        a.next_attempt_at, %(worker_id)s, r.started_at, r.duration_ms, r.http_status,
        r.error_class, r.error_message, r.response_excerpt
@@ -456,7 +468,8 @@ logged AS (
            CASE k.kind WHEN 'scheduled' THEN d.created_at ELSE d.lease_end END,
            CASE k.kind WHEN 'attempt_started' THEN %(worker_id)s END,
            CASE k.kind WHEN 'attempt_started' THEN coalesce(%(now)s::timestamptz, now()) END
-    FROM delivery d CROSS JOIN (VALUES ('scheduled', 0), ('attempt_started', 1)) AS k (kind, attempt)
+    FROM delivery d
+    CROSS JOIN (VALUES ('scheduled'::delivery_fact_kind, 0), ('attempt_started', 1)) AS k (kind, attempt)
 )
 SELECT delivery_id, event_id, created_at FROM delivery
 
@@ -523,7 +536,7 @@ WHERE l.kind IN ('attempt_finished', 'attempt_abandoned', 'late_result')
   AND (%(endpoint_id)s::text IS NULL OR l.endpoint_id = %(endpoint_id)s)
   AND (%(before_seq)s::bigint IS NULL OR l.seq < %(before_seq)s)
   AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s)
-  AND (%(outcome)s::text IS NULL OR l.outcome = %(outcome)s)
+  AND (%(outcome)s::text IS NULL OR l.outcome = %(outcome)s::delivery_outcome)
   AND (%(since)s::timestamptz IS NULL OR l.recorded_at >= %(since)s)
   AND (%(until)s::timestamptz IS NULL OR l.recorded_at < %(until)s)
 ORDER BY l.seq DESC

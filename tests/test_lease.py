@@ -120,3 +120,24 @@ class TestLeaseExpiry:
         assert db.execute("SELECT state, attempt FROM delivery_state").fetchall() == [("failed", 6)]
         assert history(db)[-1] == ("attempt_abandoned", 6, "unknown", "B")
         assert db.execute("SELECT count(*) FROM delivery_queue").fetchone() == (0,)
+
+
+class TestClaimCommit:
+    async def test_the_claims_asynchronous_commit_stays_in_its_own_transaction(
+            self, dsn: str, db: psycopg.Connection, receiver: Receiver) -> None:
+        """The claim commits without waiting for the WAL flush (see claim_deliveries), through a setting
+        local to its transaction: the connection, which a transaction pooler hands to other clients,
+        keeps synchronous commits for everything else."""
+        add_endpoint(db, receiver, "/hook")
+        publish_one(dsn)
+        async with Worker(settings_for(dsn)) as worker:
+            [claimed] = await worker.claim(10)
+            conn = await worker._claim_db()
+            assert await (await conn.execute("SHOW synchronous_commit")).fetchone() == ("on",)
+            in_transaction = await (await conn.execute(
+                "SELECT current_setting('synchronous_commit') FROM "
+                "(SELECT set_config('synchronous_commit', 'off', true)) AS s")).fetchone()
+            assert in_transaction == ("off",)
+            assert await (await conn.execute("SHOW synchronous_commit")).fetchone() == ("on",)
+        assert db.execute("SELECT kind FROM delivery_log WHERE delivery_id = %s ORDER BY seq",
+                          [claimed.delivery_id]).fetchall() == [("scheduled",), ("attempt_started",)]

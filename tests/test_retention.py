@@ -24,9 +24,9 @@ from tests.conftest import count, settings_for, webhook_test
 from tests.processes import WorkerProcess
 from tests.test_cli import deliverer
 from tests.test_deploy import OVERLAYS, find, needs_kubectl, render
+from tests.test_schema import ENUM_COLUMNS, SCHEMA_BEFORE_PARTITIONING, log_checks, log_columns
 
 DAY = timedelta(days=1)
-SCHEMA_BEFORE_PARTITIONING = Path(__file__).resolve().parent / "schema_before_partitioning.sql"
 
 LOG = """INSERT INTO delivery_log (recorded_at, kind, delivery_id, event_id, endpoint_id, org_id, series, attempt,
                                   outcome, next_attempt_at)
@@ -267,7 +267,7 @@ def unpartitioned(pg_server: str) -> Iterator[str]:
 
 
 def test_migrate_upgrades_an_unpartitioned_database_without_losing_a_row(unpartitioned: str) -> None:
-    """The old tables become partitions up to tomorrow: same rows, same state, seq goes on, still append-only."""
+    """The old tables become partitions up to tomorrow: same rows, same state, enum types, seq goes on, append-only."""
     with psycopg.connect(unpartitioned, autocommit=True) as db:
         now = datetime.now(UTC)
         delivery(db, old_day(), finished_at=old_day() + timedelta(minutes=1))
@@ -282,6 +282,7 @@ def test_migrate_upgrades_an_unpartitioned_database_without_losing_a_row(unparti
 
         assert db.execute("SELECT relname, relkind FROM pg_class WHERE relname IN ('outbox_event', 'delivery_log') "
                           "ORDER BY 1").fetchall() == [("delivery_log", "p"), ("outbox_event", "p")]
+        assert log_columns(db) == ENUM_COLUMNS and log_checks(db) == []  # the legacy partition's too
         assert [db.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()
                 for t in ("outbox_event", "delivery_log", "delivery_state", "delivery_queue",
                           "outbox_dedupe")] == snapshot
