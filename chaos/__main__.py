@@ -47,6 +47,10 @@ def scenarios(quick: bool) -> dict[str, tuple[str, Scenario]]:
     def restart(dsn: str, workdir: Path) -> Awaitable[Report]:
         return database_outage.run_restart(workdir, events=400 if quick else 4000, down_seconds=1 if quick else 3)
 
+    def crash(dsn: str, workdir: Path) -> Awaitable[Report]:
+        return database_outage.run_restart(workdir, events=400 if quick else 4000, down_seconds=1 if quick else 3,
+                                           crash=True)
+
     def matrix(dsn: str, workdir: Path) -> Awaitable[Report]:
         return receiver_matrix.run(dsn, workdir, healthy_events=100 if quick else 500)
 
@@ -61,7 +65,8 @@ def scenarios(quick: bool) -> dict[str, tuple[str, Scenario]]:
 
     return {
         "1": ("worker crashes", crashes), "2a": ("pg_terminate_backend", terminate),
-        "2b": ("server restart", restart), "3": ("receiver matrix", matrix), "4": ("graceful shutdown", shutdown),
+        "2b": ("server restart", restart), "2c": ("server crash", crash),
+        "3": ("receiver matrix", matrix), "4": ("graceful shutdown", shutdown),
         "5": ("concurrent producers", producers), "6": ("schedule property", schedule),
     }
 
@@ -80,7 +85,8 @@ async def main(argv: list[str]) -> int:
     sealing.use_development_key()
     parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the reduced sizes of the pytest versions")
-    parser.add_argument("--only", action="append", help="run only this scenario (1, 2a, 2b, 3, 4, 5, 6); repeatable")
+    parser.add_argument("--only", action="append",
+                        help="run only this scenario (1, 2a, 2b, 2c, 3, 4, 5, 6); repeatable")
     args = parser.parse_args(argv)
     # Scenarios 3 and 6 run in-process workers whose failed deliveries are the point, not news.
     logconfig.configure("error", "console")

@@ -111,10 +111,17 @@ async def run_terminate(dsn: str, workdir: Path, *, events: int = 6000, rounds: 
     return await run.finish(started)
 
 
-async def run_restart(workdir: Path, *, events: int = 4000, down_seconds: float = 3.0) -> Report:
-    """Stop the PostgreSQL server mid-run, keep it down ``down_seconds``, start it again."""
+async def run_restart(workdir: Path, *, events: int = 4000, down_seconds: float = 3.0, crash: bool = False) -> Report:
+    """Stop the PostgreSQL server mid-run, keep it down ``down_seconds``, start it again.
+
+    ``crash``: stop it the way a crash would (immediate shutdown, then crash
+    recovery). Claims commit without waiting for the WAL flush, so the last
+    ones may be lost: their deliveries are sent again, and the first sends'
+    outcomes are logged as late results.
+    """
     started = time.monotonic()
-    report = Report("2b database: server stop/start", fault_kind="server restart")
+    report = (Report("2c database: server crash", fault_kind="server crash") if crash
+              else Report("2b database: server stop/start", fault_kind="server restart"))
     with EmbeddedPostgres() as pg:
         dsn = create_database(pg.uri)
         run = _Run(dsn, workdir, report, events, "restart")
@@ -123,7 +130,7 @@ async def run_restart(workdir: Path, *, events: int = 4000, down_seconds: float 
         producer = asyncio.create_task(run.produce(stop))
         try:
             await harness.until(lambda: run.arrived() >= events // 2, 120, "half the deliveries")
-            await asyncio.to_thread(pg.stop)
+            await asyncio.to_thread(pg.crash if crash else pg.stop)
             report.faults += 1
             for worker in run.workers:
                 await worker.wait_logged("worker not ready")

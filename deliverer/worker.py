@@ -201,6 +201,7 @@ class Worker:
         self.clock = clock
         self.worker_id = settings.worker_id or default_worker_id()
         self.ready = False
+        self._working = {"claim": False, "record": True}
         self._claim_conn: psycopg.AsyncConnection[Any] | None = None
         self._record_conn: psycopg.AsyncConnection[Any] | None = None
         self._http: send.Client | None = None
@@ -236,7 +237,11 @@ class Worker:
         """A connection to DATABASE_URL (may be a transaction pooler), or with ``listen`` to the LISTEN URL."""
         return await connections.aconnect(self.settings, f"deliverer {self.worker_id}", listen=listen)
 
-    def _set_ready(self, ready: bool) -> None:
+    def _set_ready(self, ready: bool, part: str = "claim") -> None:
+        """Ready when both claiming and recording last worked: either failing makes the worker not
+        ready, and it is ready again once the one that failed has worked."""
+        self._working[part] = ready
+        ready = all(self._working.values())
         if ready != self.ready:
             self.ready = ready
             log.info("worker ready" if ready else "worker not ready", worker_id=self.worker_id)
@@ -577,7 +582,7 @@ class Worker:
                     await self.record(batch)
                 except _TRANSIENT as exc:
                     METRICS.db_errors.labels("record").inc()
-                    self._set_ready(False)
+                    self._set_ready(False, "record")
                     log.warning("could not record outcomes; retrying", error=str(exc).strip(),
                                 pending=len(self._unrecorded), retry_in_s=backoff.current)
                     if self._record_conn is not None:
@@ -585,6 +590,7 @@ class Worker:
                     await backoff.sleep()
                     continue
                 backoff.reset()
+                self._set_ready(True, "record")
                 del self._unrecorded[: len(batch)]
 
     async def _drain(self, force: asyncio.Event) -> None:

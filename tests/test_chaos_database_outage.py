@@ -21,3 +21,13 @@ async def test_server_restart_loses_nothing(tmp_path: Path) -> None:
     assert report.delivered == report.expected
     assert report.duplicates == len(report.explained)
     assert report.problems == []
+
+
+async def test_server_crash_loses_nothing(tmp_path: Path) -> None:
+    """An embedded server killed the way a crash would (immediate shutdown, then crash recovery) mid-run:
+    claims lost with the unflushed WAL are sent again, every duplicate is explained, nothing is lost."""
+    report = await database_outage.run_restart(tmp_path, events=400, down_seconds=1, crash=True)
+    assert report.faults == 1
+    assert report.delivered == report.expected
+    assert report.duplicates == len(report.explained)
+    assert report.problems == []
