@@ -579,7 +579,12 @@ class Worker:
             while self._unrecorded:
                 batch = self._unrecorded[:RECORD_BATCH]
                 try:
-                    await self.record(batch)
+                    try:
+                        await self.record(batch)
+                    except psycopg.DataError as exc:
+                        # A value PostgreSQL refuses (not the connection): retried as it is, it
+                        # would hold back every outcome behind it forever.
+                        await self._record_apart(batch, exc)
                 except _TRANSIENT as exc:
                     METRICS.db_errors.labels("record").inc()
                     self._set_ready(False, "record")
@@ -592,6 +597,25 @@ class Worker:
                 backoff.reset()
                 self._set_ready(True, "record")
                 del self._unrecorded[: len(batch)]
+
+    async def _record_apart(self, batch: list[Result], error: psycopg.DataError) -> None:
+        """Record a batch that PostgreSQL refused one outcome at a time. An outcome refused on its own
+        is recorded without what the receiver said (excerpt, message), then, failing that, left to
+        its lease, which runs out and is logged as abandoned like a worker's death."""
+        log.error("an outcome could not be stored; recording the batch one by one", error=str(error).strip(),
+                  count=len(batch))
+        for result in batch:
+            for attempt in (result, replace(result, outcome=replace(
+                    result.outcome, http_status=None, response_excerpt=None,
+                    error_message=f"the attempt's outcome could not be stored: {str(error).strip()[:200]}"))):
+                try:
+                    await self.record([attempt])
+                    break
+                except psycopg.DataError as exc:
+                    error = exc
+            else:
+                log.error("outcome dropped; its lease will run out and the delivery be tried again",
+                          delivery_id=delivery_public_id(result.claimed.delivery_id), error=str(error).strip())
 
     async def _drain(self, force: asyncio.Event) -> None:
         if not self._in_flight:

@@ -1,6 +1,7 @@
 """Delivering to a real receiver: body, signature, headers, fan-out and failures."""
 
 import asyncio
+import dataclasses
 import json
 
 import psycopg
@@ -10,8 +11,9 @@ from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 import outbox
 from deliverer import endpoints, sign
-from deliverer.worker import Worker
+from deliverer.worker import Claimed, Result, Worker
 from outbox import signatures
+from outbox.ids import delivery_public_id
 from tests.conftest import (
     SEED_EXAMPLES,
     FakeClock,
@@ -231,6 +233,43 @@ class TestFailures:
         row = db.execute("SELECT response_excerpt FROM delivery_log WHERE kind = 'attempt_finished'").fetchone()
         assert row == ("ok\ufffd\ufffd\ufffd binary",)
         assert count(db, "delivery_queue") == 0
+
+
+    async def test_an_outcome_postgresql_refuses_does_not_hold_back_the_others(
+            self, dsn: str, db: psycopg.Connection, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+        """One outcome with a value PostgreSQL refuses (here a status beyond its integer range, which no
+        receiver can send today: a stand-in for whatever is not foreseen) is stored without it, and the
+        rest of its batch is recorded: retrying the batch as it was would block every outcome forever."""
+        add_endpoint(db, receiver, "/hook")
+        published = [publish(dsn, "webhook.test", webhook_test()) for _ in range(5)]
+        async with Worker(settings_for(dsn)) as worker:
+            attempt = worker.attempt
+            poisoned: list[str] = []
+
+            async def poison_one(claimed: Claimed) -> Result:
+                result = await attempt(claimed)
+                if not poisoned:
+                    poisoned.append(delivery_public_id(claimed.delivery_id))
+                    return dataclasses.replace(result, outcome=dataclasses.replace(result.outcome,
+                                                                                   http_status=2**40))
+                return result
+            monkeypatch.setattr(worker, "attempt", poison_one)
+            stop = asyncio.Event()
+            run = asyncio.create_task(worker.run(stop))
+            try:
+                for _ in range(200):
+                    if count(db, "delivery_queue") == 0:
+                        break
+                    await asyncio.sleep(0.05)
+            finally:
+                stop.set()
+                await run
+        assert count(db, "delivery_queue") == 0, "the refused outcome held back its batch"
+        rows = db.execute("SELECT delivery_id, http_status, error_message FROM delivery_log "
+                          "WHERE kind = 'attempt_finished' ORDER BY seq").fetchall()
+        assert len(rows) == len(published)
+        [stored] = [r for r in rows if delivery_public_id(r[0]) == poisoned[0]]
+        assert stored[1] is None and "could not be stored" in stored[2]
 
 
 class socket_closed_port:
