@@ -37,9 +37,9 @@ async def send(conn: psycopg.AsyncConnection[Any], worker: Worker, endpoint: tup
     })
     row = await cur.fetchone()
     assert row is not None
-    delivery_id, event_id, created_at = row
+    delivery_id, event_id, created_at, lease_until = row
     claimed = Claimed(delivery_id, event_id, endpoint_id, org_id, 1, 1, "webhook.test", body, created_at,
-                      url, secret, previous_secret, True)
+                      url, secret, previous_secret, True, lease_until)
     result = dataclasses.replace(await worker.attempt(claimed), retry_after=None)
     await worker.record([result])
     outcome = result.outcome

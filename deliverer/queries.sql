@@ -81,7 +81,7 @@ started AS (
 SELECT l.delivery_id, l.event_id, l.endpoint_id, l.org_id, l.series, l.attempt,
        e.event_type, e.body, e.created_at, w.url, w.secret,
        CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END AS previous_secret,
-       w.enabled AND w.deleted_at IS NULL AS endpoint_enabled,
+       w.enabled AND w.deleted_at IS NULL AS endpoint_enabled, l.due_at AS lease_until,
        NULL::float8 AS next_due_in
 FROM leased l
 JOIN outbox_event e ON e.id = l.event_id
@@ -96,7 +96,7 @@ UNION ALL
 -- here). If PostgreSQL crashes before the flush, the lease is lost and the delivery
 -- is sent again; the first send's outcome is then logged as a late result. Nothing
 -- is lost: the event and every outcome are committed synchronously.
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        (SELECT extract(epoch FROM min(q.due_at) - coalesce(%(now)s::timestamptz, now()))::float8
         FROM delivery_queue q
         WHERE q.delivery_id NOT IN (SELECT delivery_id FROM due))
@@ -104,8 +104,9 @@ FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
 
 -- name: record_results
 -- Write back a batch of attempt outcomes. An outcome only changes the delivery if
--- the worker still holds that attempt's lease (same worker, series and attempt
--- number); otherwise the lease was taken over, or this batch was already applied
+-- the worker still holds that attempt's lease (same worker, series, attempt number
+-- and lease end: a claim that a database crash undid reuses its attempt number, and
+-- the same worker may take it again, but never with the same lease end); otherwise the lease was taken over, or this batch was already applied
 -- before a lost reply, and the outcome is logged as a late result that changes
 -- nothing. retry_after NULL means the delivery is finished. An 'unknown' outcome
 -- is a send handed back at shutdown: it is logged as abandoned, like a lease that
@@ -117,12 +118,14 @@ WITH r AS (
     FROM jsonb_to_recordset(%(results)s::jsonb)
          AS r (delivery_id uuid, event_id uuid, endpoint_id text, org_id text, series int, attempt int,
                outcome delivery_outcome, retry_after float8, started_at timestamptz, duration_ms float8,
-               http_status int, error_class text, error_message text, response_excerpt text)
+               http_status int, error_class text, error_message text, response_excerpt text,
+               lease_until timestamptz)
 ),
 finished AS (
     DELETE FROM delivery_queue q USING r
     WHERE q.delivery_id = r.delivery_id AND q.series = r.series AND q.attempt = r.attempt
-      AND q.leased_by = %(worker_id)s AND r.retry_after IS NULL
+      AND q.leased_by = %(worker_id)s AND q.due_at = coalesce(r.lease_until, q.due_at)
+      AND r.retry_after IS NULL
     RETURNING q.delivery_id, NULL::timestamptz AS next_attempt_at
 ),
 retrying AS (
@@ -131,7 +134,8 @@ retrying AS (
         leased_by = NULL
     FROM r
     WHERE q.delivery_id = r.delivery_id AND q.series = r.series AND q.attempt = r.attempt
-      AND q.leased_by = %(worker_id)s AND r.retry_after IS NOT NULL
+      AND q.leased_by = %(worker_id)s AND q.due_at = coalesce(r.lease_until, q.due_at)
+      AND r.retry_after IS NOT NULL
     RETURNING q.delivery_id, q.due_at AS next_attempt_at
 ),
 applied AS (
@@ -471,7 +475,7 @@ logged AS (
     FROM delivery d
     CROSS JOIN (VALUES ('scheduled'::delivery_fact_kind, 0), ('attempt_started', 1)) AS k (kind, attempt)
 )
-SELECT delivery_id, event_id, created_at FROM delivery
+SELECT delivery_id, event_id, created_at, lease_end FROM delivery
 
 -- name: lock_deliveries
 -- Replays of one delivery take turns, so two cannot both open the same new series.

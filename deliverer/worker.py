@@ -79,6 +79,7 @@ class Claimed:
     secret: str  # sealed (deliverer.sealing)
     previous_secret: str | None  # sealed; set while a rotated-out secret is still valid
     endpoint_enabled: bool
+    lease_until: datetime | None = None  # with the attempt number, the fencing token of this lease
 
 
 @dataclass(frozen=True)
@@ -297,6 +298,7 @@ class Worker:
                 "started_at": r.started_at, "duration_ms": r.outcome.duration_ms,
                 "http_status": r.outcome.http_status, "error_class": r.outcome.error_class,
                 "error_message": r.outcome.error_message, "response_excerpt": r.outcome.response_excerpt,
+                "lease_until": r.claimed.lease_until,
             } for r in results]).decode(),
         })
         rows = await cur.fetchall()

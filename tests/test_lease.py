@@ -122,6 +122,31 @@ class TestLeaseExpiry:
         assert db.execute("SELECT count(*) FROM delivery_queue").fetchone() == (0,)
 
 
+class TestCrashUndoneClaim:
+    async def test_an_outcome_of_a_claim_a_crash_undid_cannot_settle_the_new_lease(
+            self, dsn: str, db: psycopg.Connection, receiver: Receiver) -> None:
+        """A database crash can undo a claim (it commits without waiting for the WAL flush) after its
+        send: the same worker then claims the delivery again with the same attempt number. The first
+        send's outcome must not settle that new lease: the lease end tells the two apart."""
+        add_endpoint(db, receiver, "/hook")
+        publish_one(dsn)
+        async with Worker(settings_for(dsn, worker_id="A", lease_seconds=LEASE)) as worker:
+            [first] = await worker.claim(10)
+            first_result = await worker.attempt(first)
+            # What crash recovery leaves when the claim's commit was not flushed: the queue row
+            # as before it (the log row is append-only and stays; it only matters here that the
+            # queue forgot the lease).
+            db.execute("UPDATE delivery_queue SET attempt = attempt - 1, leased_by = NULL, due_at = now()")
+            [second] = await worker.claim(10)
+            assert (second.delivery_id, second.attempt) == (first.delivery_id, first.attempt)
+            assert second.lease_until != first.lease_until
+            assert await worker.record([first_result]) == [(first.delivery_id, "late_result", None)]
+            assert db.execute("SELECT leased_by FROM delivery_queue").fetchall() == [("A",)]
+            second_result = await worker.attempt(second)
+            assert [row[1] for row in await worker.record([second_result])] == ["attempt_finished"]
+        assert db.execute("SELECT count(*) FROM delivery_queue").fetchone() == (0,)
+
+
 class TestClaimCommit:
     async def test_the_claims_asynchronous_commit_stays_in_its_own_transaction(
             self, dsn: str, db: psycopg.Connection, receiver: Receiver) -> None:
