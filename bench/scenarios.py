@@ -131,8 +131,7 @@ async def measure_drain(bench: Bench, dsn: str, processes: int, expected: int, *
                 deliverers_before, sink_before = deliverers.cpu(), machine.process_cpu(bench.sink.pid)
                 released = time.monotonic()
                 database.release(conn)
-                received = await (_wait_counted(bench.sink, expected, counted, timeout) if only_counted
-                                  else bench.sink.wait_for(expected, timeout))
+                received = await bench.sink.wait_for(expected, timeout, prefix=counted if only_counted else "")
                 if received < expected:
                     raise RuntimeError(f"only {received} of {expected} requests reached the sink in {timeout} s; "
                                        f"deliverer log:\n{deliverers.tail()}")
@@ -184,15 +183,6 @@ async def measure_drain(bench: Bench, dsn: str, processes: int, expected: int, *
         "backend_wait_shares": shares,
         "backend_samples": sampler.samples,
     }
-
-
-async def _wait_counted(sink: SinkProcess, count: int, prefix: str, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
-        seen = await sink.count(prefix)
-        if seen >= count or time.monotonic() >= deadline:
-            return seen
-        await asyncio.sleep(0.02)
 
 
 # 1. Drain ---------------------------------------------------------------------

@@ -187,13 +187,14 @@ class SinkProcess:
     async def dump(self) -> list[tuple[str, str, float]]:
         return [tuple(r) for r in json.loads(await self._get("/_dump"))]  # type: ignore[misc]
 
-    async def wait_for(self, count: int, timeout: float, interval: float = 0.02) -> int:
-        """Wait until at least ``count`` requests arrived or ``timeout`` passed; the count reached."""
+    async def wait_for(self, count: int, timeout: float, interval: float = 0.02, prefix: str = "") -> int:
+        """Wait until at least ``count`` requests (to paths starting with ``prefix``) arrived or
+        ``timeout`` passed; the count reached."""
         deadline = time.monotonic() + timeout
-        seen = await self.count()
+        seen = await self.count(prefix)
         while seen < count and time.monotonic() < deadline:
             await asyncio.sleep(interval)
-            seen = await self.count()
+            seen = await self.count(prefix)
         return seen
 
 

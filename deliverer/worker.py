@@ -56,7 +56,6 @@ RECORD_BATCH = 1000
 RECORD_LINGER = 0.005
 RECORD_GRACE = 10.0  # seconds to write outstanding outcomes at shutdown
 MIN_SLEEP = 0.005
-CONNECT_TIMEOUT = 5  # seconds; a database that does not answer must not hang a reconnect
 # A worker outlives any database error: it logs, backs off and tries again, so a
 # failover or an outage never kills the pod (liveness is the event loop's job).
 _TRANSIENT = (psycopg.Error,)
