@@ -124,7 +124,7 @@ WITH r AS (
 finished AS (
     DELETE FROM delivery_queue q USING r
     WHERE q.delivery_id = r.delivery_id AND q.series = r.series AND q.attempt = r.attempt
-      AND q.leased_by = %(worker_id)s AND q.due_at = coalesce(r.lease_until, q.due_at)
+      AND q.leased_by = %(worker_id)s AND q.due_at = r.lease_until
       AND r.retry_after IS NULL
     RETURNING q.delivery_id, NULL::timestamptz AS next_attempt_at
 ),
@@ -134,7 +134,7 @@ retrying AS (
         leased_by = NULL
     FROM r
     WHERE q.delivery_id = r.delivery_id AND q.series = r.series AND q.attempt = r.attempt
-      AND q.leased_by = %(worker_id)s AND q.due_at = coalesce(r.lease_until, q.due_at)
+      AND q.leased_by = %(worker_id)s AND q.due_at = r.lease_until
       AND r.retry_after IS NOT NULL
     RETURNING q.delivery_id, q.due_at AS next_attempt_at
 ),

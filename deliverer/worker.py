@@ -78,7 +78,7 @@ class Claimed:
     secret: str  # sealed (deliverer.sealing)
     previous_secret: str | None  # sealed; set while a rotated-out secret is still valid
     endpoint_enabled: bool
-    lease_until: datetime | None = None  # with the attempt number, the fencing token of this lease
+    lease_until: datetime  # with the attempt number, the fencing token of this lease
 
 
 @dataclass(frozen=True)
