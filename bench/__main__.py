@@ -21,7 +21,8 @@ from typing import Any
 
 from bench import database, machine, report, scenarios
 from bench.sink import SinkProcess, capacity
-from deliverer import devdb, sealing
+from deliverer.dev import database as devdb
+from deliverer.security import sealing
 
 SCENARIOS = ("drain", "latency", "publish", "backlog", "slow", "fanout")
 

@@ -20,8 +20,9 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import outbox
-from deliverer import endpoints, schema
-from deliverer.worker import CHANNEL
+from deliverer.delivery.worker import CHANNEL
+from deliverer.registry import endpoints
+from deliverer.storage import schema
 from outbox import sqlfile
 from outbox.publish import serialize
 

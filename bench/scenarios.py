@@ -33,9 +33,9 @@ from bench import database, machine
 from bench.database import ORGS, QUERIES, Server, fetch_one
 from bench.deliverers import Deliverers
 from bench.sink import SinkProcess
-from deliverer.config import Settings
-from deliverer.queries import QUERIES as DELIVERER_QUERIES
-from deliverer.worker import Worker
+from deliverer.delivery.queries import QUERIES as DELIVERER_QUERIES
+from deliverer.delivery.worker import Worker
+from deliverer.settings import Settings
 from outbox import ids
 from outbox.publish import serialize
 

@@ -29,7 +29,8 @@ from chaos import (
 )
 from chaos.embedded_postgres import EmbeddedPostgres, database
 from chaos.report import Report, table
-from deliverer import logconfig, sealing
+from deliverer.ops import logsetup as logconfig
+from deliverer.security import sealing
 
 Scenario = Callable[[str, Path], Awaitable[Report]]
 

@@ -19,7 +19,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from deliverer import schema
+from deliverer.storage import schema
 
 with warnings.catch_warnings():
     # Without XDG_RUNTIME_DIR it keeps its lock file in the temp directory, which is what we want.

@@ -12,7 +12,7 @@ from chaos import integrity
 from chaos.queries import QUERIES
 from chaos.receivers import Receipt
 from chaos.report import Report
-from deliverer import endpoints
+from deliverer.registry import endpoints
 
 
 def message(n: int = 0) -> dict[str, str]:

@@ -6,7 +6,7 @@ import psycopg
 
 from chaos.queries import QUERIES
 from chaos.receivers import Receipt
-from deliverer import projection
+from deliverer.history import projection
 from outbox.ids import delivery_public_id
 
 TAMPERING = ["tamper_update_log", "tamper_delete_log", "tamper_truncate_log",

@@ -22,9 +22,9 @@ from chaos.queries import QUERIES
 from chaos.receivers import Case, Misbehaving, Sink
 from chaos.report import Report
 from chaos.workers import WorkerProcess
-from deliverer.config import Settings
-from deliverer.schedule import SEED_DELAYS, honour_retry_after
-from deliverer.worker import Worker
+from deliverer.delivery.schedule import SEED_DELAYS, honour_retry_after
+from deliverer.delivery.worker import Worker
+from deliverer.settings import Settings
 
 LIVE_TIMEOUT = 3.0  # generous: the receivers share a busy machine, and a fast answer must never time out
 CLOCK_TIMEOUT = 1.5

@@ -24,9 +24,9 @@ from chaos import harness, integrity
 from chaos.queries import QUERIES
 from chaos.receivers import Sink
 from chaos.report import Report
-from deliverer.config import Settings
-from deliverer.schedule import SEED_DELAYS, honour_retry_after
-from deliverer.worker import Worker
+from deliverer.delivery.schedule import SEED_DELAYS, honour_retry_after
+from deliverer.delivery.worker import Worker
+from deliverer.settings import Settings
 
 LEASE = 30.0
 

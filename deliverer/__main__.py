@@ -1,3 +1,3 @@
-from deliverer.cli import main
+from deliverer.cli.commands import main
 
 raise SystemExit(main())

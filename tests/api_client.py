@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import jsonschema
 
-from deliverer.api import OPENAPI
+from deliverer.api.app import OPENAPI
 
 
 def _inline(node: Any) -> Any:

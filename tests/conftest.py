@@ -24,8 +24,10 @@ from aiohttp import web
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from deliverer import devdb, endpoints, schema
-from deliverer.config import Settings
+from deliverer.dev import database as devdb
+from deliverer.registry import endpoints
+from deliverer.settings import Settings
+from deliverer.storage import schema
 
 # Worker processes started by tests each serve probes; a free port each avoids clashes.
 os.environ["DELIVERER_METRICS_PORT"] = "0"

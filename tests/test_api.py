@@ -12,9 +12,9 @@ import pytest
 from aiohttp import web
 
 import outbox
-from deliverer import apikeys, endpoints
-from deliverer.api import OPENAPI, ROUTES, create_app
-from deliverer.worker import Worker
+from deliverer.api.app import OPENAPI, ROUTES, create_app
+from deliverer.delivery.worker import Worker
+from deliverer.registry import apikeys, endpoints
 from tests.api_client import Api
 from tests.conftest import Receiver, job_completed, job_failed, settings_for, webhook_test
 

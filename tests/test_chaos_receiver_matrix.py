@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from chaos import receiver_matrix
-from deliverer import schedule, send
+from deliverer.delivery import schedule, send
 
 
 async def test_misbehaving_receivers_get_the_right_outcome_and_schedule(dsn: str, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import sys
 
 import psycopg
 
-from deliverer import sealing
+from deliverer.security import sealing
 
 
 def deliverer(dsn: str | None, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -119,8 +119,8 @@ def _failed_delivery(dsn: str, db: psycopg.Connection) -> tuple[str, str]:
     import asyncio
 
     import outbox
-    from deliverer import endpoints as eps
-    from deliverer.worker import Worker
+    from deliverer.delivery.worker import Worker
+    from deliverer.registry import endpoints as eps
     from tests.conftest import settings_for, webhook_test
 
     endpoint = eps.add(db, org_id="org_a", url="http://127.0.0.1:9/hook", allow_insecure=True)
@@ -188,7 +188,7 @@ def test_test_webhook_reports_the_outcome(dsn: str, db: psycopg.Connection) -> N
 
 def test_reseal_seals_legacy_secrets_and_moves_them_to_a_new_key(dsn: str, db: psycopg.Connection) -> None:
     """reseal seals secrets stored in the clear, and after a key rotation re-seals under the new first key."""
-    from deliverer import sealing
+    from deliverer.security import sealing
 
     db.execute("INSERT INTO webhook_endpoint (id, org_id, url, secret) VALUES ('ep_1', 'org_a', 'https://e.x', "
                "'whsec_legacy')")
@@ -228,7 +228,7 @@ def test_a_secret_sealed_with_another_key_fails_the_attempt_not_the_worker(dsn: 
     import asyncio
 
     import outbox
-    from deliverer.worker import Worker
+    from deliverer.delivery.worker import Worker
     from tests.conftest import settings_for, webhook_test
 
     db.execute("INSERT INTO webhook_endpoint (id, org_id, url, secret) VALUES ('ep_1', 'org_a', "

@@ -18,9 +18,9 @@ from aiohttp import web
 from playwright.async_api import Page, async_playwright, expect
 
 import outbox
-from deliverer import apikeys, endpoints
-from deliverer.api import create_app
-from deliverer.worker import Result, Worker
+from deliverer.api.app import create_app
+from deliverer.delivery.worker import Result, Worker
+from deliverer.registry import apikeys, endpoints
 from tests.conftest import Receiver, job_completed, job_failed, settings_for
 
 CHROMIUM = Path("/usr/bin/chromium")

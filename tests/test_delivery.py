@@ -10,8 +10,9 @@ from aiohttp import web
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 import outbox
-from deliverer import endpoints, sign
-from deliverer.worker import Claimed, Result, Worker
+from deliverer.delivery import sign
+from deliverer.delivery.worker import Claimed, Result, Worker
+from deliverer.registry import endpoints
 from outbox import signatures
 from outbox.ids import delivery_public_id
 from tests.conftest import (

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from deliverer.config import Settings
-from deliverer.metrics import Metrics
-from deliverer.worker import RECORD_GRACE
+from deliverer.delivery.worker import RECORD_GRACE
+from deliverer.ops.metrics import Metrics
+from deliverer.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

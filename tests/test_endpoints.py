@@ -5,8 +5,9 @@ import re
 
 import pytest
 
-from deliverer import endpoints, ssrf
-from deliverer.endpoints import EndpointError
+from deliverer.registry import endpoints
+from deliverer.registry.endpoints import EndpointError
+from deliverer.security import ssrf
 
 
 @pytest.mark.parametrize("url", [

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import outbox
-from deliverer import apikeys
+from deliverer.registry import apikeys
 from outbox.catalog import EVENT_TYPES
 from tests.conftest import SEED_EXAMPLES, count
 

@@ -6,7 +6,7 @@ import psycopg
 from aiohttp import web
 
 import outbox
-from deliverer.worker import Worker
+from deliverer.delivery.worker import Worker
 from tests.conftest import FakeClock, Receiver, add_endpoint, settings_for, webhook_test
 
 LEASE = 30

@@ -26,8 +26,8 @@ from aiohttp import web
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import outbox
-from deliverer import apikeys
-from deliverer.api import create_app
+from deliverer.api.app import create_app
+from deliverer.registry import apikeys
 from tests.conftest import Receiver, add_endpoint, count, settings_for, webhook_test
 from tests.processes import WorkerProcess
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 
 import outbox
-from deliverer import probes
+from deliverer.ops import probes
 from tests.conftest import Receiver, add_endpoint, webhook_test
 from tests.processes import WorkerProcess
 
@@ -94,7 +94,7 @@ def test_logged_tracebacks_carry_no_locals_or_secrets(capsys: object) -> None:
     """A logged exception shows no local variables and no secret, in JSON and in the console format."""
     import structlog
 
-    from deliverer import logconfig
+    from deliverer.ops import logsetup as logconfig
 
     for fmt in ("json", "console"):
         logconfig.configure("info", fmt)

@@ -3,8 +3,8 @@
 import psycopg
 
 import outbox
-from deliverer import projection
-from deliverer.worker import Worker
+from deliverer.delivery.worker import Worker
+from deliverer.history import projection
 from tests.conftest import FakeClock, Receiver, add_endpoint, job_completed, settings_for
 
 

@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
 import outbox
-from deliverer import endpoints
-from deliverer.worker import CHANNEL, Worker
+from deliverer.delivery.worker import CHANNEL, Worker
+from deliverer.registry import endpoints
 from outbox import ids
 from outbox.publish import serialize
 from tests.conftest import (

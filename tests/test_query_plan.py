@@ -8,8 +8,8 @@ of everything that is due now.
 
 import psycopg
 
-from deliverer.queries import QUERIES
-from deliverer.worker import Worker
+from deliverer.delivery.queries import QUERIES
+from deliverer.delivery.worker import Worker
 from tests.conftest import settings_for
 
 NOT_DUE = 50_000

@@ -29,7 +29,7 @@ import pytest
 from aiohttp import web
 
 import outbox
-from deliverer.worker import Worker
+from deliverer.delivery.worker import Worker
 from outbox.catalog import CONTRACT_EVENT_TYPES
 from outbox.signatures import docextract_signature
 from tests.conftest import Receiver, add_endpoint, settings_for

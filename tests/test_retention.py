@@ -16,9 +16,10 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 import outbox
-from deliverer import partitions, projection, replay, schema
-from deliverer.cli import build_parser, cmd_retention
-from deliverer.queries import QUERIES
+from deliverer.cli.commands import build_parser, cmd_retention
+from deliverer.history import projection, replay
+from deliverer.storage import partitions, schema
+from deliverer.storage.queries import QUERIES
 from outbox.ids import new_event_uuid
 from tests.conftest import count, settings_for, webhook_test
 from tests.processes import WorkerProcess

@@ -6,8 +6,8 @@ import psycopg
 import pytest
 
 import outbox
-from deliverer import schedule
-from deliverer.worker import Worker
+from deliverer.delivery import schedule
+from deliverer.delivery.worker import Worker
 from tests.conftest import FakeClock, Receiver, add_endpoint, settings_for, webhook_test
 
 SEED_OFFSETS = [0, 5, 35, 155, 755, 4355]  # attempt start times from the customer docs' table

@@ -13,7 +13,8 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 import outbox
-from deliverer import partitions, projection, schema
+from deliverer.history import projection
+from deliverer.storage import partitions, schema
 from tests.conftest import webhook_test
 
 APPEND_ONLY = ["outbox_event", "delivery_log"]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from deliverer import sealing
+from deliverer.security import sealing
 
 
 def test_seal_and_unseal_round_trip_without_revealing_the_secret() -> None:

@@ -11,8 +11,9 @@ from aiohttp import web
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 import outbox
-from deliverer import endpoints, send
-from deliverer.worker import EndpointLimits, Worker
+from deliverer.delivery import send
+from deliverer.delivery.worker import EndpointLimits, Worker
+from deliverer.registry import endpoints
 from outbox import signatures
 from tests.conftest import FakeClock, Receiver, add_endpoint, count, settings_for, webhook_test
 from tests.processes import WorkerProcess

@@ -15,7 +15,8 @@ import uvloop
 from aiohttp import web
 from aiohttp.resolver import ThreadedResolver
 
-from deliverer import send, ssrf
+from deliverer.delivery import send
+from deliverer.security import ssrf
 
 LOOPBACK = ssrf.parse_networks("127.0.0.0/8")
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK"

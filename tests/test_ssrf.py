@@ -6,7 +6,8 @@ import socket
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from deliverer import send, ssrf
+from deliverer.delivery import send
+from deliverer.security import ssrf
 from tests.conftest import Receiver
 
 BLOCKED = [

@@ -8,7 +8,7 @@ import psycopg
 from aiohttp import web
 
 import outbox
-from deliverer.worker import CHANNEL
+from deliverer.delivery.worker import CHANNEL
 from tests.conftest import Receiver, add_endpoint, count, webhook_test
 from tests.processes import WorkerProcess
 

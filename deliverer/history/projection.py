@@ -1,0 +1,28 @@
+"""The delivery_queue projection and its rebuild from the append-only log.
+
+delivery_queue is derived state: the non-terminal rows of the delivery_state
+view, which folds delivery_log. Rebuilding replaces it, in one transaction, by
+what the log says; ``diff`` lists any row where the two disagree.
+"""
+
+from typing import Any
+
+import psycopg
+
+from deliverer.history.queries import QUERIES
+
+
+def diff(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
+    """Rows present only in the live queue ('only_live') or only in the log's fold ('only_log')."""
+    return conn.execute(QUERIES["diff_delivery_queue"]).fetchall()
+
+
+def rebuild(conn: psycopg.Connection) -> int:
+    """Drop the queue's rows and recompute them from the log; returns the number of open deliveries.
+
+    TRUNCATE takes an exclusive lock, so running workers wait for the rebuild
+    instead of claiming from a half-built queue.
+    """
+    with conn.transaction():
+        conn.execute(QUERIES["truncate_delivery_queue"])
+        return conn.execute(QUERIES["rebuild_delivery_queue"]).rowcount

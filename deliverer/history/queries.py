@@ -1,0 +1,5 @@
+"""The history package's SQL, loaded once from queries.sql."""
+
+from outbox import sqlfile
+
+QUERIES = sqlfile.load(__package__, "queries.sql")

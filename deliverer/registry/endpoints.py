@@ -1,0 +1,255 @@
+"""Registering webhook endpoints.
+
+An endpoint is where one org wants its events: an HTTPS URL, the event types it
+subscribes to (all of them when none are given) and the secret its requests are
+signed with. New secrets follow the Standard Webhooks format: ``whsec_`` and
+the base64 of 32 random bytes. An existing secret can be imported instead, so
+customers moving from another sender keep theirs.
+"""
+
+import asyncio
+import base64
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+
+from deliverer.registry.queries import QUERIES
+from deliverer.security import sealing, ssrf
+from outbox.catalog import EVENT_TYPES
+from outbox.ids import iso
+
+MAX_URL_LENGTH = 2048
+MAX_ENDPOINTS_PER_ORG = 100
+ROTATION_GRACE_SECONDS = 24 * 3600
+SECRET_BYTES = 32
+
+
+class EndpointError(ValueError):
+    """The endpoint cannot be registered as given; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    id: str
+    org_id: str
+    url: str
+    event_types: list[str] | None
+    description: str
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+    disabled_reason: str | None = None  # why it was disabled automatically (410 Gone, failing for days)
+    secret: str | None = None  # only filled in right after creation or rotation
+
+    def as_json(self) -> dict[str, Any]:
+        out = {
+            "id": self.id, "org_id": self.org_id, "url": self.url,
+            "events": self.event_types or ["*"], "description": self.description,
+            "enabled": self.enabled, "disabled_reason": self.disabled_reason,
+            "created_at": iso(self.created_at), "updated_at": iso(self.updated_at),
+        }
+        if self.secret is not None:
+            out["secret"] = self.secret
+        return out
+
+
+def new_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode("ascii")
+
+
+def new_endpoint_id() -> str:
+    return "ep_" + secrets.token_hex(12)
+
+
+def check_secret(secret: str) -> str:
+    if not isinstance(secret, str) or not 16 <= len(secret) <= 512 or not secret.isprintable() or " " in secret:
+        raise EndpointError(
+            "an imported secret must be 16 to 512 printable characters without spaces; "
+            "leave it out to have a new whsec_ secret generated"
+        )
+    return secret
+
+
+def check_url(url: str, *, allow_insecure: bool, allowed: Sequence[ssrf.Network] | None = None) -> str:
+    """Return the URL if it may be registered, else raise EndpointError saying why.
+
+    ``allowed``: non-public networks that may still be targeted (Settings.networks); None means
+    what development mode alone implies (see ssrf.allowed_networks).
+    """
+    if not isinstance(url, str) or not url:
+        raise EndpointError("url is required, e.g. https://example.com/webhooks/docextract")
+    if len(url) > MAX_URL_LENGTH:
+        raise EndpointError(f"url is {len(url)} characters; the limit is {MAX_URL_LENGTH}")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as exc:
+        raise EndpointError(f"url {url!r} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("https", "http") or not host:
+        raise EndpointError(f"url {url!r} must be an absolute https:// URL with a host name")
+    if parts.username is not None or parts.password is not None:
+        raise EndpointError("url must not contain a user name or password; authenticate with the signature")
+    if parts.fragment:
+        raise EndpointError("url must not contain a #fragment")
+    hint = "set DELIVERER_ALLOW_INSECURE_URLS=1 (development only) to allow it"
+    if not allow_insecure and parts.scheme != "https":
+        raise EndpointError(f"url {url!r} must use https://; plain http:// is refused: {hint}")
+    if allowed is None:
+        allowed = ssrf.allowed_networks("", allow_insecure=allow_insecure)
+    host = host.lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        host = "127.0.0.1"
+    try:
+        ssrf.check_name(host, allowed)
+    except ssrf.SsrfBlocked as exc:
+        raise EndpointError(
+            f"url {url!r} points at a loopback or private address, which a webhook must not target "
+            f"({str(exc).removeprefix('refused to connect: ')}); {hint}, or list the network in "
+            "DELIVERER_ALLOWED_NETWORKS") from None
+    return url
+
+
+def check_event_types(event_types: Iterable[str] | None) -> list[str] | None:
+    if event_types is None:
+        return None
+    chosen = [t.strip() for t in event_types if t.strip()]
+    unknown = sorted(set(chosen) - {*EVENT_TYPES, "*"})
+    if unknown:
+        raise EndpointError(
+            f"unknown event type(s) {', '.join(unknown)}; known: {', '.join(EVENT_TYPES)}, or * for all")
+    if not chosen or "*" in chosen:
+        return None
+    return sorted(set(chosen), key=EVENT_TYPES.index)
+
+
+def _endpoint(row: tuple[Any, ...], secret: str | None = None) -> Endpoint:
+    return Endpoint(
+        id=row[0], org_id=row[1], url=row[2], event_types=row[3], description=row[4],
+        enabled=row[5], created_at=row[6], updated_at=row[7], disabled_reason=row[8], secret=secret,
+    )
+
+
+def _check_org(org_id: str) -> None:
+    if not isinstance(org_id, str) or not org_id or len(org_id) > 255:
+        raise EndpointError("org_id must be a non-empty string of at most 255 characters")
+
+
+def check_description(description: str) -> str:
+    if not isinstance(description, str) or len(description) > 1000:
+        raise EndpointError("description must be a string of at most 1000 characters")
+    return description
+
+
+def _new_endpoint_params(org_id: str, url: str, event_types: Iterable[str] | None, secret: str | None,
+                         description: str, allow_insecure: bool,
+                         allowed: Sequence[ssrf.Network] | None) -> dict[str, Any]:
+    _check_org(org_id)
+    return {
+        "id": new_endpoint_id(), "org_id": org_id,
+        "url": check_url(url, allow_insecure=allow_insecure, allowed=allowed),
+        "plain_secret": new_secret() if secret is None else check_secret(secret),
+        "event_types": check_event_types(event_types), "description": check_description(description),
+        "max_endpoints": MAX_ENDPOINTS_PER_ORG,
+    }
+
+
+def _sealed(params: dict[str, Any]) -> dict[str, Any]:
+    """The insert's parameters, with the secret sealed: the database never sees it in the clear."""
+    return {k: v for k, v in params.items() if k != "plain_secret"} | {"secret": sealing.seal(params["plain_secret"])}
+
+
+def _too_many(org_id: str) -> EndpointError:
+    return EndpointError(f"org {org_id} already has {MAX_ENDPOINTS_PER_ORG} endpoints, the most allowed; "
+                         "delete one it no longer needs first")
+
+
+def add(conn: psycopg.Connection, *, org_id: str, url: str, event_types: Iterable[str] | None = None,
+        secret: str | None = None, description: str = "", allow_insecure: bool = False,
+        allowed: Sequence[ssrf.Network] | None = None) -> Endpoint:
+    """Register an endpoint; the returned Endpoint carries the secret (shown once).
+
+    ``allow_insecure`` and ``allowed`` are the URL rules of :func:`check_url`."""
+    params = _new_endpoint_params(org_id, url, event_types, secret, description, allow_insecure, allowed)
+    row = conn.execute(QUERIES["insert_endpoint"], _sealed(params)).fetchone()
+    if row is None:
+        raise _too_many(org_id)
+    return _endpoint(row, params["plain_secret"])
+
+
+async def add_async(conn: psycopg.AsyncConnection[Any], *, org_id: str, url: str,
+                    event_types: Iterable[str] | None = None, secret: str | None = None,
+                    description: str = "", allow_insecure: bool = False,
+                    allowed: Sequence[ssrf.Network] | None = None) -> Endpoint:
+    """:func:`add` on an async connection."""
+    # Checking the URL may resolve its host name: not on the event loop.
+    params = await asyncio.to_thread(_new_endpoint_params, org_id, url, event_types, secret, description,
+                                     allow_insecure, allowed)
+    row = await (await conn.execute(QUERIES["insert_endpoint"], _sealed(params))).fetchone()
+    if row is None:
+        raise _too_many(org_id)
+    return _endpoint(row, params["plain_secret"])
+
+
+def list_all(conn: psycopg.Connection, org_id: str | None = None) -> list[Endpoint]:
+    return [_endpoint(row) for row in conn.execute(QUERIES["list_endpoints"], {"org_id": org_id})]
+
+
+async def list_async(conn: psycopg.AsyncConnection[Any], org_id: str) -> list[Endpoint]:
+    cur = await conn.execute(QUERIES["list_endpoints"], {"org_id": org_id})
+    return [_endpoint(row) for row in await cur.fetchall()]
+
+
+def set_enabled(conn: psycopg.Connection, endpoint_id: str, enabled: bool) -> Endpoint:
+    row = conn.execute(QUERIES["set_endpoint_enabled"], {"id": endpoint_id, "enabled": enabled}).fetchone()
+    if row is None:
+        raise EndpointError(f"no endpoint {endpoint_id!r}; `deliverer endpoints list` shows the ids")
+    return _endpoint(row)
+
+
+async def get(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: str | None) -> Endpoint | None:
+    cur = await conn.execute(QUERIES["get_endpoint"], {"id": endpoint_id, "org_id": org_id})
+    row = await cur.fetchone()
+    return None if row is None else _endpoint(row)
+
+
+_UNSET: Any = object()
+
+
+async def update(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: str, *, url: str | None = None,
+                 event_types: Any = _UNSET, description: str | None = None, enabled: bool | None = None,
+                 allow_insecure: bool = False, allowed: Sequence[ssrf.Network] | None = None) -> Endpoint | None:
+    """Change the given fields; None (or, for event_types, leaving it out) keeps a field as it is."""
+    set_events = event_types is not _UNSET
+    cur = await conn.execute(QUERIES["update_endpoint"], {
+        "id": endpoint_id, "org_id": org_id,
+        "url": None if url is None else await asyncio.to_thread(check_url, url, allow_insecure=allow_insecure,
+                                                                allowed=allowed),
+        "set_events": set_events,
+        "event_types": check_event_types(event_types) if set_events else None,
+        "description": None if description is None else check_description(description),
+        "enabled": enabled,
+    })
+    row = await cur.fetchone()
+    return None if row is None else _endpoint(row)
+
+
+async def delete(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: str) -> bool:
+    cur = await conn.execute(QUERIES["delete_endpoint"], {"id": endpoint_id, "org_id": org_id})
+    return await cur.fetchone() is not None
+
+
+async def rotate_secret(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: str,
+                        grace_seconds: float = ROTATION_GRACE_SECONDS) -> Endpoint | None:
+    """Replace the secret; the old one stays valid (signed for too) for ``grace_seconds``."""
+    secret = new_secret()
+    cur = await conn.execute(QUERIES["rotate_endpoint_secret"], {"id": endpoint_id, "org_id": org_id,
+                                                                 "secret": sealing.seal(secret),
+                                                                 "grace_seconds": grace_seconds})
+    row = await cur.fetchone()
+    return None if row is None else _endpoint(row, secret)

@@ -1,0 +1,95 @@
+-- What customers register: endpoints (with their sealed secrets) and API keys. Blocks start with "-- name: <name>".
+-- Statements that schedule or expire take %(now)s: NULL means the database's
+-- clock, a timestamp lets tests drive time instead of sleeping.
+-- delivery_log.kind and outcome are enum types (see schema.sql). A quoted literal,
+-- or a parameter used only there, is read as the enum; any other text (a column, a
+-- CASE or VALUES of literals, a parameter also cast to text) needs a cast to be
+-- compared with them, and gets one here where it is written too: a constant is then
+-- converted once, not row by row.
+
+-- name: insert_endpoint
+-- Registers nothing (no row returned) when the org already has max_endpoints.
+INSERT INTO webhook_endpoint (id, org_id, url, secret, event_types, description)
+SELECT %(id)s, %(org_id)s, %(url)s, %(secret)s, %(event_types)s, %(description)s
+WHERE (SELECT count(*) FROM webhook_endpoint
+       WHERE org_id = %(org_id)s AND deleted_at IS NULL) < %(max_endpoints)s
+RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason
+
+-- name: list_endpoints
+SELECT id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason
+FROM webhook_endpoint
+WHERE deleted_at IS NULL AND (%(org_id)s::text IS NULL OR org_id = %(org_id)s)
+ORDER BY created_at, id
+
+-- name: set_endpoint_enabled
+-- Enabling starts afresh: no reason to be disabled, no run of failures.
+UPDATE webhook_endpoint
+SET enabled = %(enabled)s, updated_at = now(),
+    disabled_reason = CASE WHEN %(enabled)s THEN NULL ELSE disabled_reason END,
+    failing_since = CASE WHEN %(enabled)s THEN NULL ELSE failing_since END
+WHERE id = %(id)s AND deleted_at IS NULL
+RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason
+
+-- name: insert_api_key
+INSERT INTO api_key (id, org_id, key_hash, prefix) VALUES (%(id)s, %(org_id)s, %(key_hash)s, %(prefix)s)
+RETURNING id, org_id, prefix, created_at
+
+-- name: org_for_api_key
+SELECT org_id, id FROM api_key WHERE key_hash = %(key_hash)s AND revoked_at IS NULL
+
+-- name: get_endpoint
+SELECT id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason
+FROM webhook_endpoint
+WHERE id = %(id)s AND (%(org_id)s::text IS NULL OR org_id = %(org_id)s) AND deleted_at IS NULL
+
+-- name: update_endpoint
+-- NULL leaves a field as it is; event_types changes only when set_events is true
+-- (NULL event_types means every type).
+UPDATE webhook_endpoint
+SET url = coalesce(%(url)s, url),
+    event_types = CASE WHEN %(set_events)s THEN %(event_types)s::text[] ELSE event_types END,
+    description = coalesce(%(description)s, description),
+    enabled = coalesce(%(enabled)s, enabled),
+    disabled_reason = CASE WHEN %(enabled)s THEN NULL ELSE disabled_reason END,
+    failing_since = CASE WHEN %(enabled)s THEN NULL ELSE failing_since END,
+    updated_at = now()
+WHERE id = %(id)s AND org_id = %(org_id)s AND deleted_at IS NULL
+RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason
+
+-- name: delete_endpoint
+-- Endpoints are kept for the log's sake; deleted ones get nothing more.
+UPDATE webhook_endpoint SET deleted_at = now(), enabled = false, updated_at = now()
+WHERE id = %(id)s AND org_id = %(org_id)s AND deleted_at IS NULL
+RETURNING id
+
+-- name: rotate_endpoint_secret
+-- The old secret stays valid for grace_seconds: requests are signed with both meanwhile.
+UPDATE webhook_endpoint
+SET previous_secret = secret,
+    previous_secret_expires_at = now() + make_interval(secs => %(grace_seconds)s),
+    secret = %(secret)s,
+    updated_at = now()
+WHERE id = %(id)s AND org_id = %(org_id)s AND deleted_at IS NULL
+RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason
+
+-- name: endpoint_secrets
+-- Every stored secret, for re-sealing under the current key. FOR UPDATE: a
+-- rotation running meanwhile waits instead of being overwritten.
+SELECT id, secret, previous_secret FROM webhook_endpoint ORDER BY id FOR UPDATE
+
+-- name: store_sealed_secrets
+UPDATE webhook_endpoint SET secret = %(secret)s, previous_secret = %(previous_secret)s WHERE id = %(id)s
+
+-- name: find_endpoint_by_url
+SELECT id, org_id, url, secret,
+       CASE WHEN previous_secret_expires_at > now() THEN previous_secret END, enabled
+FROM webhook_endpoint
+WHERE (%(org_id)s::text IS NULL OR org_id = %(org_id)s) AND url = %(url)s AND deleted_at IS NULL
+ORDER BY enabled DESC, created_at
+LIMIT 1
+
+-- name: endpoint_for_test
+SELECT id, org_id, url, secret,
+       CASE WHEN previous_secret_expires_at > now() THEN previous_secret END, enabled
+FROM webhook_endpoint
+WHERE id = %(id)s AND (%(org_id)s::text IS NULL OR org_id = %(org_id)s) AND deleted_at IS NULL
