@@ -157,7 +157,7 @@ class TestClaimCommit:
         publish_one(dsn)
         async with Worker(settings_for(dsn)) as worker:
             [claimed] = await worker.claim(10)
-            conn = await worker._claim_db()
+            conn = await worker.claimer.db.get()
             assert await (await conn.execute("SHOW synchronous_commit")).fetchone() == ("on",)
             in_transaction = await (await conn.execute(
                 "SELECT current_setting('synchronous_commit') FROM "

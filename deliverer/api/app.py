@@ -12,7 +12,6 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
@@ -23,7 +22,7 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
 from deliverer.api import dashboard
-from deliverer.delivery.worker import Worker, default_worker_id
+from deliverer.delivery.worker import default_worker_id
 from deliverer.history import logs as history
 from deliverer.history import ping, replay
 from deliverer.ops.metrics import METRICS
@@ -41,11 +40,11 @@ log = structlog.get_logger("deliverer.api")
 MAX_BODY_BYTES = 64 * 1024
 MAX_PAGE = 100
 OUTCOMES = ("succeeded", "failed", "unknown")
-POOL_SIZE = 10  # database connections per API process, plus one for recording test events
+POOL_SIZE = 10  # database connections per API process; test events are recorded on them too
 
 POOL: web.AppKey[AsyncConnectionPool] = web.AppKey("pool", AsyncConnectionPool)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
-SENDER: web.AppKey[Worker] = web.AppKey("sender", Worker)
+SENDER: web.AppKey[ping.Sender] = web.AppKey("sender", ping.Sender)
 ORG: web.RequestKey[str] = web.RequestKey("org_id", str)
 KEY_ID: web.RequestKey[str] = web.RequestKey("key_id", str)
 
@@ -473,7 +472,7 @@ def create_app(settings: Settings) -> web.Application:
         pool = AsyncConnectionPool(settings.database_url, min_size=1, max_size=POOL_SIZE, open=False,
                                    kwargs=connections.options(settings, "deliverer-api"))
         await pool.open()
-        sender = Worker(replace(settings, worker_id=f"api-{default_worker_id()}"))
+        sender = ping.Sender(settings, f"api-{default_worker_id()}")
         beat = asyncio.create_task(app[HEALTH].heartbeat.run())
         async with sender:
             app[POOL], app[SENDER] = pool, sender

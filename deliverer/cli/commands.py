@@ -404,9 +404,8 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 
 def cmd_test_webhook(args: argparse.Namespace) -> int:
-    from dataclasses import replace
 
-    from deliverer.delivery.worker import Worker, default_worker_id
+    from deliverer.delivery.worker import default_worker_id
     from deliverer.history import ping
 
     settings = _settings(args)
@@ -418,7 +417,7 @@ def cmd_test_webhook(args: argparse.Namespace) -> int:
             if endpoint is None:
                 raise config.ConfigError(f"{args.url} is not a registered endpoint; register it first with "
                                          "`deliverer endpoints add`")
-            async with Worker(replace(settings, worker_id=f"cli-{default_worker_id()}")) as sender:
+            async with ping.Sender(settings, f"cli-{default_worker_id()}") as sender:
                 try:
                     return await ping.send(conn, sender, endpoint)
                 except ping.EndpointDisabled as exc:

@@ -13,8 +13,11 @@ from typing import Any
 
 import psycopg
 
-from deliverer.delivery.worker import Claimed, Worker
+from deliverer.delivery import record
+from deliverer.delivery.attempt import Attempter
+from deliverer.delivery.claim import Claimed
 from deliverer.history.queries import QUERIES
+from deliverer.settings import Settings
 from outbox.events import TEST_MESSAGE, format_timestamp
 from outbox.ids import delivery_public_id, event_public_id, new_event_uuid
 from outbox.publish import serialize
@@ -24,7 +27,28 @@ class EndpointDisabled(Exception):
     """Test events are not sent to disabled endpoints."""
 
 
-async def send(conn: psycopg.AsyncConnection[Any], worker: Worker, endpoint: tuple[Any, ...]) -> dict[str, Any]:
+class Sender:
+    """Sends test events through the attempt step alone, as ``sender_id`` (the lease holder's name).
+
+    Unlike a worker it keeps no connection and no endpoint health of its own:
+    a test event's outcome is written on the caller's connection, and a failing
+    test never counts towards disabling the endpoint. Use as an async context manager.
+    """
+
+    def __init__(self, settings: Settings, sender_id: str) -> None:
+        self.settings = settings
+        self.sender_id = sender_id
+        self.attempter = Attempter(settings)
+
+    async def __aenter__(self) -> "Sender":
+        await self.attempter.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.attempter.__aexit__(*exc)
+
+
+async def send(conn: psycopg.AsyncConnection[Any], sender: Sender, endpoint: tuple[Any, ...]) -> dict[str, Any]:
     """Send a webhook.test event to ``endpoint`` (a find_endpoint_by_url row) and report what happened."""
     endpoint_id, org_id, url, secret, previous_secret, enabled = endpoint
     if not enabled:
@@ -33,15 +57,15 @@ async def send(conn: psycopg.AsyncConnection[Any], worker: Worker, endpoint: tup
     event_uuid = new_event_uuid()
     cur = await conn.execute(QUERIES["publish_test_event"], {
         "event_id": event_uuid, "org_id": org_id, "body": body, "endpoint_id": endpoint_id,
-        "worker_id": worker.worker_id, "lease_seconds": worker.settings.lease_seconds, "now": None,
+        "worker_id": sender.sender_id, "lease_seconds": sender.settings.lease_seconds, "now": None,
     })
     row = await cur.fetchone()
     assert row is not None
     delivery_id, event_id, created_at, lease_until = row
     claimed = Claimed(delivery_id, event_id, endpoint_id, org_id, 1, 1, "webhook.test", body, created_at,
                       url, secret, previous_secret, True, lease_until)
-    result = dataclasses.replace(await worker.attempt(claimed), retry_after=None)
-    await worker.record([result])
+    result = dataclasses.replace(await sender.attempter.attempt(claimed), retry_after=None)
+    await record.write(conn, [result], worker_id=sender.sender_id)
     outcome = result.outcome
     return {
         "delivered": outcome.succeeded, "webhook_id": endpoint_id, "webhook_url": url,

@@ -1,0 +1,155 @@
+"""Recording: write attempt outcomes back to the log, fenced by the lease they were sent under.
+
+``write`` is one statement for a batch of outcomes; an outcome whose lease was
+taken over (or that was already written before a lost reply) is logged as a
+late result that changes nothing. ``Recorder`` is the worker's side: outcomes
+wait in memory and go out in batches on a connection of their own, retried with
+backoff when the database is away, and updating endpoint health after each batch.
+"""
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import orjson
+import psycopg
+import structlog
+
+from deliverer.delivery.attempt import Result
+from deliverer.delivery.backoff import Backoff
+from deliverer.delivery.connection import Reopening
+from deliverer.delivery.health import EndpointHealth
+from deliverer.delivery.queries import QUERIES
+from deliverer.facts import FactKind
+from deliverer.ops.metrics import METRICS
+from deliverer.settings import Settings
+from outbox.ids import delivery_public_id
+
+log = structlog.get_logger("deliverer.worker")
+
+BATCH = 1000
+# At a few hundred deliveries a second each outcome would otherwise be a transaction
+# of its own; waiting this long lets the ones finishing meanwhile share it. Receivers
+# have the request already: this delays only the log, never a delivery.
+LINGER = 0.005
+
+
+class Recorded(NamedTuple):
+    """What writing one outcome did: the fact it became, and when the delivery is next due (None: finished)."""
+
+    delivery_id: uuid.UUID
+    kind: FactKind
+    next_attempt_at: datetime | None
+
+
+async def write(conn: psycopg.AsyncConnection[Any], results: list[Result], *, worker_id: str,
+                now: datetime | None = None) -> list[Recorded]:
+    """Write a batch of outcomes in one statement (its own transaction)."""
+    if not results:
+        return []
+    cur = await conn.execute(QUERIES["record_results"], {
+        "now": now,
+        "worker_id": worker_id,
+        "results": orjson.dumps([{
+            "delivery_id": r.claimed.delivery_id, "event_id": r.claimed.event_id,
+            "endpoint_id": r.claimed.endpoint_id, "org_id": r.claimed.org_id, "series": r.claimed.series,
+            "attempt": r.claimed.attempt, "outcome": r.log_outcome, "retry_after": r.retry_after,
+            "started_at": r.started_at, "duration_ms": r.outcome.duration_ms,
+            "http_status": r.outcome.http_status, "error_class": r.outcome.error_class,
+            "error_message": r.outcome.error_message, "response_excerpt": r.outcome.response_excerpt,
+            "lease_until": r.claimed.lease_until,
+        } for r in results]).decode(),
+    })
+    return [Recorded(delivery_id, FactKind(kind), due) for delivery_id, kind, due in await cur.fetchall()]
+
+
+class Recorder:
+    """The worker's outcomes on their way to the log."""
+
+    def __init__(self, settings: Settings, worker_id: str, health: EndpointHealth, *,
+                 clock: Callable[[], datetime] | None = None,
+                 on_ready: Callable[[bool], None] = lambda ready: None) -> None:
+        self.worker_id = worker_id
+        self.health = health
+        self.clock = clock
+        self.on_ready = on_ready
+        self.db = Reopening(settings, f"deliverer {worker_id}")
+        self.pending: list[Result] = []
+        self._arrived = asyncio.Event()
+        self._closing = False
+
+    def add(self, results: list[Result]) -> None:
+        self.pending.extend(results)
+        self._arrived.set()
+
+    def reopen(self) -> None:
+        """Accept outcomes again after a ``close`` (a worker run again)."""
+        self._closing = False
+
+    def close(self) -> None:
+        """Write what is pending, then let ``run`` end."""
+        self._closing = True
+        self._arrived.set()
+
+    async def record(self, results: list[Result]) -> list[Recorded]:
+        """Write outcomes now, then update the health of their endpoints."""
+        if not results:
+            return []
+        conn = await self.db.get()
+        recorded = await write(conn, results, worker_id=self.worker_id, now=self.clock() if self.clock else None)
+        await self.health.update(conn, results)
+        return recorded
+
+    async def run(self) -> None:
+        """Write outcomes in batches until closed and nothing is left to write."""
+        backoff = Backoff()
+        while not (self._closing and not self.pending):
+            await self._arrived.wait()
+            if len(self.pending) < BATCH and not self._closing:
+                await asyncio.sleep(LINGER)
+            self._arrived.clear()
+            while self.pending:
+                batch = self.pending[:BATCH]
+                try:
+                    await self._record_batch(batch)
+                except psycopg.Error as exc:
+                    METRICS.db_errors.labels("record").inc()
+                    self.on_ready(False)
+                    log.warning("could not record outcomes; retrying", error=str(exc).strip(),
+                                pending=len(self.pending), retry_in_s=backoff.current)
+                    await self.db.close()
+                    await backoff.sleep()
+                    continue
+                backoff.reset()
+                self.on_ready(True)
+                del self.pending[: len(batch)]
+
+    async def _record_batch(self, batch: list[Result]) -> None:
+        try:
+            await self.record(batch)
+        except psycopg.DataError as exc:
+            # A value PostgreSQL refuses (not the connection): retried as it is, it
+            # would hold back every outcome behind it forever.
+            await self._record_apart(batch, exc)
+
+    async def _record_apart(self, batch: list[Result], error: psycopg.DataError) -> None:
+        """Record a batch that PostgreSQL refused one outcome at a time. An outcome refused on its own
+        is recorded without what the receiver said (excerpt, message), then, failing that, left to
+        its lease, which runs out and is logged as abandoned like a worker's death."""
+        log.error("an outcome could not be stored; recording the batch one by one", error=str(error).strip(),
+                  count=len(batch))
+        for result in batch:
+            for attempt in (result, replace(result, outcome=replace(
+                    result.outcome, http_status=None, response_excerpt=None,
+                    error_message=f"the attempt's outcome could not be stored: {str(error).strip()[:200]}"))):
+                try:
+                    await self.record([attempt])
+                    break
+                except psycopg.DataError as exc:
+                    error = exc
+            else:
+                log.error("outcome dropped; its lease will run out and the delivery be tried again",
+                          delivery_id=delivery_public_id(result.claimed.delivery_id), error=str(error).strip())
