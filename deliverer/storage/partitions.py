@@ -161,6 +161,14 @@ def uncovered(existing: list[tuple[datetime | None, datetime]], start: datetime,
     return ranges
 
 
+def _one(conn: psycopg.Connection, query: str, params: dict[str, Any] | None = None) -> tuple[Any, ...]:
+    """The row of a statement that always returns exactly one (a count, an existence test, a lock attempt)."""
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        raise RuntimeError(f"no row from a statement that always returns one: {query}")
+    return row
+
+
 def list_partitions(conn: psycopg.Connection) -> list[Partition]:
     return [Partition(*row) for row in conn.execute(QUERIES["partition_list"]).fetchall()]
 
@@ -181,7 +189,7 @@ def ensure(conn: psycopg.Connection, now: datetime | None = None, *, days_ahead:
         for low, high in uncovered(ranges, start, end):
             name = partition_name(table, low)
             bounds = {"low": _key(table, low), "high": _key(table, high)}
-            if conn.execute(QUERIES[f"partition_default_has_{table}"], bounds).fetchone()[0]:
+            if _one(conn, QUERIES[f"partition_default_has_{table}"], bounds)[0]:
                 reason = f"the default partition {table}_default holds rows in this range; see README, Retention"
                 log.warning("partition not created", partition=name, reason=reason)
                 decisions.append(Decision("skipped", table, name, low, high, reason))
@@ -203,7 +211,7 @@ def ensure(conn: psycopg.Connection, now: datetime | None = None, *, days_ahead:
 def maintain_once(settings: Settings, now: datetime | None = None) -> list[Decision] | None:
     """One round of maintenance on its own short connection; None when another pod holds the lock."""
     with connections.connect(settings, "deliverer partitions") as conn, conn.transaction():
-        if not conn.execute(QUERIES["try_lock_migrations"]).fetchone()[0]:
+        if not _one(conn, QUERIES["try_lock_migrations"])[0]:
             return None
         conn.execute(QUERIES["partition_ddl_timeouts"])
         return ensure(conn, now)
@@ -220,7 +228,7 @@ async def maintain(settings: Settings, interval: float = MAINTENANCE_INTERVAL) -
         try:
             decisions = await asyncio.to_thread(maintain_once, settings)
             for d in decisions or []:
-                if d.action == "created":
+                if d.action == "created" and d.low is not None and d.high is not None:  # a created one has both
                     log.info("partition created", partition=d.name, low=_iso(d.low), high=_iso(d.high))
         except Exception as exc:  # never let maintenance take the worker down
             METRICS.db_errors.labels("partitions").inc()
@@ -230,8 +238,8 @@ async def maintain(settings: Settings, interval: float = MAINTENANCE_INTERVAL) -
 
 
 def _open_deliveries(conn: psycopg.Connection, p: Partition) -> int:
-    return int(conn.execute(QUERIES[f"partition_open_{p.table}"],
-                            {"low": _key(p.table, p.low), "high": _key(p.table, p.high)}).fetchone()[0])
+    return int(_one(conn, QUERIES[f"partition_open_{p.table}"],
+                    {"low": _key(p.table, p.low), "high": _key(p.table, p.high)})[0])
 
 
 def _drop(conn: psycopg.Connection, p: Partition) -> Decision | None:
@@ -240,7 +248,7 @@ def _drop(conn: psycopg.Connection, p: Partition) -> Decision | None:
         with conn.transaction():
             conn.execute(QUERIES["lock_migrations"])
             conn.execute(QUERIES["partition_ddl_timeouts"])
-            if not conn.execute(QUERIES["partition_exists"], {"name": p.name}).fetchone()[0]:
+            if not _one(conn, QUERIES["partition_exists"], {"name": p.name})[0]:
                 return None
             conn.execute(sql.SQL(QUERIES["partition_lock_for_drop"]).format(parent=sql.Identifier(p.table)))
             if opened := _open_deliveries(conn, p):
@@ -279,7 +287,7 @@ def retain(conn: psycopg.Connection, older_than: timedelta, *, now: datetime | N
     except _BUSY as exc:  # the deliverers create them hourly too: dropping need not wait for this
         report.notes.append(f"upcoming partitions not created: {str(exc).strip().splitlines()[0]}; "
                             "the next run or a running deliverer will")
-    default_rows = dict(zip(TABLES, conn.execute(QUERIES["partition_default_rows"]).fetchone(), strict=True))
+    default_rows = dict(zip(TABLES, _one(conn, QUERIES["partition_default_rows"]), strict=True))
     for p in list_partitions(conn):
         if p.high is None:
             rows = default_rows[p.table]
@@ -298,10 +306,11 @@ def retain(conn: psycopg.Connection, older_than: timedelta, *, now: datetime | N
     # would let a re-publish duplicate an event still being delivered.
     remaining = [d.low for d in report.decisions if d.table == "outbox_event" and d.high is not None
                  and d.action in ("kept", "skipped")]
-    if all(low is not None for low in remaining):
-        report.dedupe_before = min([report.cutoff, *remaining])
+    lows = [low for low in remaining if low is not None]
+    if len(lows) == len(remaining):
+        report.dedupe_before = min([report.cutoff, *lows])
         if dry_run:
-            report.dedupe_pruned = conn.execute(QUERIES["dedupe_count"], {"before": report.dedupe_before}).fetchone()[0]
+            report.dedupe_pruned = _one(conn, QUERIES["dedupe_count"], {"before": report.dedupe_before})[0]
         else:
             while True:
                 pruned = conn.execute(QUERIES["dedupe_prune"],
