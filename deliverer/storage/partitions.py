@@ -279,14 +279,25 @@ def retain(conn: psycopg.Connection, older_than: timedelta, *, now: datetime | N
     """
     now = now or datetime.now(UTC)
     report = RetentionReport(cutoff=now - older_than, dry_run=dry_run)
+    _create_upcoming(conn, report, now)
+    _drop_older(conn, report)
+    _prune_dedupe(conn, report)
+    return report
+
+
+def _create_upcoming(conn: psycopg.Connection, report: RetentionReport, now: datetime) -> None:
     try:
         with conn.transaction():
             conn.execute(QUERIES["lock_migrations"])
             conn.execute(QUERIES["partition_ddl_timeouts"])
-            report.decisions += ensure(conn, now, dry_run=dry_run)
+            report.decisions += ensure(conn, now, dry_run=report.dry_run)
     except _BUSY as exc:  # the deliverers create them hourly too: dropping need not wait for this
         report.notes.append(f"upcoming partitions not created: {str(exc).strip().splitlines()[0]}; "
                             "the next run or a running deliverer will")
+
+
+def _drop_older(conn: psycopg.Connection, report: RetentionReport) -> None:
+    """Keep the default partition and those newer than the cutoff; drop the others, or say what a drop would do."""
     default_rows = dict(zip(TABLES, _one(conn, QUERIES["partition_default_rows"]), strict=True))
     for p in list_partitions(conn):
         if p.high is None:
@@ -296,26 +307,33 @@ def retain(conn: psycopg.Connection, older_than: timedelta, *, now: datetime | N
             report.decisions.append(Decision("kept", p.table, p.name, p.low, p.high, reason))
         elif p.high > report.cutoff:
             report.decisions.append(Decision("kept", p.table, p.name, p.low, p.high))
-        elif dry_run:
+        elif report.dry_run:
             opened = _open_deliveries(conn, p)
             report.decisions.append(Decision("skipped", p.table, p.name, p.low, p.high, _still_open(p, opened))
                                     if opened else Decision("would drop", p.table, p.name, p.low, p.high))
         elif (decision := _drop(conn, p)) is not None:
             report.decisions.append(decision)
-    # A dedupe key outlives the cutoff while its event does: forgetting it then
-    # would let a re-publish duplicate an event still being delivered.
+
+
+def _prune_dedupe(conn: psycopg.Connection, report: RetentionReport) -> None:
+    """Forget the dedupe keys recorded before both the cutoff and the oldest outbox_event partition kept.
+
+    A dedupe key outlives the cutoff while its event does: forgetting it then
+    would let a re-publish duplicate an event still being delivered. A partition
+    kept from MINVALUE (no lower bound) keeps every key.
+    """
     remaining = [d.low for d in report.decisions if d.table == "outbox_event" and d.high is not None
                  and d.action in ("kept", "skipped")]
     lows = [low for low in remaining if low is not None]
-    if len(lows) == len(remaining):
-        report.dedupe_before = min([report.cutoff, *lows])
-        if dry_run:
-            report.dedupe_pruned = _one(conn, QUERIES["dedupe_count"], {"before": report.dedupe_before})[0]
-        else:
-            while True:
-                pruned = conn.execute(QUERIES["dedupe_prune"],
-                                      {"before": report.dedupe_before, "limit": DEDUPE_BATCH}).rowcount
-                report.dedupe_pruned += pruned
-                if pruned < DEDUPE_BATCH:
-                    break
-    return report
+    if len(lows) < len(remaining):
+        return
+    report.dedupe_before = min([report.cutoff, *lows])
+    if report.dry_run:
+        report.dedupe_pruned = _one(conn, QUERIES["dedupe_count"], {"before": report.dedupe_before})[0]
+        return
+    while True:
+        pruned = conn.execute(QUERIES["dedupe_prune"],
+                              {"before": report.dedupe_before, "limit": DEDUPE_BATCH}).rowcount
+        report.dedupe_pruned += pruned
+        if pruned < DEDUPE_BATCH:
+            break
