@@ -19,8 +19,10 @@ demo: install ## run the end-to-end demo (embedded PostgreSQL unless DATABASE_UR
 test: install ## run the test suite (OUTBOX_TEST_DATABASE_URL picks the server)
 	$(PY) -m pytest -q
 
-lint: install ## ruff over the code and the tests
+lint: install ## ruff over the code and the tests, mypy over the packages, the import contracts
 	$(VENV)/bin/ruff check outbox deliverer tests bench examples chaos
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: install ## measure drain rate and publish-to-receipt latency
 	$(PY) -m bench

@@ -79,16 +79,17 @@ def number(name: str, value: Any, *, minimum: Number | None = 0) -> int | float:
         if not value.is_finite():
             raise InvalidPayload(f"{name} must be a finite number, got {value}")
         value = int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise InvalidPayload(f"{name} must be a finite number, got {value}")
-    if minimum is not None and value < minimum:
-        raise InvalidPayload(f"{name} must be at least {minimum}, got {value}")
-    return value
+    checked: int | float = value
+    if isinstance(checked, float) and not math.isfinite(checked):
+        raise InvalidPayload(f"{name} must be a finite number, got {checked}")
+    if minimum is not None and checked < minimum:
+        raise InvalidPayload(f"{name} must be at least {minimum}, got {checked}")
+    return checked
 
 
 def count(name: str, value: Any) -> int:
     """A non-negative integer."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise InvalidPayload(f"{name} must be a non-negative integer, got {value!r:.80}")
     return value
 

@@ -21,6 +21,7 @@ work), and psycopg connections prepare the statements on first use.
 """
 
 import json
+import uuid
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -107,7 +108,7 @@ def _plan_one(event_id: str, org_id: str, event_type: str, body: str,
         return ids.EVENT_PREFIX + event_id
     params["dedupe_key"] = dedupe_key
     rows = yield _QUERIES["publish_event_deduplicated"], params
-    owner = rows[0][0]
+    owner: uuid.UUID | None = rows[0][0]
     if owner is None:
         # The key was taken by a transaction that committed after this statement's
         # snapshot: under READ COMMITTED the next statement sees it.
@@ -169,7 +170,8 @@ def _run(plan: Generator[Statement, Rows, Result], execute: Callable[[str, dict[
         while True:
             statement = plan.send(execute(*statement))
     except StopIteration as done:
-        return done.value
+        result: Result = done.value  # the plan's return value
+        return result
 
 
 async def _arun(
@@ -181,7 +183,8 @@ async def _arun(
         while True:
             statement = plan.send(await execute(*statement))
     except StopIteration as done:
-        return done.value
+        result: Result = done.value  # the plan's return value
+        return result
 
 
 def _unsupported(conn: Any) -> UnsupportedConnection:
@@ -206,7 +209,8 @@ def _sync_executor(conn: Any) -> Callable[[str, dict[str, Any]], Rows]:
             # connection disables prepared statements, e.g. behind PgBouncer).
             with conn.cursor() as cur:
                 cur.execute(sql, params, prepare=True)
-                return cur.fetchall()
+                rows: Rows = cur.fetchall()
+                return rows
         return execute
 
     from sqlalchemy.engine import Connection
@@ -225,7 +229,8 @@ async def _async_executor(conn: Any) -> Callable[[str, dict[str, Any]], Awaitabl
         async def execute(sql: str, params: dict[str, Any]) -> Rows:
             async with conn.cursor() as cur:
                 await cur.execute(sql, params, prepare=True)
-                return await cur.fetchall()
+                rows: Rows = await cur.fetchall()
+                return rows
         return execute
 
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession

@@ -56,7 +56,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         # plain_traceback: the default console formatter prints every frame's local
         # variables, and locals hold secrets.
         final = [redact_secrets, structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)]
-    numeric_level = logging.getLevelName(level.upper())
+    numeric_level = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),

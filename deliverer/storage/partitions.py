@@ -161,6 +161,14 @@ def uncovered(existing: list[tuple[datetime | None, datetime]], start: datetime,
     return ranges
 
 
+def _one(conn: psycopg.Connection, query: str, params: dict[str, Any] | None = None) -> tuple[Any, ...]:
+    """The row of a statement that always returns exactly one (a count, an existence test, a lock attempt)."""
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        raise RuntimeError(f"no row from a statement that always returns one: {query}")
+    return row
+
+
 def list_partitions(conn: psycopg.Connection) -> list[Partition]:
     return [Partition(*row) for row in conn.execute(QUERIES["partition_list"]).fetchall()]
 
@@ -181,7 +189,7 @@ def ensure(conn: psycopg.Connection, now: datetime | None = None, *, days_ahead:
         for low, high in uncovered(ranges, start, end):
             name = partition_name(table, low)
             bounds = {"low": _key(table, low), "high": _key(table, high)}
-            if conn.execute(QUERIES[f"partition_default_has_{table}"], bounds).fetchone()[0]:
+            if _one(conn, QUERIES[f"partition_default_has_{table}"], bounds)[0]:
                 reason = f"the default partition {table}_default holds rows in this range; see README, Retention"
                 log.warning("partition not created", partition=name, reason=reason)
                 decisions.append(Decision("skipped", table, name, low, high, reason))
@@ -203,7 +211,7 @@ def ensure(conn: psycopg.Connection, now: datetime | None = None, *, days_ahead:
 def maintain_once(settings: Settings, now: datetime | None = None) -> list[Decision] | None:
     """One round of maintenance on its own short connection; None when another pod holds the lock."""
     with connections.connect(settings, "deliverer partitions") as conn, conn.transaction():
-        if not conn.execute(QUERIES["try_lock_migrations"]).fetchone()[0]:
+        if not _one(conn, QUERIES["try_lock_migrations"])[0]:
             return None
         conn.execute(QUERIES["partition_ddl_timeouts"])
         return ensure(conn, now)
@@ -220,7 +228,7 @@ async def maintain(settings: Settings, interval: float = MAINTENANCE_INTERVAL) -
         try:
             decisions = await asyncio.to_thread(maintain_once, settings)
             for d in decisions or []:
-                if d.action == "created":
+                if d.action == "created" and d.low is not None and d.high is not None:  # a created one has both
                     log.info("partition created", partition=d.name, low=_iso(d.low), high=_iso(d.high))
         except Exception as exc:  # never let maintenance take the worker down
             METRICS.db_errors.labels("partitions").inc()
@@ -230,8 +238,8 @@ async def maintain(settings: Settings, interval: float = MAINTENANCE_INTERVAL) -
 
 
 def _open_deliveries(conn: psycopg.Connection, p: Partition) -> int:
-    return int(conn.execute(QUERIES[f"partition_open_{p.table}"],
-                            {"low": _key(p.table, p.low), "high": _key(p.table, p.high)}).fetchone()[0])
+    return int(_one(conn, QUERIES[f"partition_open_{p.table}"],
+                    {"low": _key(p.table, p.low), "high": _key(p.table, p.high)})[0])
 
 
 def _drop(conn: psycopg.Connection, p: Partition) -> Decision | None:
@@ -240,7 +248,7 @@ def _drop(conn: psycopg.Connection, p: Partition) -> Decision | None:
         with conn.transaction():
             conn.execute(QUERIES["lock_migrations"])
             conn.execute(QUERIES["partition_ddl_timeouts"])
-            if not conn.execute(QUERIES["partition_exists"], {"name": p.name}).fetchone()[0]:
+            if not _one(conn, QUERIES["partition_exists"], {"name": p.name})[0]:
                 return None
             conn.execute(sql.SQL(QUERIES["partition_lock_for_drop"]).format(parent=sql.Identifier(p.table)))
             if opened := _open_deliveries(conn, p):
@@ -271,15 +279,26 @@ def retain(conn: psycopg.Connection, older_than: timedelta, *, now: datetime | N
     """
     now = now or datetime.now(UTC)
     report = RetentionReport(cutoff=now - older_than, dry_run=dry_run)
+    _create_upcoming(conn, report, now)
+    _drop_older(conn, report)
+    _prune_dedupe(conn, report)
+    return report
+
+
+def _create_upcoming(conn: psycopg.Connection, report: RetentionReport, now: datetime) -> None:
     try:
         with conn.transaction():
             conn.execute(QUERIES["lock_migrations"])
             conn.execute(QUERIES["partition_ddl_timeouts"])
-            report.decisions += ensure(conn, now, dry_run=dry_run)
+            report.decisions += ensure(conn, now, dry_run=report.dry_run)
     except _BUSY as exc:  # the deliverers create them hourly too: dropping need not wait for this
         report.notes.append(f"upcoming partitions not created: {str(exc).strip().splitlines()[0]}; "
                             "the next run or a running deliverer will")
-    default_rows = dict(zip(TABLES, conn.execute(QUERIES["partition_default_rows"]).fetchone(), strict=True))
+
+
+def _drop_older(conn: psycopg.Connection, report: RetentionReport) -> None:
+    """Keep the default partition and those newer than the cutoff; drop the others, or say what a drop would do."""
+    default_rows = dict(zip(TABLES, _one(conn, QUERIES["partition_default_rows"]), strict=True))
     for p in list_partitions(conn):
         if p.high is None:
             rows = default_rows[p.table]
@@ -288,25 +307,33 @@ def retain(conn: psycopg.Connection, older_than: timedelta, *, now: datetime | N
             report.decisions.append(Decision("kept", p.table, p.name, p.low, p.high, reason))
         elif p.high > report.cutoff:
             report.decisions.append(Decision("kept", p.table, p.name, p.low, p.high))
-        elif dry_run:
+        elif report.dry_run:
             opened = _open_deliveries(conn, p)
             report.decisions.append(Decision("skipped", p.table, p.name, p.low, p.high, _still_open(p, opened))
                                     if opened else Decision("would drop", p.table, p.name, p.low, p.high))
         elif (decision := _drop(conn, p)) is not None:
             report.decisions.append(decision)
-    # A dedupe key outlives the cutoff while its event does: forgetting it then
-    # would let a re-publish duplicate an event still being delivered.
+
+
+def _prune_dedupe(conn: psycopg.Connection, report: RetentionReport) -> None:
+    """Forget the dedupe keys recorded before both the cutoff and the oldest outbox_event partition kept.
+
+    A dedupe key outlives the cutoff while its event does: forgetting it then
+    would let a re-publish duplicate an event still being delivered. A partition
+    kept from MINVALUE (no lower bound) keeps every key.
+    """
     remaining = [d.low for d in report.decisions if d.table == "outbox_event" and d.high is not None
                  and d.action in ("kept", "skipped")]
-    if all(low is not None for low in remaining):
-        report.dedupe_before = min([report.cutoff, *remaining])
-        if dry_run:
-            report.dedupe_pruned = conn.execute(QUERIES["dedupe_count"], {"before": report.dedupe_before}).fetchone()[0]
-        else:
-            while True:
-                pruned = conn.execute(QUERIES["dedupe_prune"],
-                                      {"before": report.dedupe_before, "limit": DEDUPE_BATCH}).rowcount
-                report.dedupe_pruned += pruned
-                if pruned < DEDUPE_BATCH:
-                    break
-    return report
+    lows = [low for low in remaining if low is not None]
+    if len(lows) < len(remaining):
+        return
+    report.dedupe_before = min([report.cutoff, *lows])
+    if report.dry_run:
+        report.dedupe_pruned = _one(conn, QUERIES["dedupe_count"], {"before": report.dedupe_before})[0]
+        return
+    while True:
+        pruned = conn.execute(QUERIES["dedupe_prune"],
+                              {"before": report.dedupe_before, "limit": DEDUPE_BATCH}).rowcount
+        report.dedupe_pruned += pruned
+        if pruned < DEDUPE_BATCH:
+            break
