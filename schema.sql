@@ -144,6 +144,12 @@ ALTER TABLE webhook_endpoint ADD COLUMN IF NOT EXISTS previous_secret_expires_at
 ALTER TABLE webhook_endpoint ADD COLUMN IF NOT EXISTS disabled_reason text;
 -- Start of the current run of failed attempts; NULL after a success.
 ALTER TABLE webhook_endpoint ADD COLUMN IF NOT EXISTS failing_since timestamptz;
+-- The endpoint's limits across every deliverer process: requests open at once
+-- (NULL: DELIVERER_ENDPOINT_MAX_IN_FLIGHT) and deliveries per second (NULL: none).
+ALTER TABLE webhook_endpoint ADD COLUMN IF NOT EXISTS max_in_flight integer
+    CONSTRAINT webhook_endpoint_max_in_flight_positive CHECK (max_in_flight >= 1);
+ALTER TABLE webhook_endpoint ADD COLUMN IF NOT EXISTS rate_limit double precision
+    CONSTRAINT webhook_endpoint_rate_limit_positive CHECK (rate_limit > 0);
 
 -- Fan-out reads this on every publish.
 CREATE INDEX IF NOT EXISTS webhook_endpoint_org ON webhook_endpoint (org_id) WHERE enabled AND deleted_at IS NULL;
@@ -217,6 +223,37 @@ CREATE TABLE IF NOT EXISTS delivery_queue (
 );
 
 CREATE INDEX IF NOT EXISTS delivery_queue_due ON delivery_queue (due_at);
+
+-- Each endpoint's pacing, shared by every deliverer process; claims read and
+-- write it under its row lock (see claim_deliveries):
+--   in_flight     requests open now: leased and not yet recorded, cluster-wide
+--   allowance     how many may be open, adapted like TCP congestion control: +1
+--                 per success up to the endpoint's max_in_flight, halved on a
+--                 timeout, a connection error, 429 or 503
+--   tokens        the rate limit's bucket, refilled at rate_limit per second
+--   paused_until  a 429/503 with Retry-After pauses the whole endpoint
+--   active_at     last claim or outcome; an endpoint idle for a minute starts
+--                 again from the initial allowance
+-- Soft state, hence UNLOGGED (no WAL for its updates, the hottest rows there are):
+-- after a crash or on a promoted standby the table is empty, and each row is
+-- made again on the endpoint's next claim, its in_flight counted from the leases.
+-- The deliverers running now, each seen within the last few seconds: a producer's
+-- notification (its payload, the transaction id) wakes the one whose turn it is,
+-- not every worker. Soft state like endpoint_flow, hence UNLOGGED.
+CREATE UNLOGGED TABLE IF NOT EXISTS deliverer_presence (
+    worker_id text        NOT NULL PRIMARY KEY,
+    seen_at   timestamptz NOT NULL
+);
+
+CREATE UNLOGGED TABLE IF NOT EXISTS endpoint_flow (
+    endpoint_id  text             NOT NULL PRIMARY KEY,
+    in_flight    integer          NOT NULL DEFAULT 0,
+    allowance    integer          NOT NULL,
+    tokens       double precision NOT NULL DEFAULT 0,
+    tokens_at    timestamptz      NOT NULL DEFAULT now(),
+    paused_until timestamptz,
+    active_at    timestamptz      NOT NULL DEFAULT now()
+) WITH (fillfactor = 50);
 
 -- The fold of delivery_log into current state, one row per delivery. Facts are
 -- ordered by (series, attempt, phase) rather than by seq, because an abandoned

@@ -9,7 +9,8 @@
 | lease_seconds      | DELIVERER_LEASE_SECONDS           | 30 seconds          |
 | batch_size         | DELIVERER_BATCH_SIZE              | 100                 |
 | max_in_flight      | DELIVERER_MAX_IN_FLIGHT           | 200                 |
-| endpoint_concurrency | DELIVERER_ENDPOINT_CONCURRENCY | 50 per endpoint and worker |
+| endpoint_max_in_flight | DELIVERER_ENDPOINT_MAX_IN_FLIGHT | 50: per endpoint, across all processes |
+| endpoint_rate_limit | DELIVERER_ENDPOINT_RATE_LIMIT | 0: none; deliveries/s per endpoint |
 | endpoint_initial_concurrency | DELIVERER_ENDPOINT_INITIAL_CONCURRENCY | 4: a new or idle endpoint's start |
 | poll_interval      | DELIVERER_POLL_INTERVAL           | 1 second            |
 | retry_delays       | DELIVERER_RETRY_DELAYS            | 5,30,120,600,3600   |
@@ -67,7 +68,8 @@ class Settings:
     lease_seconds: float = 30.0
     batch_size: int = 100
     max_in_flight: int = 200
-    endpoint_concurrency: int = 50
+    endpoint_max_in_flight: int = 50
+    endpoint_rate_limit: float = 0.0  # 0: no rate limit
     endpoint_initial_concurrency: int = 4
     poll_interval: float = 1.0
     retry_delays: tuple[float, ...] = field(default=SEED_DELAYS)
@@ -88,9 +90,12 @@ class Settings:
                 f"lease_seconds ({self.lease_seconds}) must be at least http_timeout + 5 s "
                 f"({self.http_timeout + 5}), or a slow send could be taken over while still running"
             )
-        if min(self.batch_size, self.max_in_flight, self.endpoint_concurrency, self.endpoint_initial_concurrency) < 1:
-            raise ConfigError("batch_size, max_in_flight, endpoint_concurrency and endpoint_initial_concurrency "
+        if min(self.batch_size, self.max_in_flight, self.endpoint_max_in_flight,
+               self.endpoint_initial_concurrency) < 1:
+            raise ConfigError("batch_size, max_in_flight, endpoint_max_in_flight and endpoint_initial_concurrency "
                               "must be at least 1")
+        if self.endpoint_rate_limit < 0:
+            raise ConfigError("endpoint_rate_limit must be 0 (none) or a positive number of deliveries a second")
         if self.shutdown_grace < 0:
             raise ConfigError("shutdown_grace must be zero or more seconds")
         if not 0 <= self.retry_jitter < 1:
@@ -127,7 +132,8 @@ _ENV = {
     "lease_seconds": "DELIVERER_LEASE_SECONDS",
     "batch_size": "DELIVERER_BATCH_SIZE",
     "max_in_flight": "DELIVERER_MAX_IN_FLIGHT",
-    "endpoint_concurrency": "DELIVERER_ENDPOINT_CONCURRENCY",
+    "endpoint_max_in_flight": "DELIVERER_ENDPOINT_MAX_IN_FLIGHT",
+    "endpoint_rate_limit": "DELIVERER_ENDPOINT_RATE_LIMIT",
     "endpoint_initial_concurrency": "DELIVERER_ENDPOINT_INITIAL_CONCURRENCY",
     "poll_interval": "DELIVERER_POLL_INTERVAL",
     "retry_delays": "DELIVERER_RETRY_DELAYS",

@@ -26,7 +26,7 @@ logged AS (
     INSERT INTO delivery_log (kind, delivery_id, event_id, endpoint_id, org_id, series, attempt, next_attempt_at)
     SELECT 'scheduled', delivery_id, event_id, endpoint_id, org_id, 1, 0, now() FROM queued
 )
-SELECT pg_notify('outbox_delivery', '') FROM (SELECT FROM queued LIMIT 1) AS any_delivery
+SELECT pg_notify('outbox_delivery', txid_current()::text) FROM (SELECT FROM queued LIMIT 1) AS any_delivery
 
 -- name: publish_event_deduplicated
 -- One event with a dedupe key: written only if its (org, dedupe key) is free. Returns
@@ -57,7 +57,7 @@ logged AS (
     SELECT 'scheduled', delivery_id, event_id, endpoint_id, org_id, 1, 0, now() FROM queued
 ),
 woken AS (
-    SELECT pg_notify('outbox_delivery', '') FROM (SELECT FROM queued LIMIT 1) AS any_delivery
+    SELECT pg_notify('outbox_delivery', txid_current()::text) FROM (SELECT FROM queued LIMIT 1) AS any_delivery
 )
 SELECT coalesce((SELECT event_id FROM claimed),
                 (SELECT event_id FROM outbox_dedupe WHERE org_id = %(org_id)s AND dedupe_key = %(dedupe_key)s)),
@@ -100,7 +100,7 @@ logged AS (
     SELECT 'scheduled', delivery_id, event_id, endpoint_id, org_id, 1, 0, now() FROM queued
 ),
 woken AS (
-    SELECT pg_notify('outbox_delivery', '') FROM (SELECT FROM queued LIMIT 1) AS any_delivery
+    SELECT pg_notify('outbox_delivery', txid_current()::text) FROM (SELECT FROM queued LIMIT 1) AS any_delivery
 )
 SELECT ARRAY(SELECT id FROM events WHERE dedupe_key IS NOT NULL) AS keyed,
        (SELECT count(*) FROM woken) AS notified

@@ -1,16 +1,27 @@
 """Wake-ups: one notification per producer transaction, and the worker acts on it."""
 
 import asyncio
+import contextlib
 import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 from aiohttp import web
 
 import outbox
+from deliverer.delivery import wakeups
 from deliverer.delivery.worker import CHANNEL
 from tests.conftest import Receiver, add_endpoint, count, webhook_test
 from tests.processes import WorkerProcess
+
+
+async def until(condition: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
 
 
 def test_one_notification_per_transaction(dsn: str, db: psycopg.Connection) -> None:
@@ -123,3 +134,43 @@ async def test_worker_survives_its_connections_being_terminated(
     finally:
         assert await worker.stop() == 0
     assert "database unavailable; reconnecting" in worker.log() or "connection lost" in worker.log()
+
+
+async def test_a_commit_wakes_one_of_eight_idle_workers(dsn: str, db: psycopg.Connection,
+                                                        receiver: Receiver) -> None:
+    """With eight idle workers, each commit is claimed by about one of them, not all eight."""
+    from deliverer.delivery.worker import Worker
+    from tests.conftest import settings_for
+
+    add_endpoint(db, receiver, "/hook")
+    workers = [Worker(settings_for(dsn, worker_id=f"w{i}", poll_interval=60.0)) for i in range(8)]
+    claims = {w.worker_id: [0, 0] for w in workers}  # claims, empty claims
+    for worker in workers:
+        claim = worker.claimer.claim
+
+        async def counted(limit: int, *, slow_start: bool = True, _claim=claim, _id=worker.worker_id):  # type: ignore[no-untyped-def]
+            got = await _claim(limit, slow_start=slow_start)
+            claims[_id][0] += 1
+            claims[_id][1] += not got
+            return got
+        worker.claimer.claim = counted  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    async with contextlib.AsyncExitStack() as stack:
+        for worker in workers:
+            await stack.enter_async_context(worker)
+        runs = [asyncio.create_task(w.run(stop)) for w in workers]
+        try:
+            await until(lambda: all(len(w.peers) == 8 for w in workers), timeout=wakeups.BEAT * 3)
+            before = sum(c[1] for c in claims.values())
+            events = 20
+            for _ in range(events):
+                with psycopg.connect(dsn) as conn:
+                    outbox.publish(conn, "webhook.test", webhook_test(), org_id="org_a")
+                    conn.commit()
+                await receiver.wait_for(len(receiver.requests) + 1, timeout=20)
+            empty = sum(c[1] for c in claims.values()) - before
+        finally:
+            stop.set()
+            await asyncio.gather(*runs)
+    assert len(receiver.requests) == events
+    assert empty <= 0.2 * events, f"{empty} empty claims for {events} events: {claims}"

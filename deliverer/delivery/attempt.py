@@ -37,6 +37,13 @@ class Result:
     abandoned: bool = False  # handed back at shutdown: the outcome is unknown, the delivery is due again
 
     @property
+    def pause(self) -> float | None:
+        """Seconds the whole endpoint should rest: a 429 or 503's Retry-After, within the schedule's cap."""
+        if self.abandoned or self.outcome.http_status not in (429, 503) or self.outcome.retry_after is None:
+            return None
+        return min(self.outcome.retry_after, RETRY_AFTER_CAP)
+
+    @property
     def log_outcome(self) -> Outcome:
         if self.abandoned:
             return Outcome.UNKNOWN

@@ -1,10 +1,11 @@
-"""Claiming: lease due deliveries to this worker, at most each endpoint's room here.
+"""Claiming: lease due deliveries to this worker, within each endpoint's cluster-wide limits.
 
 A claim is one statement, committed at once: it pushes each delivery's due time
 forward by the lease and bumps its attempt number, which doubles as a fencing
 token. If this worker dies, the delivery becomes due again by itself and the next
 claim records the lost attempt as abandoned. No transaction stays open while the
-delivery is sent.
+delivery is sent. How much of an endpoint's work one claim may take is decided in
+the same statement, from state every worker shares (see ``deliverer.delivery.limits``).
 """
 
 import time
@@ -14,8 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from deliverer.delivery import limits
 from deliverer.delivery.connection import Reopening
-from deliverer.delivery.limits import EndpointLimits
+from deliverer.delivery.limits import Skips
 from deliverer.delivery.queries import QUERIES
 from deliverer.ops.metrics import METRICS
 from deliverer.settings import Settings
@@ -50,41 +52,68 @@ class Claimer:
     through a retry schedule without sleeping.
     """
 
-    def __init__(self, settings: Settings, worker_id: str, limits: EndpointLimits, *,
-                 clock: Clock | None = None) -> None:
+    def __init__(self, settings: Settings, worker_id: str, *, clock: Clock | None = None) -> None:
         self.settings = settings
         self.worker_id = worker_id
-        self.limits = limits
         self.clock = clock
+        self.skips = Skips(settings.poll_interval, seconds=(lambda: clock().timestamp()) if clock else time.monotonic)
         self.db = Reopening(settings, f"deliverer {worker_id}")
         self.next_due_in: float | None = None  # from the last claim: seconds until more is due, None if nothing
+        self.learnt = False  # the last claim found endpoints to skip: the scan window may have held little else
+        self._unknown: list[str] = []
 
     def params(self, limit: int, *, slow_start: bool = True) -> dict[str, Any]:
-        """The claim statement's parameters: the lease, the clock, and each endpoint's room here."""
-        room_endpoints, room_free, full = self.limits.rooms()
+        """The claim statement's parameters: the lease, the clock, the limits' defaults, what to skip."""
+        settings = self.settings
         return {
             "limit": limit, "now": self.clock() if self.clock else None, "worker_id": self.worker_id,
-            "lease_seconds": self.settings.lease_seconds, "max_attempts": self.settings.max_attempts,
-            "scan": limit * 4, "default_room": self.limits.initial if slow_start else self.limits.ceiling,
-            "room_endpoints": room_endpoints, "room_free": room_free, "full_endpoints": full,
+            "lease_seconds": settings.lease_seconds, "max_attempts": settings.max_attempts, "scan": limit * 4,
+            "skip_endpoints": self.skips.current(),
+            "default_max_in_flight": settings.endpoint_max_in_flight,
+            "default_rate_limit": settings.endpoint_rate_limit or None,
+            "initial_allowance": self._initial(slow_start),
+            "idle_after": limits.IDLE_AFTER,
         }
 
-    async def claim(self, limit: int, *, slow_start: bool = True) -> list[Claimed]:
-        """Lease up to ``limit`` due deliveries.
+    def _initial(self, slow_start: bool) -> int:
+        ceiling = self.settings.endpoint_max_in_flight
+        return min(self.settings.endpoint_initial_concurrency, ceiling) if slow_start else ceiling
 
-        ``slow_start``: endpoints not sending here yet get the initial room
-        (DELIVERER_ENDPOINT_INITIAL_CONCURRENCY), not the ceiling. ``Worker.run_once``
-        turns it off: it sends one batch and waits for all of it, so there is
-        nothing to protect by holding back.
+    async def claim(self, limit: int, *, slow_start: bool = True) -> list[Claimed]:
+        """Lease up to ``limit`` due deliveries, at most each endpoint's free room in the cluster.
+
+        ``slow_start``: an endpoint first seen (or idle) starts from the initial
+        allowance (DELIVERER_ENDPOINT_INITIAL_CONCURRENCY), not its max_in_flight.
+        ``Worker.run_once`` turns it off: it sends one batch and waits for all of
+        it, so there is nothing to protect by holding back.
         """
-        conn = await self.db.get()
-        cur = await conn.execute(QUERIES["claim_deliveries"], self.params(limit, slow_start=slow_start))
-        rows = await cur.fetchall()
-        self.next_due_in = rows.pop()[-1]  # the statement's last row says when to look again
-        claimed = [Claimed(*row[:-1]) for row in rows]
+        claimed = await self._claim(limit, slow_start)
+        if self._unknown:
+            # Endpoints with no pacing row yet were passed over: make their rows, then take their share.
+            await self.ensure_flow(self._unknown, slow_start=slow_start)
+            if len(claimed) < limit:
+                claimed += await self._claim(limit - len(claimed), slow_start)
         METRICS.claim_batch.observe(len(claimed))
         METRICS.last_poll.set(time.time())
         return claimed
+
+    async def _claim(self, limit: int, slow_start: bool) -> list[Claimed]:
+        conn = await self.db.get()
+        cur = await conn.execute(QUERIES["claim_deliveries"], self.params(limit, slow_start=slow_start))
+        rows = await cur.fetchall()
+        *_, self.next_due_in, full, blocked, blocked_for, unknown = rows.pop()  # the statement's last row
+        # New skips mean the scan window may have held little else: worth claiming again at once.
+        self.learnt = self.skips.full(full or ()) | self.skips.blocked(blocked or (), blocked_for or ())
+        self._unknown = unknown or []
+        return [Claimed(*row[:14]) for row in rows]
+
+    async def ensure_flow(self, endpoint_ids: list[str], *, slow_start: bool = True) -> None:
+        """Make the shared pacing rows of endpoints first seen (or after a crash emptied them)."""
+        conn = await self.db.get()
+        await conn.execute(QUERIES["ensure_endpoint_flow"], {
+            "endpoint_ids": endpoint_ids, "now": self.clock() if self.clock else None,
+            "initial_allowance": self._initial(slow_start),
+        })
 
     async def seconds_until_due(self) -> float | None:
         """Seconds until the earliest open delivery is due (a retry, or a lease running out); None if none."""

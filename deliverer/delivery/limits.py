@@ -1,76 +1,106 @@
-"""How many sends each endpoint may have in flight in this worker.
+"""Endpoint limits, held across every deliverer process.
 
-Adjusted like TCP congestion control: an endpoint starts small (the slow start),
-gains one per success, which doubles its room every round trip while all goes
-well, up to a ceiling; it is halved when the endpoint times out, cannot be
-reached or answers 429/503. A slow or dead endpoint then holds a few of the
-worker's sends, not all of them, even before its first timeout.
+Each endpoint may have at most ``allowance`` requests open at once in the whole
+cluster, and at most ``rate_limit`` deliveries a second. The allowance adapts
+like TCP congestion control: a new or idle endpoint starts at the initial
+allowance (the slow start), gains one per success, which doubles it every round
+trip while all goes well, up to the endpoint's ``max_in_flight``; it halves when
+the endpoint times out, cannot be reached or answers 429/503, and a 429/503 with
+Retry-After pauses the whole endpoint. So 2 pods or 50 give a customer the same
+load, and a dead endpoint holds a few of the cluster's sends, not all of them.
+
+The state lives in PostgreSQL (``endpoint_flow``, one row an endpoint) and is read
+and written only under that row's lock by the claim (which opens requests and
+spends tokens) and by recording outcomes (which closes them and adapts the
+allowance); see claim_deliveries and record_results. No transaction is held
+while a request is out: a request is "open" from its claim to its recorded
+outcome, and a crashed worker's requests close when their leases are retaken.
+
+This module holds the arithmetic as plain functions, the specification the SQL
+follows (a property test runs both), and ``Skips``, what one worker has learnt
+about endpoints it need not ask for again yet.
 """
 
+import math
 import time
+from collections.abc import Callable, Iterable
 
-from deliverer.delivery import send
-from deliverer.facts import ErrorClass
+INITIAL_ALLOWANCE = 4
+IDLE_AFTER = 60.0  # seconds without a claim or an outcome before an endpoint starts small again
 
 
-class EndpointLimits:
-    """Each endpoint's room in this worker; an endpoint idle for ``FORGET_AFTER`` seconds starts small again."""
+def allowance_after(allowance: int, *, successes: int, congested: bool, ceiling: int) -> int:
+    """The allowance after a batch of outcomes: halved once if any said the endpoint is
+    overloaded (timeout, connection error, 429, 503), else one more per success, up to ``ceiling``."""
+    if congested:
+        return max(1, allowance // 2)
+    return min(ceiling, allowance + successes)
 
-    FORGET_AFTER = 60.0
-    SHRINK_ON = frozenset({ErrorClass.TIMEOUT, ErrorClass.CONNECT_ERROR})
 
-    def __init__(self, ceiling: int, initial: int = 4) -> None:
-        self.ceiling = ceiling
-        self.initial = min(initial, ceiling)
-        self.caps: dict[str, int] = {}
-        self.in_flight: dict[str, int] = {}
-        self._last_finished: dict[str, float] = {}
-        self._next_forget = 0.0
+def tokens_now(tokens: float, *, rate: float, elapsed: float) -> float:
+    """The rate limit's bucket after ``elapsed`` seconds: refilled at ``rate`` a second, holding at most
+    half a second's worth (at least one token). A 10-second window then sees at most 10.5 seconds of rate."""
+    return min(max(1.0, rate / 2), tokens + rate * max(0.0, elapsed))
 
-    def cap(self, endpoint_id: str) -> int:
-        return self.caps.get(endpoint_id, self.initial)
 
-    def rooms(self) -> tuple[list[str], list[int], list[str]]:
-        """(endpoints whose room is not ``initial``, their room, endpoints with no room) for the claim."""
-        self._forget()
-        listed, free, full = [], [], []
-        for endpoint_id in self.caps.keys() | self.in_flight.keys():
-            room = self.cap(endpoint_id) - self.in_flight.get(endpoint_id, 0)
-            if room <= 0:
-                full.append(endpoint_id)
-            elif room != self.initial:
-                listed.append(endpoint_id)
-                free.append(room)
-        return listed, free, full
+def free_room(*, allowance: int, in_flight: int, tokens: float | None, paused: bool) -> int:
+    """How many new requests a claim may open now."""
+    if paused:
+        return 0
+    room = allowance - in_flight
+    if tokens is not None:
+        room = min(room, math.floor(tokens))
+    return max(0, room)
 
-    def is_full(self, endpoint_id: str) -> bool:
-        return self.in_flight.get(endpoint_id, 0) >= self.cap(endpoint_id)
 
-    def started(self, endpoint_id: str) -> None:
-        self.in_flight[endpoint_id] = self.in_flight.get(endpoint_id, 0) + 1
+class Skips:
+    """Endpoints this worker leaves out of its claims for a while.
 
-    def finished(self, endpoint_id: str, outcome: send.Outcome | None) -> None:
-        left = self.in_flight.get(endpoint_id, 1) - 1
-        if left:
-            self.in_flight[endpoint_id] = left
-        else:
-            self.in_flight.pop(endpoint_id, None)
-        self._last_finished[endpoint_id] = time.monotonic()
-        if outcome is None:
-            return
-        cap = self.cap(endpoint_id)
-        if outcome.error_class in self.SHRINK_ON or outcome.http_status in (429, 503):
-            cap = max(1, cap // 2)
-        elif outcome.succeeded:
-            cap = min(self.ceiling, cap + 1)
-        self.caps[endpoint_id] = cap
+    Full ones (every slot open) until outcomes of theirs are recorded here, or for
+    ``full_for`` seconds, since other workers' outcomes free room too; paused or
+    rate-limited ones for as long as the claim said. Only a hint that keeps their
+    backlog from filling a claim's scan window: the limits are enforced by the claim.
+    """
 
-    def _forget(self) -> None:
-        now = time.monotonic()
-        if now < self._next_forget:
-            return
-        self._next_forget = now + self.FORGET_AFTER / 4
-        for endpoint_id, at in list(self._last_finished.items()):
-            if at < now - self.FORGET_AFTER and endpoint_id not in self.in_flight:
-                del self._last_finished[endpoint_id]
-                self.caps.pop(endpoint_id, None)
+    def __init__(self, full_for: float, *, seconds: Callable[[], float] = time.monotonic) -> None:
+        self.full_for = full_for
+        self.seconds = seconds  # a test's fake clock, when there is one
+        self._full: dict[str, float] = {}
+        self._blocked: dict[str, float] = {}
+
+    def full(self, endpoint_ids: Iterable[str]) -> bool:
+        """Skip these until outcomes free room; True if any was not skipped already."""
+        until = self.seconds() + self.full_for
+        return self._add(self._full, ((e, until) for e in endpoint_ids))
+
+    def blocked(self, endpoint_ids: Iterable[str], seconds: Iterable[float]) -> bool:
+        """Skip these for the seconds given; True if any was not skipped already."""
+        now = self.seconds()
+        return self._add(self._blocked, ((e, now + max(0.0, s)) for e, s in zip(endpoint_ids, seconds, strict=True)))
+
+    def _add(self, skips: dict[str, float], items: Iterable[tuple[str, float]]) -> bool:
+        now, new = self.seconds(), False
+        for endpoint_id, until in items:
+            new = new or max(self._full.get(endpoint_id, 0.0), self._blocked.get(endpoint_id, 0.0)) <= now
+            skips[endpoint_id] = until
+        return new
+
+    def recorded(self, endpoint_ids: Iterable[str]) -> None:
+        """Outcomes of these endpoints were written here: their requests closed, so ask again."""
+        for endpoint_id in endpoint_ids:
+            self._full.pop(endpoint_id, None)
+
+    def current(self) -> list[str]:
+        now = self.seconds()
+        for skips in (self._full, self._blocked):
+            for endpoint_id in [e for e, until in skips.items() if until <= now]:
+                del skips[endpoint_id]
+        return list(self._full.keys() | self._blocked.keys())
+
+    def next_change(self) -> float | None:
+        """Seconds until the first skip ends, None when nothing is skipped."""
+        ends = [*self._full.values(), *self._blocked.values()]
+        return max(0.0, min(ends) - self.seconds()) if ends else None
+
+    def __bool__(self) -> bool:
+        return bool(self._full or self._blocked)

@@ -12,25 +12,62 @@
 -- that is still leased belongs to a worker whose lease ran out: that attempt is
 -- recorded as abandoned with an unknown outcome, and if it was the last attempt
 -- allowed the delivery fails instead of being leased again.
--- Each endpoint gets at most its room in this worker: the room_* arrays list the
--- endpoints whose room is not default_room, full_endpoints those with none left, so
--- a slow endpoint's backlog is skipped instead of filling every free slot.
-WITH room AS (
-    SELECT * FROM unnest(%(room_endpoints)b::text[], %(room_free)b::int[]) AS room (endpoint_id, free)
+-- Each endpoint's limits hold across every worker: its endpoint_flow row is locked
+-- for the claim (a worker that finds it locked skips the endpoint: another is
+-- claiming for it this instant), and the claim takes at most its free room, the
+-- allowance less the requests in flight, and as many as the rate limit's tokens
+-- allow. A lease that ran out is retaken whatever the room: the request it
+-- stands for holds a slot already. skip_endpoints are endpoints this worker knows
+-- to be full, paused or out of tokens: their backlog does not fill the scan window.
+WITH oldest AS MATERIALIZED (
+    SELECT delivery_id, endpoint_id, due_at, leased_by IS NOT NULL AS retake
+    FROM delivery_queue
+    WHERE due_at <= coalesce(%(now)s::timestamptz, now())
+      AND endpoint_id <> ALL (%(skip_endpoints)b::text[])
+    ORDER BY due_at
+    LIMIT %(scan)s
+),
+flow AS MATERIALIZED (
+    SELECT f.*
+    FROM endpoint_flow f
+    WHERE f.endpoint_id IN (SELECT endpoint_id FROM oldest)
+    FOR UPDATE SKIP LOCKED
+),
+-- The allowance starts again from the initial one when the endpoint has been idle;
+-- the bucket holds at most half a second of its rate (at least one token).
+pace AS MATERIALIZED (
+    SELECT f.endpoint_id, f.in_flight, a.allowance, b.rate, b.tokens, f.paused_until,
+           coalesce(f.paused_until > coalesce(%(now)s::timestamptz, now()), false) AS paused,
+           CASE WHEN f.paused_until > coalesce(%(now)s::timestamptz, now()) THEN 0
+                ELSE greatest(0, least(a.allowance - f.in_flight, floor(coalesce(b.tokens, 2147483647))))::int
+           END AS free
+    FROM flow f
+    JOIN webhook_endpoint w ON w.id = f.endpoint_id
+    CROSS JOIN LATERAL (
+        SELECT least(coalesce(w.max_in_flight, %(default_max_in_flight)s),
+                     CASE WHEN f.in_flight <= 0
+                               AND f.active_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(idle_after)s)
+                          THEN %(initial_allowance)s ELSE f.allowance END) AS allowance
+    ) a
+    CROSS JOIN LATERAL (
+        -- least and greatest pass over NULLs: no rate limit must stay no tokens, not one.
+        SELECT r.rate,
+               CASE WHEN r.rate IS NOT NULL THEN
+                   least(greatest(1, r.rate / 2),
+                         f.tokens + r.rate * greatest(0, extract(epoch FROM coalesce(%(now)s::timestamptz, now())
+                                                                            - f.tokens_at)))
+               END AS tokens
+        FROM (SELECT coalesce(w.rate_limit, %(default_rate_limit)s) AS rate) r
+    ) b
 ),
 candidates AS MATERIALIZED (
-    SELECT h.delivery_id
-    FROM (SELECT delivery_id, endpoint_id, due_at,
-                 row_number() OVER (PARTITION BY endpoint_id ORDER BY due_at) AS nth
-          FROM (SELECT delivery_id, endpoint_id, due_at
-                FROM delivery_queue
-                WHERE due_at <= coalesce(%(now)s::timestamptz, now())
-                  AND endpoint_id <> ALL (%(full_endpoints)b::text[])
-                ORDER BY due_at
-                LIMIT %(scan)s) AS oldest) AS h
-    LEFT JOIN room r ON r.endpoint_id = h.endpoint_id
-    WHERE h.nth <= coalesce(r.free, %(default_room)s)
-    ORDER BY h.due_at
+    SELECT o.delivery_id
+    FROM (SELECT delivery_id, endpoint_id, due_at, retake,
+                 row_number() OVER (PARTITION BY endpoint_id, retake ORDER BY due_at) AS nth
+          FROM oldest) AS o
+    JOIN pace p ON p.endpoint_id = o.endpoint_id
+    WHERE NOT p.paused AND (o.retake OR o.nth <= p.free)
+    ORDER BY o.due_at
 ),
 -- Locks are taken one candidate at a time, oldest first, by primary key, until the
 -- limit is reached: as a join the planner may hash every due row of a large backlog,
@@ -77,19 +114,53 @@ started AS (
     FROM leased
     -- Reading `abandoned` makes its rows go in first, so the log reads in order.
     WHERE (SELECT count(*) FROM abandoned) >= 0
+),
+-- A new lease opens a request; a retaken one replaces the request it abandons; an
+-- exhausted one only closes it. Every request sent spends a token.
+taken AS (
+    SELECT endpoint_id,
+           count(*) FILTER (WHERE leased_by IS NULL) AS fresh,
+           count(*) FILTER (WHERE exhausted) AS closed,
+           count(*) FILTER (WHERE NOT exhausted) AS sent
+    FROM due GROUP BY endpoint_id
+),
+paced AS (
+    UPDATE endpoint_flow f
+    SET in_flight = f.in_flight + t.fresh - t.closed,
+        allowance = p.allowance,
+        tokens = coalesce(p.tokens - t.sent, 0),
+        tokens_at = coalesce(%(now)s::timestamptz, now()),
+        active_at = coalesce(%(now)s::timestamptz, now())
+    FROM taken t JOIN pace p ON p.endpoint_id = t.endpoint_id
+    WHERE f.endpoint_id = t.endpoint_id
+),
+-- What this claim learnt of the endpoints it looked at, for the worker to skip them
+-- until it is worth asking again: full (every slot in flight: until outcomes are
+-- recorded), blocked for some seconds (paused, or out of tokens), or unknown here
+-- (no endpoint_flow row yet: the worker makes one and claims again).
+learnt AS (
+    SELECT p.endpoint_id,
+           CASE WHEN p.paused THEN extract(epoch FROM p.paused_until - coalesce(%(now)s::timestamptz, now()))::float8
+                WHEN p.rate IS NOT NULL AND p.tokens - coalesce(t.sent, 0) < 1
+                    THEN ((1 - (p.tokens - coalesce(t.sent, 0))) / p.rate)::float8
+           END AS blocked_for,
+           p.free - coalesce(t.fresh, 0) <= 0 AS no_room
+    FROM pace p
+    LEFT JOIN taken t ON t.endpoint_id = p.endpoint_id
 )
 SELECT l.delivery_id, l.event_id, l.endpoint_id, l.org_id, l.series, l.attempt,
        e.event_type, e.body, e.created_at, w.url, w.secret,
        CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END AS previous_secret,
        w.enabled AND w.deleted_at IS NULL AS endpoint_enabled, l.due_at AS lease_until,
-       NULL::float8 AS next_due_in
+       NULL::float8 AS next_due_in, NULL::text[] AS full_endpoints, NULL::text[] AS blocked_endpoints,
+       NULL::float8[] AS blocked_for, NULL::text[] AS unknown_endpoints
 FROM leased l
 JOIN outbox_event e ON e.id = l.event_id
 JOIN webhook_endpoint w ON w.id = l.endpoint_id
 UNION ALL
--- A last row, with only next_due_in: seconds until the earliest delivery not leased
--- here becomes due (a retry, a lease running out), so the worker knows how long it
--- may sleep without asking again.
+-- A last row, with only next_due_in and what the claim learnt: seconds until the
+-- earliest delivery not leased here becomes due (a retry, a lease running out), so
+-- the worker knows how long it may sleep without asking again.
 -- It also makes this statement's commit asynchronous (set_config local to its own
 -- transaction, so nothing is left on the session): waiting for the WAL flush was
 -- most of the time from a producer's commit to the send (median 0.2 ms, p99 2.6 ms
@@ -99,7 +170,12 @@ UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        (SELECT extract(epoch FROM min(q.due_at) - coalesce(%(now)s::timestamptz, now()))::float8
         FROM delivery_queue q
-        WHERE q.delivery_id NOT IN (SELECT delivery_id FROM due))
+        WHERE q.delivery_id NOT IN (SELECT delivery_id FROM due)),
+       (SELECT array_agg(endpoint_id) FROM learnt WHERE no_room AND blocked_for IS NULL),
+       (SELECT array_agg(endpoint_id ORDER BY endpoint_id) FROM learnt WHERE blocked_for IS NOT NULL),
+       (SELECT array_agg(blocked_for ORDER BY endpoint_id) FROM learnt WHERE blocked_for IS NOT NULL),
+       (SELECT array_agg(DISTINCT o.endpoint_id) FROM oldest o
+        WHERE NOT EXISTS (SELECT FROM endpoint_flow f WHERE f.endpoint_id = o.endpoint_id))
 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
 
 -- name: record_results
@@ -119,7 +195,7 @@ WITH r AS (
          AS r (delivery_id uuid, event_id uuid, endpoint_id text, org_id text, series int, attempt int,
                outcome delivery_outcome, retry_after float8, started_at timestamptz, duration_ms float8,
                http_status int, error_class text, error_message text, response_excerpt text,
-               lease_until timestamptz)
+               lease_until timestamptz, pause float8)
 ),
 finished AS (
     DELETE FROM delivery_queue q USING r
@@ -140,6 +216,43 @@ retrying AS (
 ),
 applied AS (
     SELECT * FROM finished UNION ALL SELECT * FROM retrying
+),
+-- Each endpoint's share of the batch, from the outcomes that closed a request
+-- (a late result's request was closed by whoever took its lease over). The
+-- allowance grows by one per success up to max_in_flight and halves, once a batch,
+-- when the endpoint timed out, could not be reached or answered 429/503; a
+-- Retry-After on a 429/503 (pause) stops every claim for the endpoint meanwhile.
+settled AS (
+    SELECT r.endpoint_id, count(*) AS closed,
+           count(*) FILTER (WHERE r.outcome = 'succeeded') AS successes,
+           bool_or(r.error_class IN ('timeout', 'connect_error') OR r.http_status IN (429, 503)) AS congested,
+           max(r.pause) AS pause
+    FROM r JOIN applied a ON a.delivery_id = r.delivery_id
+    -- Test events are sent outside the limits (leased by publish_test_event, not a claim).
+    WHERE %(paced)s
+    GROUP BY r.endpoint_id
+),
+-- Locked in one order, so that two workers' batches never deadlock on each other.
+flow AS MATERIALIZED (
+    SELECT f.endpoint_id FROM endpoint_flow f
+    WHERE f.endpoint_id = ANY (ARRAY(SELECT endpoint_id FROM settled))
+    ORDER BY f.endpoint_id
+    FOR UPDATE
+),
+paced AS (
+    UPDATE endpoint_flow f
+    SET in_flight = greatest(0, f.in_flight - s.closed),
+        allowance = CASE WHEN s.congested THEN greatest(1, f.allowance / 2)
+                         ELSE least(coalesce(w.max_in_flight, %(default_max_in_flight)s), f.allowance + s.successes)
+                    END,
+        paused_until = CASE WHEN s.pause IS NULL THEN f.paused_until
+                            ELSE greatest(f.paused_until, coalesce(%(now)s::timestamptz, now())
+                                                          + make_interval(secs => s.pause)) END,
+        active_at = coalesce(%(now)s::timestamptz, now())
+    FROM settled s
+    JOIN flow USING (endpoint_id)
+    JOIN webhook_endpoint w ON w.id = s.endpoint_id
+    WHERE f.endpoint_id = s.endpoint_id
 )
 INSERT INTO delivery_log (kind, delivery_id, event_id, endpoint_id, org_id, series, attempt, outcome,
                           next_attempt_at, worker_id, started_at, duration_ms, http_status,
@@ -190,6 +303,39 @@ updated AS (
     RETURNING w.id, w.org_id, w.url, w.enabled, w.disabled_reason, w.updated_at
 )
 SELECT id, org_id, url, disabled_reason, updated_at FROM updated WHERE NOT enabled
+
+-- name: ensure_endpoint_flow
+-- Make the endpoint_flow rows a claim found missing: for endpoints never claimed
+-- before, and for all of them after a crash or a failover emptied the unlogged
+-- table. in_flight starts from the leases that have not run out.
+INSERT INTO endpoint_flow (endpoint_id, in_flight, allowance, tokens, tokens_at, active_at)
+SELECT e.endpoint_id,
+       (SELECT count(*) FROM delivery_queue q
+        WHERE q.endpoint_id = e.endpoint_id AND q.leased_by IS NOT NULL
+          AND q.due_at > coalesce(%(now)s::timestamptz, now())),
+       %(initial_allowance)s, 0,
+       -- an hour ago: the rate limit's bucket starts full
+       coalesce(%(now)s::timestamptz, now()) - interval '1 hour', coalesce(%(now)s::timestamptz, now())
+FROM unnest(%(endpoint_ids)s::text[]) AS e (endpoint_id)
+ON CONFLICT (endpoint_id) DO NOTHING
+
+-- name: presence_heartbeat
+-- This worker is alive; returns the workers seen within alive_for seconds (this one
+-- included, even on its first beat) and forgets those not seen for forget_after.
+WITH beat AS (
+    INSERT INTO deliverer_presence (worker_id, seen_at) VALUES (%(worker_id)s, now())
+    ON CONFLICT (worker_id) DO UPDATE SET seen_at = excluded.seen_at
+),
+gone AS (
+    DELETE FROM deliverer_presence WHERE seen_at < now() - make_interval(secs => %(forget_after)s)
+)
+SELECT ARRAY(SELECT worker_id FROM deliverer_presence
+             WHERE seen_at >= now() - make_interval(secs => %(alive_for)s) AND worker_id <> %(worker_id)s
+             UNION ALL SELECT %(worker_id)s
+             ORDER BY 1)
+
+-- name: presence_leave
+DELETE FROM deliverer_presence WHERE worker_id = %(worker_id)s
 
 -- name: seconds_until_due
 -- Seconds until the earliest open delivery becomes due (a retry, or a lease

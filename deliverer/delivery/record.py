@@ -46,8 +46,12 @@ class Recorded(NamedTuple):
 
 
 async def write(conn: psycopg.AsyncConnection[Any], results: list[Result], *, worker_id: str,
-                now: datetime | None = None) -> list[Recorded]:
-    """Write a batch of outcomes in one statement (its own transaction)."""
+                default_max_in_flight: int, now: datetime | None = None, paced: bool = True) -> list[Recorded]:
+    """Write a batch of outcomes in one statement (its own transaction).
+
+    ``paced``: the deliveries were claimed within their endpoints' limits, so their
+    outcomes close requests and adapt the allowance. Test events are not.
+    """
     if not results:
         return []
     cur = await conn.execute(QUERIES["record_results"], {
@@ -60,8 +64,9 @@ async def write(conn: psycopg.AsyncConnection[Any], results: list[Result], *, wo
             "started_at": r.started_at, "duration_ms": r.outcome.duration_ms,
             "http_status": r.outcome.http_status, "error_class": r.outcome.error_class,
             "error_message": r.outcome.error_message, "response_excerpt": r.outcome.response_excerpt,
-            "lease_until": r.claimed.lease_until,
+            "lease_until": r.claimed.lease_until, "pause": r.pause,
         } for r in results]).decode(),
+        "default_max_in_flight": default_max_in_flight, "paced": paced,
     })
     return [Recorded(delivery_id, FactKind(kind), due) for delivery_id, kind, due in await cur.fetchall()]
 
@@ -71,11 +76,14 @@ class Recorder:
 
     def __init__(self, settings: Settings, worker_id: str, health: EndpointHealth, *,
                  clock: Callable[[], datetime] | None = None,
-                 on_ready: Callable[[bool], None] = lambda ready: None) -> None:
+                 on_ready: Callable[[bool], None] = lambda ready: None,
+                 on_recorded: Callable[[list[Result]], None] = lambda results: None) -> None:
         self.worker_id = worker_id
+        self.default_max_in_flight = settings.endpoint_max_in_flight
         self.health = health
         self.clock = clock
         self.on_ready = on_ready
+        self.on_recorded = on_recorded
         self.db = Reopening(settings, f"deliverer {worker_id}")
         self.pending: list[Result] = []
         self._arrived = asyncio.Event()
@@ -99,8 +107,10 @@ class Recorder:
         if not results:
             return []
         conn = await self.db.get()
-        recorded = await write(conn, results, worker_id=self.worker_id, now=self.clock() if self.clock else None)
+        recorded = await write(conn, results, worker_id=self.worker_id, now=self.clock() if self.clock else None,
+                               default_max_in_flight=self.default_max_in_flight)
         await self.health.update(conn, results)
+        self.on_recorded(results)
         return recorded
 
     async def run(self) -> None:

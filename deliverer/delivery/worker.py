@@ -27,15 +27,17 @@ import os
 import secrets
 import socket
 import uuid
+from typing import Any
 
 import psycopg
 import structlog
 
+from deliverer.delivery import wakeups
 from deliverer.delivery.attempt import Attempter, Result
 from deliverer.delivery.backoff import Backoff
 from deliverer.delivery.claim import Claimed, Claimer, Clock
 from deliverer.delivery.health import EndpointHealth
-from deliverer.delivery.limits import EndpointLimits
+from deliverer.delivery.queries import QUERIES
 from deliverer.delivery.record import Recorded, Recorder
 from deliverer.ops.metrics import METRICS
 from deliverer.settings import Settings
@@ -47,7 +49,7 @@ CHANNEL = "outbox_delivery"
 RECORD_GRACE = 10.0  # seconds to write outstanding outcomes at shutdown
 MIN_SLEEP = 0.005
 
-__all__ = ["CHANNEL", "RECORD_GRACE", "Claimed", "EndpointLimits", "Result", "Worker", "default_worker_id"]
+__all__ = ["CHANNEL", "RECORD_GRACE", "Claimed", "Result", "Worker", "default_worker_id"]
 
 
 def default_worker_id() -> str:
@@ -70,15 +72,17 @@ class Worker:
         self.worker_id = settings.worker_id or default_worker_id()
         self.ready = False
         self._working = {"claim": False, "record": True}
-        self.limits = EndpointLimits(settings.endpoint_concurrency, settings.endpoint_initial_concurrency)
-        self.claimer = Claimer(settings, self.worker_id, self.limits, clock=clock)
+        self.claimer = Claimer(settings, self.worker_id, clock=clock)
         self.attempter = Attempter(settings, clock=clock)
         self.recorder = Recorder(settings, self.worker_id, EndpointHealth(settings, clock=clock), clock=clock,
-                                 on_ready=lambda ready: self._set_ready(ready, "record"))
+                                 on_ready=lambda ready: self._set_ready(ready, "record"),
+                                 on_recorded=self._recorded)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._unsent: dict[uuid.UUID, Claimed] = {}  # claimed, no outcome yet: what shutdown hands back
         self._wake = asyncio.Event()  # a producer committed, or the listener reconnected
-        self._room = asyncio.Event()  # a send finished
+        self._room = asyncio.Event()  # a send finished: room in this process
+        self.peers: list[str] = []  # the live workers, this one included, as of the last heartbeat
+        self._closed = asyncio.Event()  # outcomes were recorded: requests closed, room at their endpoints
 
     async def __aenter__(self) -> "Worker":
         await self.attempter.__aenter__()
@@ -91,7 +95,7 @@ class Worker:
 
     # The parts, for tests, the demo and scripts ---------------------------------
 
-    def claim_params(self, limit: int, *, slow_start: bool = True) -> dict[str, object]:
+    def claim_params(self, limit: int, *, slow_start: bool = True) -> dict[str, Any]:
         return self.claimer.params(limit, slow_start=slow_start)
 
     async def claim(self, limit: int, *, slow_start: bool = True) -> list[Claimed]:
@@ -146,6 +150,7 @@ class Worker:
             await self._claim_loop(stop)
         finally:
             listener.cancel()
+            await self._leave()
             await self._drain(force)
             self.recorder.close()
             try:
@@ -173,6 +178,7 @@ class Worker:
             # runs must still wake the sleep below.
             self._wake.clear()
             self._room.clear()
+            self._closed.clear()
             try:
                 claimed = await self.claim(limit)
             except psycopg.Error as exc:
@@ -185,9 +191,9 @@ class Worker:
             # unstarted by a failure there would sit out a whole lease.
             for item in claimed:
                 self._start(item)
-            if len(claimed) == limit or any(self.limits.is_full(c.endpoint_id) for c in claimed):
-                # More may be due right now: the limit was reached, or an endpoint's room ran
-                # out and the claim's window of oldest rows may have held little else.
+            if len(claimed) == limit or self.claimer.learnt:
+                # More may be due right now: the limit was reached, or endpoints with no room
+                # left (now skipped) may have filled the claim's window of oldest rows.
                 continue
             await self._wait_for_work(stop)
 
@@ -195,15 +201,21 @@ class Worker:
         """Sleep until the next delivery is due, a producer commits, or the poll interval ends.
 
         Never spin: due rows the last claim could not take are being claimed by
-        another worker right now, or belong to endpoints with no room left here,
-        which a finishing send may free.
+        another worker right now, or belong to endpoints with no room left, which
+        recorded outcomes free (here, or at another worker within the skip's time).
         """
         wait, poll = self.next_due_in, self.settings.poll_interval
-        if wait is not None and wait <= 0 and self.limits.in_flight:
-            await self._sleep(stop, self._room, poll, also=self._wake)
+        skips_end = self.claimer.skips.next_change()
+        if wait is not None and wait <= 0 and (self._in_flight or skips_end is not None):
+            await self._sleep(stop, self._closed, poll if skips_end is None else min(poll, skips_end),
+                              also=self._wake)
             return
-        interval = poll if wait is None else min(wait, poll)
+        interval = min(x for x in (wait, poll, skips_end) if x is not None)
         await self._sleep(stop, self._wake, max(interval, MIN_SLEEP))
+
+    def _recorded(self, results: list[Result]) -> None:
+        self.claimer.skips.recorded({r.claimed.endpoint_id for r in results})
+        self._closed.set()
 
     async def _lost_database(self, exc: Exception, backoff: Backoff, stop: asyncio.Event) -> None:
         self._set_ready(False)
@@ -223,19 +235,16 @@ class Worker:
 
     def _start(self, claimed: Claimed) -> None:
         self._unsent[claimed.delivery_id] = claimed
-        self.limits.started(claimed.endpoint_id)
         self._in_flight.add(asyncio.create_task(self._send_and_queue(claimed)))
         METRICS.in_flight.set(len(self._in_flight))
 
     async def _send_and_queue(self, claimed: Claimed) -> None:
-        result = None
         try:
             result = await self.attempt(claimed)
             del self._unsent[claimed.delivery_id]
             self.recorder.add([result])
         finally:
-            self.limits.finished(claimed.endpoint_id, None if result is None else result.outcome)
-            self._in_flight.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._in_flight.discard(asyncio.current_task())
             METRICS.in_flight.set(len(self._in_flight))
             self._room.set()
 
@@ -254,8 +263,8 @@ class Worker:
     async def _finish_sends(self, force: asyncio.Event) -> None:
         log.info("finishing in-flight sends", in_flight=len(self._in_flight),
                  grace_s=self.settings.shutdown_grace)
-        sends = asyncio.gather(*self._in_flight, return_exceptions=True)
-        forced = asyncio.ensure_future(force.wait())
+        sends: asyncio.Future[Any] = asyncio.gather(*self._in_flight, return_exceptions=True)
+        forced: asyncio.Future[Any] = asyncio.ensure_future(force.wait())
         await asyncio.wait([sends, forced], timeout=self.settings.shutdown_grace,
                            return_when=asyncio.FIRST_COMPLETED)
         forced.cancel()
@@ -278,10 +287,26 @@ class Worker:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     backoff.reset()
                     self._wake.set()  # anything committed while not listening
-                    async for _ in conn.notifies():
-                        self._wake.set()
+                    await self._hear(conn)
             except psycopg.Error as exc:
                 METRICS.db_errors.labels("listen").inc()
                 log.warning("notification connection lost; reconnecting", error=str(exc).strip(),
                             retry_in_s=backoff.current)
                 await backoff.sleep()
+
+    async def _hear(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Wake the claim loop for the notifications that are this worker's turn; beat between them."""
+        while True:
+            cur = await conn.execute(QUERIES["presence_heartbeat"], {
+                "worker_id": self.worker_id, "alive_for": wakeups.ALIVE_FOR, "forget_after": wakeups.FORGET_AFTER})
+            row = await cur.fetchone()
+            self.peers = row[0] if row else []
+            async for note in conn.notifies(timeout=wakeups.BEAT):
+                if wakeups.chosen(note.payload, self.peers) in (None, self.worker_id):
+                    self._wake.set()
+
+    async def _leave(self) -> None:
+        """Leave the list of live workers, so notifications stop choosing this one."""
+        with contextlib.suppress(psycopg.Error):
+            conn = await self.claimer.db.get()
+            await conn.execute(QUERIES["presence_leave"], {"worker_id": self.worker_id})

@@ -65,7 +65,8 @@ async def send(conn: psycopg.AsyncConnection[Any], sender: Sender, endpoint: tup
     claimed = Claimed(delivery_id, event_id, endpoint_id, org_id, 1, 1, "webhook.test", body, created_at,
                       url, secret, previous_secret, True, lease_until)
     result = dataclasses.replace(await sender.attempter.attempt(claimed), retry_after=None)
-    await record.write(conn, [result], worker_id=sender.sender_id)
+    await record.write(conn, [result], worker_id=sender.sender_id, paced=False,
+                       default_max_in_flight=sender.settings.endpoint_max_in_flight)
     outcome = result.outcome
     return {
         "delivered": outcome.succeeded, "webhook_id": endpoint_id, "webhook_url": url,
