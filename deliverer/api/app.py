@@ -224,8 +224,8 @@ def _event_type_filter(value: str | None, name: str) -> str | None:
     return value
 
 
-def _endpoint_error(exc: EndpointError, field: str) -> ApiError:
-    return ApiError(422, "invalid_request", str(exc), field)
+def _endpoint_error(exc: EndpointError) -> ApiError:
+    return ApiError(422, "invalid_request", str(exc), exc.field)
 
 
 def _parse_id(parse: Callable[[str], uuid.UUID], raw: str, what: str) -> uuid.UUID:
@@ -253,19 +253,8 @@ async def create_webhook(request: web.Request) -> web.Response:
                 conn, org_id=request[ORG], url=url, event_types=events, description=description,
                 allow_insecure=request.app[SETTINGS].allow_insecure_urls, allowed=request.app[SETTINGS].networks)
         except EndpointError as exc:
-            raise _endpoint_error(exc, _field_of(exc)) from None
+            raise _endpoint_error(exc) from None
     return web.json_response(_endpoint_json(endpoint), status=201)
-
-
-def _field_of(exc: EndpointError) -> str:
-    text = str(exc)
-    if "endpoints, the most allowed" in text:
-        return "url"
-    if "event type" in text:
-        return "events"
-    if "description" in text:
-        return "description"
-    return "url"
 
 
 def _endpoint_json(endpoint: endpoints.Endpoint) -> dict[str, Any]:
@@ -307,7 +296,7 @@ async def update_webhook(request: web.Request) -> web.Response:
                                               allow_insecure=request.app[SETTINGS].allow_insecure_urls,
                                               allowed=request.app[SETTINGS].networks, **changes)
         except EndpointError as exc:
-            raise _endpoint_error(exc, _field_of(exc)) from None
+            raise _endpoint_error(exc) from None
     if endpoint is None:
         raise _not_found("webhook")
     return web.json_response(_endpoint_json(endpoint))

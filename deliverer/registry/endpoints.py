@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import psycopg
 
@@ -30,7 +30,14 @@ SECRET_BYTES = 32
 
 
 class EndpointError(ValueError):
-    """The endpoint cannot be registered as given; the message says how to fix it."""
+    """The endpoint cannot be registered as given; the message says how to fix it.
+
+    ``field`` names the input it is about, as the API's error object reports it.
+    """
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -70,9 +77,11 @@ def check_secret(secret: str) -> str:
     if not isinstance(secret, str) or not 16 <= len(secret) <= 512 or not secret.isprintable() or " " in secret:
         raise EndpointError(
             "an imported secret must be 16 to 512 printable characters without spaces; "
-            "leave it out to have a new whsec_ secret generated"
-        )
+            "leave it out to have a new whsec_ secret generated", "secret")
     return secret
+
+
+_INSECURE_HINT = "set DELIVERER_ALLOW_INSECURE_URLS=1 (development only) to allow it"
 
 
 def check_url(url: str, *, allow_insecure: bool, allowed: Sequence[ssrf.Network] | None = None) -> str:
@@ -81,27 +90,37 @@ def check_url(url: str, *, allow_insecure: bool, allowed: Sequence[ssrf.Network]
     ``allowed``: non-public networks that may still be targeted (Settings.networks); None means
     what development mode alone implies (see ssrf.allowed_networks).
     """
+    parts = _url_parts(url)
+    if not allow_insecure and parts.scheme != "https":
+        raise EndpointError(f"url {url!r} must use https://; plain http:// is refused: {_INSECURE_HINT}", "url")
+    if allowed is None:
+        allowed = ssrf.allowed_networks("", allow_insecure=allow_insecure)
+    _check_host(url, parts.hostname or "", allowed)
+    return url
+
+
+def _url_parts(url: str) -> SplitResult:
+    """The parts of an absolute http(s) URL with a host and nothing a webhook must not carry."""
     if not isinstance(url, str) or not url:
-        raise EndpointError("url is required, e.g. https://example.com/webhooks/docextract")
+        raise EndpointError("url is required, e.g. https://example.com/webhooks/docextract", "url")
     if len(url) > MAX_URL_LENGTH:
-        raise EndpointError(f"url is {len(url)} characters; the limit is {MAX_URL_LENGTH}")
+        raise EndpointError(f"url is {len(url)} characters; the limit is {MAX_URL_LENGTH}", "url")
     try:
         parts = urlsplit(url)
         host = parts.hostname
         parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError as exc:
-        raise EndpointError(f"url {url!r} is not a valid URL: {exc}") from None
+        raise EndpointError(f"url {url!r} is not a valid URL: {exc}", "url") from None
     if parts.scheme not in ("https", "http") or not host:
-        raise EndpointError(f"url {url!r} must be an absolute https:// URL with a host name")
+        raise EndpointError(f"url {url!r} must be an absolute https:// URL with a host name", "url")
     if parts.username is not None or parts.password is not None:
-        raise EndpointError("url must not contain a user name or password; authenticate with the signature")
+        raise EndpointError("url must not contain a user name or password; authenticate with the signature", "url")
     if parts.fragment:
-        raise EndpointError("url must not contain a #fragment")
-    hint = "set DELIVERER_ALLOW_INSECURE_URLS=1 (development only) to allow it"
-    if not allow_insecure and parts.scheme != "https":
-        raise EndpointError(f"url {url!r} must use https://; plain http:// is refused: {hint}")
-    if allowed is None:
-        allowed = ssrf.allowed_networks("", allow_insecure=allow_insecure)
+        raise EndpointError("url must not contain a #fragment", "url")
+    return parts
+
+
+def _check_host(url: str, host: str, allowed: Sequence[ssrf.Network]) -> None:
     host = host.lower()
     if host == "localhost" or host.endswith(".localhost"):
         host = "127.0.0.1"
@@ -110,9 +129,8 @@ def check_url(url: str, *, allow_insecure: bool, allowed: Sequence[ssrf.Network]
     except ssrf.SsrfBlocked as exc:
         raise EndpointError(
             f"url {url!r} points at a loopback or private address, which a webhook must not target "
-            f"({str(exc).removeprefix('refused to connect: ')}); {hint}, or list the network in "
-            "DELIVERER_ALLOWED_NETWORKS") from None
-    return url
+            f"({str(exc).removeprefix('refused to connect: ')}); {_INSECURE_HINT}, or list the network in "
+            "DELIVERER_ALLOWED_NETWORKS", "url") from None
 
 
 def check_event_types(event_types: Iterable[str] | None) -> list[str] | None:
@@ -122,7 +140,7 @@ def check_event_types(event_types: Iterable[str] | None) -> list[str] | None:
     unknown = sorted(set(chosen) - {*EVENT_TYPES, "*"})
     if unknown:
         raise EndpointError(
-            f"unknown event type(s) {', '.join(unknown)}; known: {', '.join(EVENT_TYPES)}, or * for all")
+            f"unknown event type(s) {', '.join(unknown)}; known: {', '.join(EVENT_TYPES)}, or * for all", "events")
     if not chosen or "*" in chosen:
         return None
     return sorted(set(chosen), key=EVENT_TYPES.index)
@@ -137,12 +155,12 @@ def _endpoint(row: tuple[Any, ...], secret: str | None = None) -> Endpoint:
 
 def _check_org(org_id: str) -> None:
     if not isinstance(org_id, str) or not org_id or len(org_id) > 255:
-        raise EndpointError("org_id must be a non-empty string of at most 255 characters")
+        raise EndpointError("org_id must be a non-empty string of at most 255 characters", "org_id")
 
 
 def check_description(description: str) -> str:
     if not isinstance(description, str) or len(description) > 1000:
-        raise EndpointError("description must be a string of at most 1000 characters")
+        raise EndpointError("description must be a string of at most 1000 characters", "description")
     return description
 
 
@@ -165,8 +183,9 @@ def _sealed(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _too_many(org_id: str) -> EndpointError:
+    # Reported on url: the endpoint as a whole, which the request names by its URL.
     return EndpointError(f"org {org_id} already has {MAX_ENDPOINTS_PER_ORG} endpoints, the most allowed; "
-                         "delete one it no longer needs first")
+                         "delete one it no longer needs first", "url")
 
 
 def add(conn: psycopg.Connection, *, org_id: str, url: str, event_types: Iterable[str] | None = None,
@@ -208,7 +227,7 @@ async def list_async(conn: psycopg.AsyncConnection[Any], org_id: str) -> list[En
 def set_enabled(conn: psycopg.Connection, endpoint_id: str, enabled: bool) -> Endpoint:
     row = conn.execute(QUERIES["set_endpoint_enabled"], {"id": endpoint_id, "enabled": enabled}).fetchone()
     if row is None:
-        raise EndpointError(f"no endpoint {endpoint_id!r}; `deliverer endpoints list` shows the ids")
+        raise EndpointError(f"no endpoint {endpoint_id!r}; `deliverer endpoints list` shows the ids", "endpoint_id")
     return _endpoint(row)
 
 
