@@ -137,8 +137,8 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         found = await apikeys.authenticate(conn, key.strip())
     if found is None:
         raise ApiError(401, "unauthorized", "the API key is not valid; create one with `deliverer keys create`")
-    request[ORG], request[KEY_ID] = found
-    with structlog.contextvars.bound_contextvars(org_id=found[0]):
+    request[ORG], request[KEY_ID] = found.org_id, found.key_id
+    with structlog.contextvars.bound_contextvars(org_id=found.org_id):
         return await handler(request)
 
 

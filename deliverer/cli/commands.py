@@ -320,17 +320,12 @@ def cmd_reseal(args: argparse.Namespace) -> int:
     """Seal every endpoint secret with the first key of DELIVERER_SECRET_KEYS (after a key rotation)."""
     from deliverer.security import sealing
 
-    with _connect(_settings(args)) as conn, conn.transaction():
-        rows = conn.execute(REGISTRY_SQL["endpoint_secrets"]).fetchall()
-        for endpoint_id, secret, previous in rows:
-            try:
-                conn.execute(REGISTRY_SQL["store_sealed_secrets"], {
-                    "id": endpoint_id, "secret": sealing.reseal(secret),
-                    "previous_secret": None if previous is None else sealing.reseal(previous),
-                })
-            except sealing.SealingError as exc:
-                raise config.ConfigError(str(exc)) from None
-    print(f"re-sealed the secrets of {len(rows)} endpoints with the first key of {sealing.ENV}")
+    with _connect(_settings(args)) as conn:
+        try:
+            count = endpoints.reseal_secrets(conn)
+        except sealing.SealingError as exc:
+            raise config.ConfigError(str(exc)) from None
+    print(f"re-sealed the secrets of {count} endpoints with the first key of {sealing.ENV}")
     return 0
 
 

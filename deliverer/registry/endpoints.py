@@ -11,12 +11,13 @@ import asyncio
 import base64
 import secrets
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import SplitResult, urlsplit
 
 import psycopg
+from psycopg.rows import class_row
 
 from deliverer.registry.queries import QUERIES
 from deliverer.security import sealing, ssrf
@@ -146,11 +147,16 @@ def check_event_types(event_types: Iterable[str] | None) -> list[str] | None:
     return sorted(set(chosen), key=EVENT_TYPES.index)
 
 
-def _endpoint(row: tuple[Any, ...], secret: str | None = None) -> Endpoint:
-    return Endpoint(
-        id=row[0], org_id=row[1], url=row[2], event_types=row[3], description=row[4],
-        enabled=row[5], created_at=row[6], updated_at=row[7], disabled_reason=row[8], secret=secret,
-    )
+_AS_ENDPOINT = class_row(Endpoint)  # the queries return exactly Endpoint's columns, secret aside
+
+
+def _one(conn: psycopg.Connection, query: str, params: dict[str, Any]) -> Endpoint | None:
+    return conn.cursor(row_factory=_AS_ENDPOINT).execute(QUERIES[query], params).fetchone()
+
+
+async def _one_async(conn: psycopg.AsyncConnection[Any], query: str, params: dict[str, Any]) -> Endpoint | None:
+    cur = await conn.cursor(row_factory=_AS_ENDPOINT).execute(QUERIES[query], params)
+    return await cur.fetchone()
 
 
 def _check_org(org_id: str) -> None:
@@ -195,10 +201,10 @@ def add(conn: psycopg.Connection, *, org_id: str, url: str, event_types: Iterabl
 
     ``allow_insecure`` and ``allowed`` are the URL rules of :func:`check_url`."""
     params = _new_endpoint_params(org_id, url, event_types, secret, description, allow_insecure, allowed)
-    row = conn.execute(QUERIES["insert_endpoint"], _sealed(params)).fetchone()
-    if row is None:
+    endpoint = _one(conn, "insert_endpoint", _sealed(params))
+    if endpoint is None:
         raise _too_many(org_id)
-    return _endpoint(row, params["plain_secret"])
+    return replace(endpoint, secret=params["plain_secret"])
 
 
 async def add_async(conn: psycopg.AsyncConnection[Any], *, org_id: str, url: str,
@@ -209,32 +215,30 @@ async def add_async(conn: psycopg.AsyncConnection[Any], *, org_id: str, url: str
     # Checking the URL may resolve its host name: not on the event loop.
     params = await asyncio.to_thread(_new_endpoint_params, org_id, url, event_types, secret, description,
                                      allow_insecure, allowed)
-    row = await (await conn.execute(QUERIES["insert_endpoint"], _sealed(params))).fetchone()
-    if row is None:
+    endpoint = await _one_async(conn, "insert_endpoint", _sealed(params))
+    if endpoint is None:
         raise _too_many(org_id)
-    return _endpoint(row, params["plain_secret"])
+    return replace(endpoint, secret=params["plain_secret"])
 
 
 def list_all(conn: psycopg.Connection, org_id: str | None = None) -> list[Endpoint]:
-    return [_endpoint(row) for row in conn.execute(QUERIES["list_endpoints"], {"org_id": org_id})]
+    return conn.cursor(row_factory=_AS_ENDPOINT).execute(QUERIES["list_endpoints"], {"org_id": org_id}).fetchall()
 
 
 async def list_async(conn: psycopg.AsyncConnection[Any], org_id: str) -> list[Endpoint]:
-    cur = await conn.execute(QUERIES["list_endpoints"], {"org_id": org_id})
-    return [_endpoint(row) for row in await cur.fetchall()]
+    cur = await conn.cursor(row_factory=_AS_ENDPOINT).execute(QUERIES["list_endpoints"], {"org_id": org_id})
+    return await cur.fetchall()
 
 
 def set_enabled(conn: psycopg.Connection, endpoint_id: str, enabled: bool) -> Endpoint:
-    row = conn.execute(QUERIES["set_endpoint_enabled"], {"id": endpoint_id, "enabled": enabled}).fetchone()
-    if row is None:
+    endpoint = _one(conn, "set_endpoint_enabled", {"id": endpoint_id, "enabled": enabled})
+    if endpoint is None:
         raise EndpointError(f"no endpoint {endpoint_id!r}; `deliverer endpoints list` shows the ids", "endpoint_id")
-    return _endpoint(row)
+    return endpoint
 
 
 async def get(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: str | None) -> Endpoint | None:
-    cur = await conn.execute(QUERIES["get_endpoint"], {"id": endpoint_id, "org_id": org_id})
-    row = await cur.fetchone()
-    return None if row is None else _endpoint(row)
+    return await _one_async(conn, "get_endpoint", {"id": endpoint_id, "org_id": org_id})
 
 
 _UNSET: Any = object()
@@ -245,7 +249,7 @@ async def update(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: s
                  allow_insecure: bool = False, allowed: Sequence[ssrf.Network] | None = None) -> Endpoint | None:
     """Change the given fields; None (or, for event_types, leaving it out) keeps a field as it is."""
     set_events = event_types is not _UNSET
-    cur = await conn.execute(QUERIES["update_endpoint"], {
+    return await _one_async(conn, "update_endpoint", {
         "id": endpoint_id, "org_id": org_id,
         "url": None if url is None else await asyncio.to_thread(check_url, url, allow_insecure=allow_insecure,
                                                                 allowed=allowed),
@@ -254,8 +258,6 @@ async def update(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: s
         "description": None if description is None else check_description(description),
         "enabled": enabled,
     })
-    row = await cur.fetchone()
-    return None if row is None else _endpoint(row)
 
 
 async def delete(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: str) -> bool:
@@ -267,8 +269,52 @@ async def rotate_secret(conn: psycopg.AsyncConnection[Any], endpoint_id: str, or
                         grace_seconds: float = ROTATION_GRACE_SECONDS) -> Endpoint | None:
     """Replace the secret; the old one stays valid (signed for too) for ``grace_seconds``."""
     secret = new_secret()
-    cur = await conn.execute(QUERIES["rotate_endpoint_secret"], {"id": endpoint_id, "org_id": org_id,
+    endpoint = await _one_async(conn, "rotate_endpoint_secret", {"id": endpoint_id, "org_id": org_id,
                                                                  "secret": sealing.seal(secret),
                                                                  "grace_seconds": grace_seconds})
-    row = await cur.fetchone()
-    return None if row is None else _endpoint(row, secret)
+    return None if endpoint is None else replace(endpoint, secret=secret)
+
+
+@dataclass(frozen=True)
+class _StoredSecrets:
+    id: str
+    secret: str
+    previous_secret: str | None
+
+
+def reseal_secrets(conn: psycopg.Connection) -> int:
+    """Seal every endpoint's secrets again with the first key of DELIVERER_SECRET_KEYS, in one
+    transaction (after a key rotation); returns the number of endpoints."""
+    with conn.transaction():
+        stored = conn.cursor(row_factory=class_row(_StoredSecrets)).execute(QUERIES["endpoint_secrets"]).fetchall()
+        for row in stored:
+            conn.execute(QUERIES["store_sealed_secrets"], {
+                "id": row.id, "secret": sealing.reseal(row.secret),
+                "previous_secret": None if row.previous_secret is None else sealing.reseal(row.previous_secret),
+            })
+    return len(stored)
+
+
+class Target(NamedTuple):
+    """An endpoint as sending to it needs it: where, its sealed secrets (the previous one while its grace
+    lasts), and whether it is enabled. A tuple, in the order ``history.ping.send`` unpacks."""
+
+    id: str
+    org_id: str
+    url: str
+    secret: str
+    previous_secret: str | None
+    enabled: bool
+
+
+async def target_by_url(conn: psycopg.AsyncConnection[Any], org_id: str | None, url: str) -> Target | None:
+    """The endpoint registered at ``url`` (of ``org_id``, unless None), preferring an enabled one."""
+    cur = await conn.cursor(row_factory=class_row(Target)).execute(
+        QUERIES["find_endpoint_by_url"], {"org_id": org_id, "url": url})
+    return await cur.fetchone()
+
+
+async def target_by_id(conn: psycopg.AsyncConnection[Any], org_id: str | None, endpoint_id: str) -> Target | None:
+    cur = await conn.cursor(row_factory=class_row(Target)).execute(
+        QUERIES["endpoint_for_test"], {"org_id": org_id, "id": endpoint_id})
+    return await cur.fetchone()
