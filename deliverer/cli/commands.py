@@ -26,7 +26,6 @@ from deliverer import settings as config
 from deliverer.delivery import backlog
 from deliverer.history import logs as history
 from deliverer.history import projection
-from deliverer.history.queries import QUERIES as HISTORY_SQL
 from deliverer.ops import logsetup as logconfig
 from deliverer.ops import probes
 from deliverer.registry import apikeys, endpoints
@@ -198,11 +197,11 @@ def cmd_endpoints_enable(args: argparse.Namespace, enabled: bool) -> int:
 def cmd_rebuild(args: argparse.Namespace) -> int:
     with _connect(_settings(args)) as conn:
         if args.check:
-            rows = projection.diff(conn)
-            for row in rows:
-                print(row[0], delivery_public_id(row[1]), *row[2:])
-            print(f"{len(rows)} rows differ" if rows else "delivery_queue matches the log")
-            return 1 if rows else 0
+            differences = projection.diff(conn)
+            for d in differences:
+                print(d.side, delivery_public_id(d.delivery_id), *d[2:])
+            print(f"{len(differences)} rows differ" if differences else "delivery_queue matches the log")
+            return 1 if differences else 0
         count = projection.rebuild(conn)
     print(f"delivery_queue rebuilt from the log: {count} open deliveries")
     return 0
@@ -226,13 +225,14 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
 
 def delivery_rows(conn: psycopg.Connection, org_id: str | None, limit: int) -> list[list[Any]]:
-    rows = conn.execute(HISTORY_SQL["delivery_summary"], {"org_id": org_id, "limit": limit}).fetchall()
-    return [[delivery_public_id(r[0]), event_public_id(r[1]), *r[2:]] for r in rows]
+    return [[delivery_public_id(d.delivery_id), event_public_id(d.event_id), d.event_type, d.endpoint_id, d.url,
+             d.state, d.series, d.attempt, d.due_at, d.updated_at]
+            for d in history.delivery_summaries(conn, org_id, limit)]
 
 
 def attempt_rows(conn: psycopg.Connection, org_id: str | None) -> list[list[Any]]:
-    rows = conn.execute(HISTORY_SQL["attempt_history"], {"org_id": org_id}).fetchall()
-    return [[r[1], r[5], delivery_public_id(r[3]), r[8], r[2], r[9], r[10], r[11], r[13]] for r in rows]
+    return [[a.at, a.event_type, delivery_public_id(a.delivery_id), a.attempt, a.kind, a.outcome, a.http_status,
+             a.duration_ms, a.error_message] for a in history.attempt_history(conn, org_id)]
 
 
 DELIVERY_HEADERS = ["delivery", "event", "type", "endpoint", "url", "state", "series", "attempts", "due",
