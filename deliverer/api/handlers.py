@@ -17,6 +17,7 @@ from deliverer.api.errors import ApiError, not_found
 from deliverer.api.validation import (
     event_list,
     event_type_filter,
+    event_types_filter,
     json_object,
     known_query,
     outcome_filter,
@@ -206,9 +207,7 @@ async def replay_delivery(request: web.Request) -> web.Response:
 
 async def list_events(request: web.Request) -> web.Response:
     query = known_query(request, {"after", "limit", "types"})
-    types = None
-    if "types" in query:
-        types = [event_type_filter(t, "types") for t in query["types"].split(",")]
+    types = event_types_filter(query["types"], "types") if "types" in query else None
     async with request.app[POOL].connection() as conn:
         try:
             items, cursor = await history.events_after(conn, request[ORG], cursor=query.get("after"),

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
-from multidict import MultiDictProxy
+from multidict import MultiMapping
 
 from deliverer.api.errors import ApiError, not_found
 from deliverer.facts import Outcome
@@ -68,7 +68,7 @@ def typed(body: dict[str, Any], name: str, kind: type | tuple[type, ...], label:
 
 
 def event_list(body: dict[str, Any]) -> list[str] | None:
-    events = typed(body, "events", list, 'a list of event types, or ["*"] for all')
+    events: list[str] | None = typed(body, "events", list, 'a list of event types, or ["*"] for all')
     if events is not None and not all(isinstance(e, str) for e in events):
         raise ApiError(422, "invalid_request", "events must be a list of strings", "events")
     return events
@@ -108,7 +108,7 @@ def recovery_window(body: dict[str, Any]) -> tuple[datetime, datetime]:
     return since, until
 
 
-def known_query(request: web.Request, allowed: set[str]) -> MultiDictProxy[str]:
+def known_query(request: web.Request, allowed: set[str]) -> MultiMapping[str]:
     """The query string, refused if it has a parameter outside ``allowed``."""
     unknown = sorted(set(request.query) - allowed)
     if unknown:
@@ -135,7 +135,16 @@ def outcome_filter(value: str | None) -> str | None:
 
 
 def event_type_filter(value: str | None, name: str) -> str | None:
-    if value is not None and value not in EVENT_TYPES:
+    return None if value is None else _event_type(value, name)
+
+
+def event_types_filter(value: str, name: str) -> list[str]:
+    """A comma-separated list of event types."""
+    return [_event_type(t, name) for t in value.split(",")]
+
+
+def _event_type(value: str, name: str) -> str:
+    if value not in EVENT_TYPES:
         raise ApiError(422, "invalid_request", f"{name} must be one of {', '.join(EVENT_TYPES)}", name)
     return value
 

@@ -8,6 +8,7 @@ overridden by the flag of the same name, e.g. DELIVERER_HTTP_TIMEOUT and
 import argparse
 from collections.abc import Callable
 from dataclasses import fields
+from typing import TypeAlias
 
 from deliverer import settings as config
 from deliverer.cli import commands as cmd
@@ -15,7 +16,8 @@ from deliverer.cli import commands as cmd
 DESCRIPTION = "The ``deliverer`` command."
 
 Command = Callable[[argparse.Namespace], int]
-Subcommands = argparse._SubParsersAction  # what add_subparsers returns; argparse does not name it publicly
+# What add_subparsers returns: argparse names it only privately, and generic only to type checkers.
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def build_parser() -> argparse.ArgumentParser:
