@@ -5,6 +5,9 @@ subscribes to (all of them when none are given) and the secret its requests are
 signed with. New secrets follow the Standard Webhooks format: ``whsec_`` and
 the base64 of 32 random bytes. An existing secret can be imported instead, so
 customers moving from another sender keep theirs.
+
+Secrets are stored sealed (``deliverer.security.sealing``); ``reseal_secrets`` seals
+them again after a key rotation. ``Target`` is an endpoint as sending to it needs it.
 """
 
 import asyncio
@@ -297,7 +300,7 @@ def reseal_secrets(conn: psycopg.Connection) -> int:
 
 class Target(NamedTuple):
     """An endpoint as sending to it needs it: where, its sealed secrets (the previous one while its grace
-    lasts), and whether it is enabled. A tuple, in the order ``history.ping.send`` unpacks."""
+    lasts), and whether it is enabled. A tuple in the columns' order, so code unpacking the row keeps working."""
 
     id: str
     org_id: str
