@@ -1,3 +1,3 @@
-from deliverer.cli.commands import main
+from deliverer.cli import main
 
 raise SystemExit(main())

@@ -153,17 +153,16 @@ class TestAcrossWorkers:
             self, dsn: str, db: psycopg.Connection, receiver: Receiver, clock: FakeClock) -> None:
         """Recording a test event's outcome closes no claimed request."""
         from deliverer.history import ping
-        from deliverer.registry.queries import QUERIES as REGISTRY_SQL
+        from deliverer.registry import endpoints
         endpoint = add_endpoint(db, receiver, "/ep")
         publish(db, "org_a", 1)
         async with Worker(settings_for(dsn), clock=clock) as worker:
             assert len(await worker.claim(10)) == 1
             async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn, \
                     ping.Sender(settings_for(dsn), "api-test") as sender:
-                row = await (await conn.execute(REGISTRY_SQL["find_endpoint_by_url"],
-                                                {"org_id": "org_a", "url": endpoint.url})).fetchone()
-                assert row is not None
-                assert (await ping.send(conn, sender, row))["delivered"] is True
+                target = await endpoints.target_by_url(conn, "org_a", endpoint.url)
+                assert target is not None
+                assert (await ping.send(conn, sender, target))["delivered"] is True
             assert flow(db, endpoint.id)["in_flight"] == 1
 
 

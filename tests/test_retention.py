@@ -16,7 +16,8 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 import outbox
-from deliverer.cli.commands import build_parser, cmd_retention
+from deliverer.cli.commands import cmd_retention
+from deliverer.cli.parser import build_parser
 from deliverer.history import projection, replay
 from deliverer.storage import partitions, schema
 from deliverer.storage.queries import QUERIES

@@ -1,5 +1,6 @@
-"""The HTTP API (``deliverer api``): the aiohttp app and its middlewares, the handlers,
-request validation, the OpenAPI document and the dashboard's static files.
+"""The HTTP API (``deliverer api``): the aiohttp app and its middlewares (``app``), the
+handlers (``handlers``), request validation (``validation``), the error shape (``errors``),
+what the app and its requests carry (``context``), the OpenAPI document and the dashboard.
 
 May import everything but ``deliverer.cli`` and ``deliverer.dev``.
 """

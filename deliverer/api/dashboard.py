@@ -1,6 +1,6 @@
 """The Webhooks dashboard: a static page served by ``deliverer api`` at /dashboard.
 
-The page (HTML, one script, one stylesheet, all in ``deliverer/static/``) is
+The page (HTML, one script, one stylesheet, all in ``deliverer/api/static/``) is
 public and carries no secrets: it asks for an org's API key, keeps it in the
 tab's sessionStorage and sends it only in the Authorization header of its calls
 to the JSON API under /v1/, so the key never appears in a URL or an access log.

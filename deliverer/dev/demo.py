@@ -24,7 +24,7 @@ from aiohttp import web
 
 import outbox
 from deliverer import settings as config
-from deliverer.cli.commands import ATTEMPT_HEADERS, DELIVERY_HEADERS, attempt_rows, delivery_rows, format_table
+from deliverer.cli.output import ATTEMPT_HEADERS, DELIVERY_HEADERS, attempt_rows, delivery_rows, format_table
 from deliverer.delivery.worker import Worker
 from deliverer.dev import database as devdb
 from deliverer.history import projection

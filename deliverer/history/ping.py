@@ -17,6 +17,7 @@ from deliverer.delivery import record
 from deliverer.delivery.attempt import Attempter
 from deliverer.delivery.claim import Claimed
 from deliverer.history.queries import QUERIES
+from deliverer.registry.endpoints import Target
 from deliverer.settings import Settings
 from outbox.events import TEST_MESSAGE, format_timestamp
 from outbox.ids import delivery_public_id, event_public_id, new_event_uuid
@@ -48,8 +49,8 @@ class Sender:
         await self.attempter.__aexit__(*exc)
 
 
-async def send(conn: psycopg.AsyncConnection[Any], sender: Sender, endpoint: tuple[Any, ...]) -> dict[str, Any]:
-    """Send a webhook.test event to ``endpoint`` (a find_endpoint_by_url row) and report what happened."""
+async def send(conn: psycopg.AsyncConnection[Any], sender: Sender, endpoint: Target) -> dict[str, Any]:
+    """Send a webhook.test event to ``endpoint`` and report what happened."""
     endpoint_id, org_id, url, secret, previous_secret, enabled = endpoint
     if not enabled:
         raise EndpointDisabled(f"endpoint {endpoint_id} is disabled; enable it before sending a test event")

@@ -5,16 +5,33 @@ view, which folds delivery_log. Rebuilding replaces it, in one transaction, by
 what the log says; ``diff`` lists any row where the two disagree.
 """
 
-from typing import Any
+import uuid
+from datetime import datetime
+from typing import Literal, NamedTuple
 
 import psycopg
+from psycopg.rows import class_row
 
 from deliverer.history.queries import QUERIES
 
 
-def diff(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
+class Difference(NamedTuple):
+    """A delivery_queue row found on one side only: in the live queue or in the log's fold."""
+
+    side: Literal["only_live", "only_log"]
+    delivery_id: uuid.UUID
+    event_id: uuid.UUID
+    endpoint_id: str
+    org_id: str
+    series: int
+    attempt: int
+    due_at: datetime | None
+    leased_by: str | None
+
+
+def diff(conn: psycopg.Connection) -> list[Difference]:
     """Rows present only in the live queue ('only_live') or only in the log's fold ('only_log')."""
-    return conn.execute(QUERIES["diff_delivery_queue"]).fetchall()
+    return conn.cursor(row_factory=class_row(Difference)).execute(QUERIES["diff_delivery_queue"]).fetchall()
 
 
 def rebuild(conn: psycopg.Connection) -> int:

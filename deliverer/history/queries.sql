@@ -43,10 +43,10 @@ ORDER BY e.created_at DESC, w.url
 LIMIT %(limit)s
 
 -- name: attempt_history
--- Attempts in the order they were recorded, with their event and endpoint.
-SELECT l.seq, coalesce(l.started_at, l.recorded_at), l.kind, l.delivery_id, l.event_id, e.event_type, l.endpoint_id,
-       l.series, l.attempt, l.outcome, l.http_status, l.duration_ms, l.error_class,
-       l.error_message, l.next_attempt_at, l.worker_id
+-- Attempts in the order they were recorded, with their event's type: the columns of attempts.
+SELECT l.seq, coalesce(l.started_at, l.recorded_at) AS at, e.event_type, l.event_id, l.delivery_id,
+       l.endpoint_id, l.series, l.attempt, l.kind, l.outcome, l.http_status, l.duration_ms,
+       l.error_class, l.error_message, l.next_attempt_at
 FROM delivery_log l
 JOIN outbox_event e ON e.id = l.event_id
 WHERE l.kind IN ('attempt_finished', 'attempt_abandoned', 'late_result')
@@ -154,7 +154,7 @@ LIMIT %(limit)s
 
 -- name: get_delivery
 SELECT s.delivery_id, s.event_id, e.event_type, s.endpoint_id, s.org_id, s.state, s.series, s.attempt,
-       s.due_at, s.updated_at, e.created_at
+       s.due_at, s.updated_at, e.created_at AS event_created_at
 FROM delivery_state s
 JOIN outbox_event e ON e.id = s.event_id
 WHERE s.delivery_id = %(delivery_id)s AND (%(org_id)s::text IS NULL OR s.org_id = %(org_id)s)
@@ -167,12 +167,12 @@ WHERE delivery_id = %(delivery_id)s
 ORDER BY seq
 
 -- name: get_event
-SELECT id, org_id, event_type, body, created_at
+SELECT id, event_type, body, created_at
 FROM outbox_event
 WHERE id = %(event_id)s AND org_id = %(org_id)s
 
 -- name: event_deliveries
-SELECT delivery_id, endpoint_id, state, series, attempt, due_at, updated_at
+SELECT delivery_id, endpoint_id, state, series, attempt, updated_at
 FROM delivery_state
 WHERE delivery_id = ANY (ARRAY(
         SELECT delivery_id FROM delivery_log WHERE event_id = %(event_id)s AND kind = 'scheduled'))
@@ -182,7 +182,7 @@ ORDER BY endpoint_id
 -- An org's events in commit order after the cursor (txid, id). Only transactions
 -- older than every transaction still running are read, so an event committed late
 -- by a long transaction is never skipped: it waits until it can come in order.
-SELECT id, event_type, body, created_at, txid::text
+SELECT id, event_type, body, created_at, txid::text AS txid
 FROM outbox_event
 WHERE org_id = %(org_id)s
   AND (txid, id) > (%(after_txid)s::xid8, %(after_id)s::uuid)

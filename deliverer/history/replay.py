@@ -34,7 +34,8 @@ async def replay(conn: psycopg.AsyncConnection[Any], delivery_ids: list[uuid.UUI
         cur = await conn.execute(QUERIES["replay_deliveries"], {
             "delivery_ids": delivery_ids, "org_id": org_id, "actor": actor, "now": now,
         })
-        return [Replayed(row[0], row[1]) for row in await cur.fetchall()]
+        # notified only makes the statement run its pg_notify
+        return [Replayed(delivery_id, series) for delivery_id, series, _notified in await cur.fetchall()]
 
 
 async def failed_deliveries(conn: psycopg.AsyncConnection[Any], endpoint_id: str, *, since: datetime,
@@ -42,7 +43,7 @@ async def failed_deliveries(conn: psycopg.AsyncConnection[Any], endpoint_id: str
     cur = await conn.execute(QUERIES["failed_deliveries_of_endpoint"], {
         "endpoint_id": endpoint_id, "since": since, "until": until,
     })
-    return [row[0] for row in await cur.fetchall()]
+    return [delivery_id for (delivery_id,) in await cur.fetchall()]
 
 
 async def recover(conn: psycopg.AsyncConnection[Any], endpoint_id: str, *, org_id: str | None, since: datetime,

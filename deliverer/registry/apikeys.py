@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg.rows import class_row, dict_row
 
 from deliverer.registry.queries import QUERIES
 
@@ -26,6 +27,14 @@ class CreatedKey:
     created_at: datetime
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who a valid key speaks for."""
+
+    org_id: str
+    key_id: str
+
+
 def key_hash(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8")).digest()
 
@@ -34,16 +43,17 @@ def create(conn: psycopg.Connection, org_id: str, *, test: bool = False) -> Crea
     if not isinstance(org_id, str) or not org_id or len(org_id) > 255:
         raise ValueError("org_id must be a non-empty string of at most 255 characters")
     key = _PREFIXES[test] + secrets.token_urlsafe(32)
-    row = conn.execute(QUERIES["insert_api_key"], {
+    row = conn.cursor(row_factory=dict_row).execute(QUERIES["insert_api_key"], {
         "id": "key_" + secrets.token_hex(8), "org_id": org_id, "key_hash": key_hash(key), "prefix": key[:12],
     }).fetchone()
     assert row is not None
-    return CreatedKey(row[0], row[1], key, row[2], row[3])
+    return CreatedKey(key=key, **row)
 
 
-async def authenticate(conn: psycopg.AsyncConnection[Any], key: str) -> tuple[str, str] | None:
-    """(org id, key id) for a valid key; None for an unknown, revoked or malformed one."""
+async def authenticate(conn: psycopg.AsyncConnection[Any], key: str) -> Caller | None:
+    """Who a valid key speaks for; None for an unknown, revoked or malformed one."""
     if not key.startswith(_PREFIXES) or len(key) > 200:
         return None
-    row = await (await conn.execute(QUERIES["org_for_api_key"], {"key_hash": key_hash(key)})).fetchone()
-    return None if row is None else (row[0], row[1])
+    cur = await conn.cursor(row_factory=class_row(Caller)).execute(QUERIES["org_for_api_key"],
+                                                                   {"key_hash": key_hash(key)})
+    return await cur.fetchone()

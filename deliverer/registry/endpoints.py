@@ -5,18 +5,22 @@ subscribes to (all of them when none are given) and the secret its requests are
 signed with. New secrets follow the Standard Webhooks format: ``whsec_`` and
 the base64 of 32 random bytes. An existing secret can be imported instead, so
 customers moving from another sender keep theirs.
+
+Secrets are stored sealed (``deliverer.security.sealing``); ``reseal_secrets`` seals
+them again after a key rotation. ``Target`` is an endpoint as sending to it needs it.
 """
 
 import asyncio
 import base64
 import secrets
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, NamedTuple
+from urllib.parse import SplitResult, urlsplit
 
 import psycopg
+from psycopg.rows import class_row
 
 from deliverer.registry.queries import QUERIES
 from deliverer.security import sealing, ssrf
@@ -30,7 +34,14 @@ SECRET_BYTES = 32
 
 
 class EndpointError(ValueError):
-    """The endpoint cannot be registered as given; the message says how to fix it."""
+    """The endpoint cannot be registered as given; the message says how to fix it.
+
+    ``field`` names the input it is about, as the API's error object reports it.
+    """
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -70,9 +81,11 @@ def check_secret(secret: str) -> str:
     if not isinstance(secret, str) or not 16 <= len(secret) <= 512 or not secret.isprintable() or " " in secret:
         raise EndpointError(
             "an imported secret must be 16 to 512 printable characters without spaces; "
-            "leave it out to have a new whsec_ secret generated"
-        )
+            "leave it out to have a new whsec_ secret generated", "secret")
     return secret
+
+
+_INSECURE_HINT = "set DELIVERER_ALLOW_INSECURE_URLS=1 (development only) to allow it"
 
 
 def check_url(url: str, *, allow_insecure: bool, allowed: Sequence[ssrf.Network] | None = None) -> str:
@@ -81,27 +94,37 @@ def check_url(url: str, *, allow_insecure: bool, allowed: Sequence[ssrf.Network]
     ``allowed``: non-public networks that may still be targeted (Settings.networks); None means
     what development mode alone implies (see ssrf.allowed_networks).
     """
+    parts = _url_parts(url)
+    if not allow_insecure and parts.scheme != "https":
+        raise EndpointError(f"url {url!r} must use https://; plain http:// is refused: {_INSECURE_HINT}", "url")
+    if allowed is None:
+        allowed = ssrf.allowed_networks("", allow_insecure=allow_insecure)
+    _check_host(url, parts.hostname or "", allowed)
+    return url
+
+
+def _url_parts(url: str) -> SplitResult:
+    """The parts of an absolute http(s) URL with a host and nothing a webhook must not carry."""
     if not isinstance(url, str) or not url:
-        raise EndpointError("url is required, e.g. https://example.com/webhooks/docextract")
+        raise EndpointError("url is required, e.g. https://example.com/webhooks/docextract", "url")
     if len(url) > MAX_URL_LENGTH:
-        raise EndpointError(f"url is {len(url)} characters; the limit is {MAX_URL_LENGTH}")
+        raise EndpointError(f"url is {len(url)} characters; the limit is {MAX_URL_LENGTH}", "url")
     try:
         parts = urlsplit(url)
         host = parts.hostname
         parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError as exc:
-        raise EndpointError(f"url {url!r} is not a valid URL: {exc}") from None
+        raise EndpointError(f"url {url!r} is not a valid URL: {exc}", "url") from None
     if parts.scheme not in ("https", "http") or not host:
-        raise EndpointError(f"url {url!r} must be an absolute https:// URL with a host name")
+        raise EndpointError(f"url {url!r} must be an absolute https:// URL with a host name", "url")
     if parts.username is not None or parts.password is not None:
-        raise EndpointError("url must not contain a user name or password; authenticate with the signature")
+        raise EndpointError("url must not contain a user name or password; authenticate with the signature", "url")
     if parts.fragment:
-        raise EndpointError("url must not contain a #fragment")
-    hint = "set DELIVERER_ALLOW_INSECURE_URLS=1 (development only) to allow it"
-    if not allow_insecure and parts.scheme != "https":
-        raise EndpointError(f"url {url!r} must use https://; plain http:// is refused: {hint}")
-    if allowed is None:
-        allowed = ssrf.allowed_networks("", allow_insecure=allow_insecure)
+        raise EndpointError("url must not contain a #fragment", "url")
+    return parts
+
+
+def _check_host(url: str, host: str, allowed: Sequence[ssrf.Network]) -> None:
     host = host.lower()
     if host == "localhost" or host.endswith(".localhost"):
         host = "127.0.0.1"
@@ -110,9 +133,8 @@ def check_url(url: str, *, allow_insecure: bool, allowed: Sequence[ssrf.Network]
     except ssrf.SsrfBlocked as exc:
         raise EndpointError(
             f"url {url!r} points at a loopback or private address, which a webhook must not target "
-            f"({str(exc).removeprefix('refused to connect: ')}); {hint}, or list the network in "
-            "DELIVERER_ALLOWED_NETWORKS") from None
-    return url
+            f"({str(exc).removeprefix('refused to connect: ')}); {_INSECURE_HINT}, or list the network in "
+            "DELIVERER_ALLOWED_NETWORKS", "url") from None
 
 
 def check_event_types(event_types: Iterable[str] | None) -> list[str] | None:
@@ -122,27 +144,32 @@ def check_event_types(event_types: Iterable[str] | None) -> list[str] | None:
     unknown = sorted(set(chosen) - {*EVENT_TYPES, "*"})
     if unknown:
         raise EndpointError(
-            f"unknown event type(s) {', '.join(unknown)}; known: {', '.join(EVENT_TYPES)}, or * for all")
+            f"unknown event type(s) {', '.join(unknown)}; known: {', '.join(EVENT_TYPES)}, or * for all", "events")
     if not chosen or "*" in chosen:
         return None
     return sorted(set(chosen), key=EVENT_TYPES.index)
 
 
-def _endpoint(row: tuple[Any, ...], secret: str | None = None) -> Endpoint:
-    return Endpoint(
-        id=row[0], org_id=row[1], url=row[2], event_types=row[3], description=row[4],
-        enabled=row[5], created_at=row[6], updated_at=row[7], disabled_reason=row[8], secret=secret,
-    )
+_AS_ENDPOINT = class_row(Endpoint)  # the queries return exactly Endpoint's columns, secret aside
+
+
+def _one(conn: psycopg.Connection, query: str, params: dict[str, Any]) -> Endpoint | None:
+    return conn.cursor(row_factory=_AS_ENDPOINT).execute(QUERIES[query], params).fetchone()
+
+
+async def _one_async(conn: psycopg.AsyncConnection[Any], query: str, params: dict[str, Any]) -> Endpoint | None:
+    cur = await conn.cursor(row_factory=_AS_ENDPOINT).execute(QUERIES[query], params)
+    return await cur.fetchone()
 
 
 def _check_org(org_id: str) -> None:
     if not isinstance(org_id, str) or not org_id or len(org_id) > 255:
-        raise EndpointError("org_id must be a non-empty string of at most 255 characters")
+        raise EndpointError("org_id must be a non-empty string of at most 255 characters", "org_id")
 
 
 def check_description(description: str) -> str:
     if not isinstance(description, str) or len(description) > 1000:
-        raise EndpointError("description must be a string of at most 1000 characters")
+        raise EndpointError("description must be a string of at most 1000 characters", "description")
     return description
 
 
@@ -165,8 +192,9 @@ def _sealed(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _too_many(org_id: str) -> EndpointError:
+    # Reported on url: the endpoint as a whole, which the request names by its URL.
     return EndpointError(f"org {org_id} already has {MAX_ENDPOINTS_PER_ORG} endpoints, the most allowed; "
-                         "delete one it no longer needs first")
+                         "delete one it no longer needs first", "url")
 
 
 def add(conn: psycopg.Connection, *, org_id: str, url: str, event_types: Iterable[str] | None = None,
@@ -176,10 +204,10 @@ def add(conn: psycopg.Connection, *, org_id: str, url: str, event_types: Iterabl
 
     ``allow_insecure`` and ``allowed`` are the URL rules of :func:`check_url`."""
     params = _new_endpoint_params(org_id, url, event_types, secret, description, allow_insecure, allowed)
-    row = conn.execute(QUERIES["insert_endpoint"], _sealed(params)).fetchone()
-    if row is None:
+    endpoint = _one(conn, "insert_endpoint", _sealed(params))
+    if endpoint is None:
         raise _too_many(org_id)
-    return _endpoint(row, params["plain_secret"])
+    return replace(endpoint, secret=params["plain_secret"])
 
 
 async def add_async(conn: psycopg.AsyncConnection[Any], *, org_id: str, url: str,
@@ -190,32 +218,30 @@ async def add_async(conn: psycopg.AsyncConnection[Any], *, org_id: str, url: str
     # Checking the URL may resolve its host name: not on the event loop.
     params = await asyncio.to_thread(_new_endpoint_params, org_id, url, event_types, secret, description,
                                      allow_insecure, allowed)
-    row = await (await conn.execute(QUERIES["insert_endpoint"], _sealed(params))).fetchone()
-    if row is None:
+    endpoint = await _one_async(conn, "insert_endpoint", _sealed(params))
+    if endpoint is None:
         raise _too_many(org_id)
-    return _endpoint(row, params["plain_secret"])
+    return replace(endpoint, secret=params["plain_secret"])
 
 
 def list_all(conn: psycopg.Connection, org_id: str | None = None) -> list[Endpoint]:
-    return [_endpoint(row) for row in conn.execute(QUERIES["list_endpoints"], {"org_id": org_id})]
+    return conn.cursor(row_factory=_AS_ENDPOINT).execute(QUERIES["list_endpoints"], {"org_id": org_id}).fetchall()
 
 
 async def list_async(conn: psycopg.AsyncConnection[Any], org_id: str) -> list[Endpoint]:
-    cur = await conn.execute(QUERIES["list_endpoints"], {"org_id": org_id})
-    return [_endpoint(row) for row in await cur.fetchall()]
+    cur = await conn.cursor(row_factory=_AS_ENDPOINT).execute(QUERIES["list_endpoints"], {"org_id": org_id})
+    return await cur.fetchall()
 
 
 def set_enabled(conn: psycopg.Connection, endpoint_id: str, enabled: bool) -> Endpoint:
-    row = conn.execute(QUERIES["set_endpoint_enabled"], {"id": endpoint_id, "enabled": enabled}).fetchone()
-    if row is None:
-        raise EndpointError(f"no endpoint {endpoint_id!r}; `deliverer endpoints list` shows the ids")
-    return _endpoint(row)
+    endpoint = _one(conn, "set_endpoint_enabled", {"id": endpoint_id, "enabled": enabled})
+    if endpoint is None:
+        raise EndpointError(f"no endpoint {endpoint_id!r}; `deliverer endpoints list` shows the ids", "endpoint_id")
+    return endpoint
 
 
 async def get(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: str | None) -> Endpoint | None:
-    cur = await conn.execute(QUERIES["get_endpoint"], {"id": endpoint_id, "org_id": org_id})
-    row = await cur.fetchone()
-    return None if row is None else _endpoint(row)
+    return await _one_async(conn, "get_endpoint", {"id": endpoint_id, "org_id": org_id})
 
 
 _UNSET: Any = object()
@@ -226,7 +252,7 @@ async def update(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: s
                  allow_insecure: bool = False, allowed: Sequence[ssrf.Network] | None = None) -> Endpoint | None:
     """Change the given fields; None (or, for event_types, leaving it out) keeps a field as it is."""
     set_events = event_types is not _UNSET
-    cur = await conn.execute(QUERIES["update_endpoint"], {
+    return await _one_async(conn, "update_endpoint", {
         "id": endpoint_id, "org_id": org_id,
         "url": None if url is None else await asyncio.to_thread(check_url, url, allow_insecure=allow_insecure,
                                                                 allowed=allowed),
@@ -235,8 +261,6 @@ async def update(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: s
         "description": None if description is None else check_description(description),
         "enabled": enabled,
     })
-    row = await cur.fetchone()
-    return None if row is None else _endpoint(row)
 
 
 async def delete(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: str) -> bool:
@@ -248,8 +272,52 @@ async def rotate_secret(conn: psycopg.AsyncConnection[Any], endpoint_id: str, or
                         grace_seconds: float = ROTATION_GRACE_SECONDS) -> Endpoint | None:
     """Replace the secret; the old one stays valid (signed for too) for ``grace_seconds``."""
     secret = new_secret()
-    cur = await conn.execute(QUERIES["rotate_endpoint_secret"], {"id": endpoint_id, "org_id": org_id,
+    endpoint = await _one_async(conn, "rotate_endpoint_secret", {"id": endpoint_id, "org_id": org_id,
                                                                  "secret": sealing.seal(secret),
                                                                  "grace_seconds": grace_seconds})
-    row = await cur.fetchone()
-    return None if row is None else _endpoint(row, secret)
+    return None if endpoint is None else replace(endpoint, secret=secret)
+
+
+@dataclass(frozen=True)
+class _StoredSecrets:
+    id: str
+    secret: str
+    previous_secret: str | None
+
+
+def reseal_secrets(conn: psycopg.Connection) -> int:
+    """Seal every endpoint's secrets again with the first key of DELIVERER_SECRET_KEYS, in one
+    transaction (after a key rotation); returns the number of endpoints."""
+    with conn.transaction():
+        stored = conn.cursor(row_factory=class_row(_StoredSecrets)).execute(QUERIES["endpoint_secrets"]).fetchall()
+        for row in stored:
+            conn.execute(QUERIES["store_sealed_secrets"], {
+                "id": row.id, "secret": sealing.reseal(row.secret),
+                "previous_secret": None if row.previous_secret is None else sealing.reseal(row.previous_secret),
+            })
+    return len(stored)
+
+
+class Target(NamedTuple):
+    """An endpoint as sending to it needs it: where, its sealed secrets (the previous one while its grace
+    lasts), and whether it is enabled. A tuple in the columns' order, so code unpacking the row keeps working."""
+
+    id: str
+    org_id: str
+    url: str
+    secret: str
+    previous_secret: str | None
+    enabled: bool
+
+
+async def target_by_url(conn: psycopg.AsyncConnection[Any], org_id: str | None, url: str) -> Target | None:
+    """The endpoint registered at ``url`` (of ``org_id``, unless None), preferring an enabled one."""
+    cur = await conn.cursor(row_factory=class_row(Target)).execute(
+        QUERIES["find_endpoint_by_url"], {"org_id": org_id, "url": url})
+    return await cur.fetchone()
+
+
+async def target_by_id(conn: psycopg.AsyncConnection[Any], org_id: str | None, endpoint_id: str) -> Target | None:
+    cur = await conn.cursor(row_factory=class_row(Target)).execute(
+        QUERIES["endpoint_for_test"], {"org_id": org_id, "id": endpoint_id})
+    return await cur.fetchone()

@@ -35,7 +35,7 @@ INSERT INTO api_key (id, org_id, key_hash, prefix) VALUES (%(id)s, %(org_id)s, %
 RETURNING id, org_id, prefix, created_at
 
 -- name: org_for_api_key
-SELECT org_id, id FROM api_key WHERE key_hash = %(key_hash)s AND revoked_at IS NULL
+SELECT org_id, id AS key_id FROM api_key WHERE key_hash = %(key_hash)s AND revoked_at IS NULL
 
 -- name: get_endpoint
 SELECT id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason
@@ -81,8 +81,9 @@ SELECT id, secret, previous_secret FROM webhook_endpoint ORDER BY id FOR UPDATE
 UPDATE webhook_endpoint SET secret = %(secret)s, previous_secret = %(previous_secret)s WHERE id = %(id)s
 
 -- name: find_endpoint_by_url
+-- What sending a test event needs; the previous secret only while its grace lasts.
 SELECT id, org_id, url, secret,
-       CASE WHEN previous_secret_expires_at > now() THEN previous_secret END, enabled
+       CASE WHEN previous_secret_expires_at > now() THEN previous_secret END AS previous_secret, enabled
 FROM webhook_endpoint
 WHERE (%(org_id)s::text IS NULL OR org_id = %(org_id)s) AND url = %(url)s AND deleted_at IS NULL
 ORDER BY enabled DESC, created_at
@@ -90,6 +91,6 @@ LIMIT 1
 
 -- name: endpoint_for_test
 SELECT id, org_id, url, secret,
-       CASE WHEN previous_secret_expires_at > now() THEN previous_secret END, enabled
+       CASE WHEN previous_secret_expires_at > now() THEN previous_secret END AS previous_secret, enabled
 FROM webhook_endpoint
 WHERE id = %(id)s AND (%(org_id)s::text IS NULL OR org_id = %(org_id)s) AND deleted_at IS NULL

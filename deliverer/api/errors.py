@@ -1,0 +1,27 @@
+"""The API's errors: the exception every refusal raises and the one JSON shape it answers with,
+``{"error": {"code", "message", "field"?}}``."""
+
+from typing import Any
+
+from aiohttp import web
+
+
+class ApiError(Exception):
+    """A request refused: its HTTP status, a stable code, a message saying how to fix it, and the
+    field of the body or query it is about, if any."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+
+def not_found(what: str) -> ApiError:
+    """What anything of another org answers too, so ids of other orgs cannot be probed."""
+    return ApiError(404, "not_found", f"no {what} with that id in this org")
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        error["field"] = field
+    return web.json_response({"error": error}, status=status)

@@ -1,0 +1,86 @@
+"""What the ``deliverer`` command prints: aligned tables, their headings and rows, and JSON.
+
+The demo prints the same delivery and attempt tables, so this module imports
+neither the commands nor ``deliverer.dev``.
+"""
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from deliverer.history import logs as history
+from deliverer.history.projection import Difference
+from deliverer.registry.endpoints import Endpoint
+from outbox.ids import delivery_public_id, event_public_id
+
+DELIVERY_HEADERS = ["delivery", "event", "type", "endpoint", "url", "state", "series", "attempts", "due",
+                    "updated"]
+ATTEMPT_HEADERS = ["time", "type", "delivery", "attempt", "kind", "outcome", "status", "ms", "error"]
+LOG_HEADERS = ["time", "event type", "event", "delivery", "attempt", "outcome", "status", "ms", "error"]
+ENDPOINT_HEADERS = ["id", "org", "url", "events", "enabled"]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.strftime("%H:%M:%S.%f")[:-3]
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    text = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in text]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in text]
+    return "\n".join(lines)
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, default=str, indent=2))  # default=str: times and UUIDs of table rows as text
+
+
+def delivery_rows(conn: psycopg.Connection, org_id: str | None, limit: int) -> list[list[Any]]:
+    """Deliveries (of the org, unless None), newest events first, as DELIVERY_HEADERS rows."""
+    return [[delivery_public_id(d.delivery_id), event_public_id(d.event_id), d.event_type, d.endpoint_id, d.url,
+             d.state, d.series, d.attempt, d.due_at, d.updated_at]
+            for d in history.delivery_summaries(conn, org_id, limit)]
+
+
+def attempt_rows(conn: psycopg.Connection, org_id: str | None) -> list[list[Any]]:
+    """Every attempt (of the org, unless None), oldest first, as ATTEMPT_HEADERS rows."""
+    return [[a.at, a.event_type, delivery_public_id(a.delivery_id), a.attempt, a.kind, a.outcome, a.http_status,
+             a.duration_ms, a.error_message] for a in history.attempt_history(conn, org_id)]
+
+
+def log_rows(items: list[dict[str, Any]]) -> list[list[Any]]:
+    """Attempts in their JSON shape (history.logs.attempts) as LOG_HEADERS rows."""
+    return [[i["timestamp"], i["event_type"], i["event_id"], i["delivery_id"], i["attempt"], i["outcome"],
+             i["http_status"], i["response_time_ms"], i["error_message"]] for i in items]
+
+
+def print_endpoints(items: list[Endpoint], as_json: bool) -> None:
+    if as_json:
+        print_json([e.as_json() for e in items])
+        return
+    print(format_table(ENDPOINT_HEADERS, [
+        [e.id, e.org_id, e.url, ",".join(e.event_types or ["*"]), e.enabled] for e in items]))
+
+
+def print_new_endpoint(endpoint: Endpoint) -> None:
+    print(f"endpoint {endpoint.id} registered for {endpoint.org_id}: {endpoint.url}")
+    print(f"events: {','.join(endpoint.event_types or ['*'])}")
+    print(f"secret: {endpoint.secret}")
+    print("Copy the secret now: it is not shown again.")
+
+
+def difference_line(d: Difference) -> str:
+    """One row where the live queue and the log disagree, as ``rebuild-projections --check`` lists it."""
+    return " ".join(str(v) for v in (d.side, delivery_public_id(d.delivery_id), d.event_id, d.endpoint_id,
+                                     d.org_id, d.series, d.attempt, d.due_at, d.leased_by))

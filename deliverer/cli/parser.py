@@ -1,0 +1,156 @@
+"""The ``deliverer`` command line: its subcommands, their arguments, and the setting flags.
+
+Every setting comes from the environment (see ``deliverer.settings``) and can be
+overridden by the flag of the same name, e.g. DELIVERER_HTTP_TIMEOUT and
+--http-timeout. Each subcommand's ``func`` is its function in ``commands``.
+"""
+
+import argparse
+from collections.abc import Callable
+from dataclasses import fields
+from typing import TypeAlias
+
+from deliverer import settings as config
+from deliverer.cli import commands as cmd
+
+DESCRIPTION = "The ``deliverer`` command."
+
+Command = Callable[[argparse.Namespace], int]
+# What add_subparsers returns: argparse names it only privately, and generic only to type checkers.
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deliverer", description=DESCRIPTION)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _running(commands)
+    _endpoints(commands)
+    _maintenance(commands)
+    deliveries = _command(commands, "deliveries", "list deliveries and their state, derived from the log",
+                          cmd.cmd_deliveries)
+    deliveries.add_argument("--org", help="only this org's deliveries")
+    deliveries.add_argument("--limit", type=int, default=50)
+    deliveries.add_argument("--json", action="store_true")
+    _command(commands, "demo", "run the end-to-end demo (embedded PostgreSQL unless DATABASE_URL is set)",
+             cmd.cmd_demo)
+    _api(commands)
+    _keys(commands)
+    _logs(commands)
+    _replays(commands)
+    return parser
+
+
+def setting_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings (each defaults to its environment variable)")
+    for f in fields(config.Settings):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "allow_insecure_urls":
+            group.add_argument(flag, action="store_const", const="1", default=None,
+                               help=f"accept http:// and loopback URLs, for development ({config.env_name(f.name)})")
+        else:
+            group.add_argument(flag, metavar=f.name.upper(), default=None, help=config.env_name(f.name))
+
+
+def _command(commands: Subcommands, name: str, help_text: str, func: Command) -> argparse.ArgumentParser:
+    sub = commands.add_parser(name, help=help_text, description=help_text)
+    sub.set_defaults(func=func)
+    setting_flags(sub)
+    return sub
+
+
+def _running(commands: Subcommands) -> None:
+    _command(commands, "migrate", "apply schema.sql (idempotent)", cmd.cmd_migrate)
+    run = _command(commands, "run", "deliver webhooks until SIGTERM", cmd.cmd_run)
+    run.add_argument("--metrics-port", help="port for /metrics, /livez and /readyz (DELIVERER_METRICS_PORT, "
+                     "default 9100; 0 picks a free one)")
+
+
+def _endpoints(commands: Subcommands) -> None:
+    eps = commands.add_parser("endpoints", help="register and manage webhook endpoints")
+    actions = eps.add_subparsers(dest="endpoints_command", required=True, metavar="ACTION")
+    add = _endpoint_action(actions, "add", "register an endpoint; prints its id and secret", cmd.cmd_endpoints_add)
+    add.add_argument("--org", required=True, help="the org whose events go to this endpoint")
+    add.add_argument("--url", required=True, help="https:// URL that accepts POST")
+    add.add_argument("--events", help="comma-separated event types (default: all)")
+    add.add_argument("--secret", help="import an existing signing secret instead of generating one")
+    add.add_argument("--description", help="free text shown in listings")
+    listing = _endpoint_action(actions, "list", "list endpoints", cmd.cmd_endpoints_list)
+    listing.add_argument("--org", help="only this org's endpoints")
+    for name, help_text, func in (("disable", "stop delivering to an endpoint", cmd.cmd_endpoints_disable),
+                                  ("enable", "resume delivering to an endpoint", cmd.cmd_endpoints_enable)):
+        _endpoint_action(actions, name, help_text, func).add_argument("endpoint_id")
+
+
+def _endpoint_action(actions: Subcommands, name: str, help_text: str, func: Command) -> argparse.ArgumentParser:
+    sub = actions.add_parser(name, help=help_text, description=help_text)
+    sub.set_defaults(func=func)
+    sub.add_argument("--json", action="store_true", help="print JSON for scripts")
+    setting_flags(sub)
+    return sub
+
+
+def _maintenance(commands: Subcommands) -> None:
+    rebuild = _command(commands, "rebuild-projections", "recompute delivery_queue from the delivery log",
+                       cmd.cmd_rebuild)
+    rebuild.add_argument("--check", action="store_true",
+                         help="only compare the live queue with the log; exit 1 if they differ")
+    retention = _command(commands, "retention", "drop partitions of events and delivery log older than a cutoff, "
+                         "create upcoming ones, forget old dedupe keys", cmd.cmd_retention)
+    retention.add_argument("--older-than", required=True, metavar="DURATION",
+                           help="drop data older than this: 30d, 12h or 90m")
+    retention.add_argument("--dry-run", action="store_true", help="only print what would be done")
+    retention.add_argument("--force", action="store_true", help="allow --older-than under a day")
+
+
+def _api(commands: Subcommands) -> None:
+    api = _command(commands, "api", "serve the webhooks HTTP API", cmd.cmd_api)
+    api.add_argument("--host", help="address to listen on (DELIVERER_API_HOST, default 0.0.0.0)")
+    api.add_argument("--port", help="port to listen on (DELIVERER_API_PORT, default 8080)")
+    api.add_argument("--metrics-port", help="port for /metrics, /livez and /readyz (DELIVERER_METRICS_PORT, "
+                     "default 9100)")
+
+
+def _keys(commands: Subcommands) -> None:
+    keys = commands.add_parser("keys", help="API keys")
+    actions = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="create an API key for an org; printed once",
+                                description="create an API key for an org; printed once")
+    create.set_defaults(func=cmd.cmd_keys_create)
+    create.add_argument("--org", required=True)
+    create.add_argument("--test", action="store_true", help="an sk_test_ key instead of sk_live_")
+    create.add_argument("--json", action="store_true")
+    setting_flags(create)
+    generate = actions.add_parser(
+        "generate-encryption-key", help="print a new key for DELIVERER_SECRET_KEYS",
+        description="print a new Fernet key for DELIVERER_SECRET_KEYS (endpoint secrets at rest)")
+    # It takes no setting flags, so main finds no log settings on it either.
+    generate.set_defaults(func=cmd.cmd_keys_generate_encryption_key, log_level=None, log_format=None)
+    _command(commands, "reseal", "re-seal every endpoint secret with the first key of DELIVERER_SECRET_KEYS",
+             cmd.cmd_reseal)
+
+
+def _logs(commands: Subcommands) -> None:
+    logs = _command(commands, "logs", "attempts, newest first, from the delivery log", cmd.cmd_logs)
+    logs.add_argument("--endpoint", help="only this endpoint")
+    logs.add_argument("--org", help="only this org")
+    logs.add_argument("--event-type", help="only this event type")
+    logs.add_argument("--since", help="only attempts recorded at or after this ISO-8601 time")
+    logs.add_argument("--limit", type=int, default=50)
+    logs.add_argument("--json", action="store_true")
+
+
+def _replays(commands: Subcommands) -> None:
+    replay = _command(commands, "replay", "start a new attempt series for a delivered or failed delivery",
+                      cmd.cmd_replay)
+    replay.add_argument("delivery_id", help="dlv_…")
+    recover = _command(commands, "recover", "replay an endpoint's failed deliveries of events created since a time",
+                       cmd.cmd_recover)
+    recover.add_argument("--endpoint", required=True)
+    recover.add_argument("--since", required=True, help="ISO-8601 time")
+    recover.add_argument("--until", help="ISO-8601 time (default: now)")
+    recover.add_argument("--dry-run", action="store_true", help="only count what would be replayed")
+    test_webhook = _command(commands, "test-webhook", "send the webhook.test event to a registered endpoint now",
+                            cmd.cmd_test_webhook)
+    test_webhook.add_argument("url")
+    test_webhook.add_argument("--org", help="the org, when several registered the same URL")
+    test_webhook.add_argument("--json", action="store_true")
