@@ -54,8 +54,8 @@ SELECT coalesce(max(seq), 0) FROM delivery_log
 SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()
 
 -- name: listening_deliverers
-SELECT count(*) FROM pg_stat_activity
-WHERE datname = %(dbname)s AND application_name LIKE 'deliverer %%' AND query = 'LISTEN outbox_delivery'
+-- A worker enters deliverer_presence right after its LISTEN, on the same connection.
+SELECT count(*) FROM deliverer_presence WHERE %(dbname)s = current_database()
 
 -- name: deliverer_backends
 SELECT pid FROM pg_stat_activity WHERE datname = %(dbname)s AND application_name LIKE 'deliverer%%'

@@ -68,20 +68,21 @@ class Skips:
         self._full: dict[str, float] = {}
         self._blocked: dict[str, float] = {}
 
-    def full(self, endpoint_ids: Iterable[str]) -> bool:
-        """Skip these until outcomes free room; True if any was not skipped already."""
+    def full(self, endpoint_ids: Iterable[str]) -> set[str]:
+        """Skip these until outcomes free room; returns those not skipped already."""
         until = self.seconds() + self.full_for
         return self._add(self._full, ((e, until) for e in endpoint_ids))
 
-    def blocked(self, endpoint_ids: Iterable[str], seconds: Iterable[float]) -> bool:
-        """Skip these for the seconds given; True if any was not skipped already."""
+    def blocked(self, endpoint_ids: Iterable[str], seconds: Iterable[float]) -> set[str]:
+        """Skip these for the seconds given; returns those not skipped already."""
         now = self.seconds()
         return self._add(self._blocked, ((e, now + max(0.0, s)) for e, s in zip(endpoint_ids, seconds, strict=True)))
 
-    def _add(self, skips: dict[str, float], items: Iterable[tuple[str, float]]) -> bool:
-        now, new = self.seconds(), False
+    def _add(self, skips: dict[str, float], items: Iterable[tuple[str, float]]) -> set[str]:
+        now, new = self.seconds(), set()
         for endpoint_id, until in items:
-            new = new or max(self._full.get(endpoint_id, 0.0), self._blocked.get(endpoint_id, 0.0)) <= now
+            if max(self._full.get(endpoint_id, 0.0), self._blocked.get(endpoint_id, 0.0)) <= now:
+                new.add(endpoint_id)
             skips[endpoint_id] = until
         return new
 
