@@ -173,4 +173,6 @@ async def test_a_commit_wakes_one_of_eight_idle_workers(dsn: str, db: psycopg.Co
             stop.set()
             await asyncio.gather(*runs)
     assert len(receiver.requests) == events
-    assert empty <= 0.2 * events, f"{empty} empty claims for {events} events: {claims}"
+    # Woken all, the seven others would claim nothing: 7 empty claims an event (159 for 20 when measured).
+    # A few remain: a worker woken while it claims claims once more, and finds its row already taken.
+    assert empty <= events / 2, f"{empty} empty claims for {events} events: {claims}"

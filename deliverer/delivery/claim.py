@@ -59,7 +59,7 @@ class Claimer:
         self.skips = Skips(settings.poll_interval, seconds=(lambda: clock().timestamp()) if clock else time.monotonic)
         self.db = Reopening(settings, f"deliverer {worker_id}")
         self.next_due_in: float | None = None  # from the last claim: seconds until more is due, None if nothing
-        self.learnt = False  # the last claim found endpoints to skip that gave it nothing: claim again at once
+        self.learnt = False  # the last claim found endpoints to skip: the scan window may have held little else
         self._unknown: list[str] = []
 
     def params(self, limit: int, *, slow_start: bool = True) -> dict[str, Any]:
@@ -103,11 +103,9 @@ class Claimer:
         rows = await cur.fetchall()
         *_, self.next_due_in, full, blocked, blocked_for, unknown = rows.pop()  # the statement's last row
         claimed = [Claimed(*row[:14]) for row in rows]
-        newly = self.skips.full(full or ()) | self.skips.blocked(blocked or (), blocked_for or ())
-        # Endpoints found with no room that gave this claim nothing may have filled its scan window
-        # with rows it could not take: worth claiming again at once, past them. One that filled its
-        # room from this claim is simply busy (the hot endpoint's usual state), and outcomes will say.
-        self.learnt = bool(newly - {c.endpoint_id for c in claimed})
+        # Endpoints newly found with no room may have filled the scan window with rows this
+        # claim could not take: worth claiming again at once, past them (see Worker._claim_loop).
+        self.learnt = bool(self.skips.full(full or ()) | self.skips.blocked(blocked or (), blocked_for or ()))
         self._unknown = unknown or []
         return claimed
 

@@ -26,6 +26,7 @@ import contextlib
 import os
 import secrets
 import socket
+import time
 import uuid
 from typing import Any
 
@@ -81,6 +82,8 @@ class Worker:
         self._unsent: dict[uuid.UUID, Claimed] = {}  # claimed, no outcome yet: what shutdown hands back
         self._wake = asyncio.Event()  # a producer committed, or the listener reconnected
         self._room = asyncio.Event()  # a send finished: room in this process
+        self._looking_beyond = False  # this claim looks past endpoints the last one found full
+        self._nothing_beyond_until = 0.0  # until then, nothing was due past the skipped endpoints
         self.peers: list[str] = []  # the live workers, this one included, as of the last heartbeat
         self._closed = asyncio.Event()  # outcomes were recorded: requests closed, room at their endpoints
 
@@ -176,9 +179,12 @@ class Worker:
             limit = min(room, settings.batch_size)
             # Cleared before the claim, not after: a commit or a finished send while it
             # runs must still wake the sleep below.
+            if self._wake.is_set() or time.monotonic() >= self._nothing_beyond_until:
+                self._nothing_beyond_until = 0.0  # new work may be due past the skipped endpoints
             self._wake.clear()
             self._room.clear()
             self._closed.clear()
+            looked_beyond = self._looking_beyond
             try:
                 claimed = await self.claim(limit)
             except psycopg.Error as exc:
@@ -191,7 +197,12 @@ class Worker:
             # unstarted by a failure there would sit out a whole lease.
             for item in claimed:
                 self._start(item)
-            if len(claimed) == limit or self.claimer.learnt:
+            if looked_beyond and not claimed:
+                # Nothing is due past the endpoints skipped: a hot endpoint that fills its room
+                # every round need not cost a second, empty claim (a scan of its backlog) each time.
+                self._nothing_beyond_until = time.monotonic() + settings.poll_interval
+            self._looking_beyond = self.claimer.learnt and not self._nothing_beyond_until
+            if len(claimed) == limit or self._looking_beyond:
                 # More may be due right now: the limit was reached, or endpoints with no room
                 # left (now skipped) may have filled the claim's window of oldest rows.
                 continue
