@@ -15,8 +15,8 @@ import outbox
 from deliverer.api.app import OPENAPI, ROUTES, create_app
 from deliverer.delivery.worker import Worker
 from deliverer.registry import apikeys, endpoints
-from tests.api_client import Api
-from tests.conftest import Receiver, job_completed, job_failed, settings_for, webhook_test
+from tests.support import Receiver, job_completed, job_failed, settings_for, webhook_test
+from tests.support.api_client import Api
 
 
 @pytest.fixture

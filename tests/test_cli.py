@@ -1,22 +1,11 @@
 """The deliverer command as an operator runs it."""
 
 import json
-import os
-import subprocess
-import sys
 
 import psycopg
 
 from deliverer.security import sealing
-
-
-def deliverer(dsn: str | None, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items()
-               if (not k.startswith("DELIVERER_") or k == "DELIVERER_SECRET_KEYS") and k != "DATABASE_URL"}
-    if dsn:
-        environ["DATABASE_URL"] = dsn
-    return subprocess.run([sys.executable, "-m", "deliverer", *args], env=environ | env,
-                          capture_output=True, text=True, timeout=60)
+from tests.support.processes import deliverer
 
 
 def test_migrate_twice(dsn: str) -> None:
@@ -121,7 +110,7 @@ def _failed_delivery(dsn: str, db: psycopg.Connection) -> tuple[str, str]:
     import outbox
     from deliverer.delivery.worker import Worker
     from deliverer.registry import endpoints as eps
-    from tests.conftest import settings_for, webhook_test
+    from tests.support import settings_for, webhook_test
 
     endpoint = eps.add(db, org_id="org_a", url="http://127.0.0.1:9/hook", allow_insecure=True)
     with psycopg.connect(dsn) as conn:
@@ -229,7 +218,7 @@ def test_a_secret_sealed_with_another_key_fails_the_attempt_not_the_worker(dsn: 
 
     import outbox
     from deliverer.delivery.worker import Worker
-    from tests.conftest import settings_for, webhook_test
+    from tests.support import settings_for, webhook_test
 
     db.execute("INSERT INTO webhook_endpoint (id, org_id, url, secret) VALUES ('ep_1', 'org_a', "
                "'http://127.0.0.1:9/hook', %s)", [sealing.seal("whsec_x", sealing.new_key())])

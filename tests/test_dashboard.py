@@ -21,13 +21,14 @@ import outbox
 from deliverer.api.app import create_app
 from deliverer.delivery.worker import Result, Worker
 from deliverer.registry import apikeys, endpoints
-from tests.conftest import Receiver, job_completed, job_failed, settings_for
+from tests.support import Receiver, job_completed, job_failed, settings_for
+from tests.support.paths import DOCS
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Without the background-networking flags Chromium tries to reach Google's services at start.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
-SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "dashboard-logs.png"
+SCREENSHOT = DOCS / "dashboard-logs.png"
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(),

@@ -15,7 +15,7 @@ from deliverer.delivery.worker import Claimed, Result, Worker
 from deliverer.registry import endpoints
 from outbox import signatures
 from outbox.ids import delivery_public_id
-from tests.conftest import (
+from tests.support import (
     SEED_EXAMPLES,
     FakeClock,
     Receiver,

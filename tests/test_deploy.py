@@ -2,7 +2,6 @@
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,26 +15,8 @@ from prometheus_client import CollectorRegistry
 from deliverer.delivery.worker import RECORD_GRACE
 from deliverer.ops.metrics import Metrics
 from deliverer.settings import Settings
-
-ROOT = Path(__file__).resolve().parent.parent
-DEPLOY = ROOT / "deploy"
-OVERLAYS = sorted(p.name for p in (DEPLOY / "overlays").iterdir())
-DASHBOARD = DEPLOY / "grafana" / "docextract-webhooks.json"
-
-needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None,
-                                   reason="kubectl is not installed (it renders the kustomize overlays)")
-needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
-                                    reason="promtool is not installed (Debian package prometheus; .ci/run installs it)")
-
-
-def render(overlay: str) -> list[dict[str, Any]]:
-    out = subprocess.run(["kubectl", "kustomize", str(DEPLOY / "overlays" / overlay)],
-                         capture_output=True, text=True, check=True).stdout
-    return [doc for doc in yaml.safe_load_all(out) if doc]
-
-
-def find(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
-    return [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+from tests.support.deploy import DASHBOARD, OVERLAYS, find, needs_kubectl, needs_promtool, render
+from tests.support.paths import DEPLOY, README
 
 
 def alert_rules() -> list[dict[str, Any]]:
@@ -171,7 +152,7 @@ def test_alerts_and_dashboard_only_use_exported_metrics() -> None:
 
 def test_every_exported_metric_is_documented() -> None:
     """The README's metrics table lists every metric family the code exports."""
-    readme = (ROOT / "README.md").read_text()
+    readme = README.read_text()
     missing = sorted({family for family in exported_series().values() if f"`{family}" not in readme})
     assert missing == []
 

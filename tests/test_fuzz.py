@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import outbox
 from deliverer.registry import apikeys
 from outbox.catalog import EVENT_TYPES
-from tests.conftest import SEED_EXAMPLES, count
+from tests.support import SEED_EXAMPLES, count
 
 
 def free_port() -> int:

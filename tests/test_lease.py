@@ -7,7 +7,7 @@ from aiohttp import web
 
 import outbox
 from deliverer.delivery.worker import Worker
-from tests.conftest import FakeClock, Receiver, add_endpoint, settings_for, webhook_test
+from tests.support import FakeClock, Receiver, add_endpoint, settings_for, webhook_test
 
 LEASE = 30
 

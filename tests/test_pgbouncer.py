@@ -28,8 +28,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 import outbox
 from deliverer.api.app import create_app
 from deliverer.registry import apikeys
-from tests.conftest import Receiver, add_endpoint, count, settings_for, webhook_test
-from tests.processes import WorkerProcess
+from tests.support import Receiver, add_endpoint, count, settings_for, webhook_test
+from tests.support.processes import WorkerProcess
 
 
 def pgbouncer_binary() -> str | None:

@@ -11,8 +11,8 @@ import psycopg
 
 import outbox
 from deliverer.ops import probes
-from tests.conftest import Receiver, add_endpoint, webhook_test
-from tests.processes import WorkerProcess
+from tests.support import Receiver, add_endpoint, webhook_test
+from tests.support.processes import WorkerProcess
 
 
 def get(port: int, path: str) -> tuple[int, str]:

@@ -5,7 +5,7 @@ import psycopg
 import outbox
 from deliverer.delivery.worker import Worker
 from deliverer.history import projection
-from tests.conftest import FakeClock, Receiver, add_endpoint, job_completed, settings_for
+from tests.support import FakeClock, Receiver, add_endpoint, job_completed, settings_for
 
 
 def snapshot(db: psycopg.Connection) -> list[tuple]:

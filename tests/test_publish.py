@@ -22,7 +22,7 @@ from deliverer.delivery.worker import CHANNEL, Worker
 from deliverer.registry import endpoints
 from outbox import ids
 from outbox.publish import serialize
-from tests.conftest import (
+from tests.support import (
     SEED_EXAMPLES,
     Receiver,
     add_endpoint,

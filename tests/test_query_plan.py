@@ -10,7 +10,7 @@ import psycopg
 
 from deliverer.delivery.queries import QUERIES
 from deliverer.delivery.worker import Worker
-from tests.conftest import settings_for
+from tests.support import settings_for
 
 NOT_DUE = 50_000
 DUE = 20

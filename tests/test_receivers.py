@@ -32,9 +32,9 @@ import outbox
 from deliverer.delivery.worker import Worker
 from outbox.catalog import CONTRACT_EVENT_TYPES
 from outbox.signatures import docextract_signature
-from tests.conftest import Receiver, add_endpoint, settings_for
+from tests.support import Receiver, add_endpoint, settings_for
+from tests.support.paths import EXAMPLES
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PATH = "/webhooks/docextract"
 ORG = "org_xyz789"
 

@@ -2,7 +2,6 @@
 
 import asyncio
 import contextlib
-import secrets
 import threading
 import uuid
 from collections.abc import Iterator
@@ -13,7 +12,6 @@ import psycopg
 import pytest
 from prometheus_client import REGISTRY
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 import outbox
 from deliverer.cli.commands import build_parser, cmd_retention
@@ -21,11 +19,11 @@ from deliverer.history import projection, replay
 from deliverer.storage import partitions, schema
 from deliverer.storage.queries import QUERIES
 from outbox.ids import new_event_uuid
-from tests.conftest import count, settings_for, webhook_test
-from tests.processes import WorkerProcess
-from tests.test_cli import deliverer
-from tests.test_deploy import OVERLAYS, find, needs_kubectl, render
-from tests.test_schema import ENUM_COLUMNS, SCHEMA_BEFORE_PARTITIONING, log_checks, log_columns
+from tests.support import count, settings_for, webhook_test
+from tests.support import database as testdb
+from tests.support.deploy import OVERLAYS, find, needs_kubectl, render
+from tests.support.processes import WorkerProcess, deliverer
+from tests.support.schema import ENUM_COLUMNS, SCHEMA_BEFORE_PARTITIONING, log_checks, log_columns
 
 DAY = timedelta(days=1)
 
@@ -256,15 +254,11 @@ def test_lapsed_maintenance_never_fails_a_producer_and_is_reported(dsn: str, db:
 @pytest.fixture
 def unpartitioned(pg_server: str) -> Iterator[str]:
     """A database created by schema.sql as it was before partitioning."""
-    dbname = f"outbox_upgrade_{secrets.token_hex(6)}"
-    with psycopg.connect(pg_server, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-    url = make_conninfo(pg_server, dbname=dbname)
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(SCHEMA_BEFORE_PARTITIONING.read_text())
-    yield url
-    with psycopg.connect(pg_server, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+    with testdb.empty_database(pg_server, "outbox_upgrade") as name:
+        url = testdb.url_of(pg_server, name)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(SCHEMA_BEFORE_PARTITIONING.read_text())
+        yield url
 
 
 def test_migrate_upgrades_an_unpartitioned_database_without_losing_a_row(unpartitioned: str) -> None:

@@ -8,7 +8,7 @@ import pytest
 import outbox
 from deliverer.delivery import schedule
 from deliverer.delivery.worker import Worker
-from tests.conftest import FakeClock, Receiver, add_endpoint, settings_for, webhook_test
+from tests.support import FakeClock, Receiver, add_endpoint, settings_for, webhook_test
 
 SEED_OFFSETS = [0, 5, 35, 155, 755, 4355]  # attempt start times from the customer docs' table
 

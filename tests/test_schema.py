@@ -1,29 +1,25 @@
 """schema.sql: idempotent migration, upgrades from released schemas, and integrity enforced by the database."""
 
-import secrets
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 import outbox
 from deliverer.history import projection
 from deliverer.storage import partitions, schema
-from tests.conftest import webhook_test
+from tests.support import database as testdb
+from tests.support import webhook_test
+from tests.support.paths import SCHEMA_SQL
+from tests.support.schema import ENUM_COLUMNS, SCHEMA_BEFORE_ENUMS, SCHEMA_BEFORE_PARTITIONING, log_checks, log_columns
 
 APPEND_ONLY = ["outbox_event", "delivery_log"]
-TESTS = Path(__file__).resolve().parent
-SCHEMA_BEFORE_ENUMS = TESTS / "schema_before_enums.sql"
-SCHEMA_BEFORE_PARTITIONING = TESTS / "schema_before_partitioning.sql"
 KINDS = ["scheduled", "replay_requested", "attempt_started", "attempt_finished", "attempt_abandoned", "late_result"]
 OUTCOMES = ["succeeded", "failed", "unknown"]
-ENUM_COLUMNS = {("kind", "delivery_fact_kind"), ("outcome", "delivery_outcome")}
 
 # What schema.sql defines, read back from the catalog. Partitions count once per
 # partitioned table, whatever their names (an upgraded database has *_legacy ones).
@@ -65,20 +61,6 @@ def layout(db: psycopg.Connection) -> dict[str, list[tuple[Any, ...]]]:
     return {name: db.execute(query).fetchall() for name, query in LAYOUT.items()}
 
 
-def log_columns(db: psycopg.Connection) -> set[tuple[str, str]]:
-    """(column, type) of kind and outcome on delivery_log and on every partition of it."""
-    return set(db.execute("SELECT DISTINCT a.attname, format_type(a.atttypid, a.atttypmod) "
-                          "FROM pg_partition_tree('delivery_log') t JOIN pg_attribute a ON a.attrelid = t.relid "
-                          "WHERE a.attname IN ('kind', 'outcome')").fetchall())
-
-
-def log_checks(db: psycopg.Connection) -> list[tuple[str, str]]:
-    """CHECK constraints on delivery_log or any partition of it."""
-    return db.execute("SELECT c.conrelid::regclass::text, c.conname FROM pg_constraint c "
-                      "JOIN pg_partition_tree('delivery_log') t ON t.relid = c.conrelid "
-                      "WHERE c.contype = 'c'").fetchall()
-
-
 def test_migrate_is_idempotent(db: psycopg.Connection) -> None:
     """Applying the schema to a migrated database again changes nothing and raises nothing."""
     before = layout(db), partitions.list_partitions(db)
@@ -89,8 +71,7 @@ def test_migrate_is_idempotent(db: psycopg.Connection) -> None:
 
 def test_packaged_schema_is_the_top_level_file() -> None:
     """The schema the installed package applies is schema.sql at the top of the repository."""
-    top_level = Path(__file__).resolve().parent.parent / "schema.sql"
-    assert schema.schema_sql() == top_level.read_text()
+    assert schema.schema_sql() == SCHEMA_SQL.read_text()
 
 
 @pytest.mark.parametrize("table", APPEND_ONLY)
@@ -156,19 +137,15 @@ def test_text_converts_on_assignment_as_deliverers_before_the_enums_write_it(db:
                 ids=["checks", "unpartitioned", "unpartitioned-then-checks"])
 def released(request: pytest.FixtureRequest, pg_server: str) -> Iterator[str]:
     """A database migrated by released versions of schema.sql in turn, the last one with CHECK constraints."""
-    dbname = f"outbox_released_{secrets.token_hex(6)}"
-    with psycopg.connect(pg_server, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-    url = make_conninfo(pg_server, dbname=dbname)
-    with psycopg.connect(url, autocommit=True) as conn:
-        for path in request.param:
-            with conn.transaction():
-                conn.execute(path.read_text())
-                if path == SCHEMA_BEFORE_ENUMS:
-                    partitions.ensure(conn)  # as `deliverer migrate` did with it
-    yield url
-    with psycopg.connect(pg_server, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+    with testdb.empty_database(pg_server, "outbox_released") as name:
+        url = testdb.url_of(pg_server, name)
+        with psycopg.connect(url, autocommit=True) as conn:
+            for path in request.param:
+                with conn.transaction():
+                    conn.execute(path.read_text())
+                    if path == SCHEMA_BEFORE_ENUMS:
+                        partitions.ensure(conn)  # as `deliverer migrate` did with it
+        yield url
 
 
 def record_history(db: psycopg.Connection) -> None:

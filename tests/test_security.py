@@ -15,8 +15,8 @@ from deliverer.delivery import send
 from deliverer.delivery.worker import EndpointLimits, Worker
 from deliverer.registry import endpoints
 from outbox import signatures
-from tests.conftest import FakeClock, Receiver, add_endpoint, count, settings_for, webhook_test
-from tests.processes import WorkerProcess
+from tests.support import FakeClock, Receiver, add_endpoint, count, settings_for, webhook_test
+from tests.support.processes import WorkerProcess
 
 
 def publish(dsn: str, org_id: str = "org_a") -> str:

@@ -8,7 +8,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from deliverer.delivery import send
 from deliverer.security import ssrf
-from tests.conftest import Receiver
+from tests.support import Receiver
 
 BLOCKED = [
     "127.0.0.1", "127.8.9.10", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1",  # loopback, private

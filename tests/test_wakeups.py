@@ -9,8 +9,8 @@ from aiohttp import web
 
 import outbox
 from deliverer.delivery.worker import CHANNEL
-from tests.conftest import Receiver, add_endpoint, count, webhook_test
-from tests.processes import WorkerProcess
+from tests.support import Receiver, add_endpoint, count, webhook_test
+from tests.support.processes import WorkerProcess
 
 
 def test_one_notification_per_transaction(dsn: str, db: psycopg.Connection) -> None:

@@ -8,8 +8,8 @@ import psycopg
 import pytest
 
 import outbox
-from tests.conftest import Receiver, add_endpoint, count, webhook_test
-from tests.processes import WorkerProcess
+from tests.support import Receiver, add_endpoint, count, webhook_test
+from tests.support.processes import WorkerProcess
 
 EVENTS = 2000
 
