@@ -1,6 +1,6 @@
 """The deliverer's HTTP client against real servers on loopback: keep-alive, framing, TLS, and what it never reuses.
 
-The receiver matrix (tests/test_chaos_receiver_matrix.py) covers how each kind
+The receiver matrix (tests/system/test_chaos_receiver_matrix.py) covers how each kind
 of misbehaving receiver is classified; these tests cover the connection
 handling that matrix cannot see.
 """
