@@ -1,5 +1,6 @@
-"""deploy/ as the tests read it: kustomize overlays rendered by kubectl, and the objects in them."""
+"""deploy/ as the tests read it: kustomize overlays rendered by kubectl, the objects in them, alerts and panels."""
 
+import json
 import shutil
 import subprocess
 from typing import Any
@@ -26,3 +27,13 @@ def render(overlay: str) -> list[dict[str, Any]]:
 
 def find(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
     return [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    rule = yaml.safe_load((DEPLOY / "base" / "prometheusrule.yaml").read_text())
+    return [r for group in rule["spec"]["groups"] for r in group["rules"]]
+
+
+def dashboard_exprs() -> list[str]:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return [target["expr"] for panel in panels for target in panel["targets"]]

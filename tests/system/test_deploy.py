@@ -1,44 +1,20 @@
-"""deploy/ is checked, not trusted: rendered, validated, and held to the metrics the code exports."""
+"""deploy/ is checked, not trusted: rendered by kubectl, validated, and its queries checked by promtool.
 
-import json
-import re
+The checks that only read files (dashboard, alerts, Dockerfile) are in tests/unit/test_deploy.py.
+"""
+
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
 
 from deliverer.delivery.worker import RECORD_GRACE
-from deliverer.ops.metrics import Metrics
 from deliverer.settings import Settings
-from tests.support.deploy import DASHBOARD, OVERLAYS, find, needs_kubectl, needs_promtool, render
-from tests.support.paths import DEPLOY, README
-
-
-def alert_rules() -> list[dict[str, Any]]:
-    rule = yaml.safe_load((DEPLOY / "base" / "prometheusrule.yaml").read_text())
-    return [r for group in rule["spec"]["groups"] for r in group["rules"]]
-
-
-def dashboard_exprs() -> list[str]:
-    panels = json.loads(DASHBOARD.read_text())["panels"]
-    return [target["expr"] for panel in panels for target in panel["targets"]]
-
-
-def exported_series() -> dict[str, str]:
-    """Every series name the code can export, mapped to its metric family."""
-    registry = CollectorRegistry()
-    Metrics(registry)
-    names = {}
-    for family in registry.collect():
-        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])
-        for suffix in suffixes:
-            names[family.name + suffix] = family.name
-    return names
+from tests.support.deploy import OVERLAYS, dashboard_exprs, find, needs_kubectl, needs_promtool, render
+from tests.support.paths import DEPLOY
 
 
 @needs_kubectl
@@ -129,46 +105,3 @@ def test_dashboard_expressions_pass_promtool(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     result = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_dashboard_uses_a_datasource_variable() -> None:
-    """Every panel and query reads from the ${datasource} variable, so the dashboard imports anywhere."""
-    dashboard = json.loads(DASHBOARD.read_text())
-    assert [v["name"] for v in dashboard["templating"]["list"] if v["type"] == "datasource"] == ["datasource"]
-    for panel in dashboard["panels"]:
-        assert panel["datasource"]["uid"] == "${datasource}"
-        assert all(t["datasource"]["uid"] == "${datasource}" for t in panel["targets"])
-
-
-def test_alerts_and_dashboard_only_use_exported_metrics() -> None:
-    """Every deliverer_* series named by an alert or a panel is one the code exports."""
-    exported = exported_series()
-    used = set()
-    for expr in [r["expr"] for r in alert_rules()] + dashboard_exprs():
-        used |= set(re.findall(r"\bdeliverer_[a-z_]+", expr))
-    assert used, "no metric found: the regex or the files changed"
-    assert sorted(used - set(exported)) == []
-
-
-def test_every_exported_metric_is_documented() -> None:
-    """The README's metrics table lists every metric family the code exports."""
-    readme = README.read_text()
-    missing = sorted({family for family in exported_series().values() if f"`{family}" not in readme})
-    assert missing == []
-
-
-def test_alerts_cover_what_operators_need() -> None:
-    """Alerts exist for backlog age, stalled workers, failure ratio, final failures and no deliverer at all."""
-    names = {r["alert"] for r in alert_rules()}
-    assert {"WebhookOldestDueDeliveryTooOld", "WebhookDelivererHeartbeatStale", "WebhookFailureRatioHigh",
-            "WebhookDeliveriesFailingAfterLastAttempt", "WebhookNoDelivererUp"} <= names
-
-
-def test_dockerfile_is_multi_stage_non_root_exec_form() -> None:
-    """The image builds in two stages, runs as a numeric non-root user, and uses exec-form ENTRYPOINT."""
-    lines = [line.strip() for line in (DEPLOY / "Dockerfile").read_text().splitlines()]
-    assert sum(line.startswith("FROM ") for line in lines) >= 2
-    [user] = [line for line in lines if line.startswith("USER ")]
-    assert user.split()[1].isdigit() and user.split()[1] != "0"
-    [entrypoint] = [line for line in lines if line.startswith("ENTRYPOINT ")]
-    assert json.loads(entrypoint.removeprefix("ENTRYPOINT ")) == ["deliverer"]

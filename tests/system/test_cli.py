@@ -210,26 +210,3 @@ def test_run_and_api_refuse_to_start_without_sealing_keys(dsn: str) -> None:
         result = deliverer(dsn, command, DELIVERER_SECRET_KEYS="")
         assert result.returncode == 2, result.stderr
         assert "generate-encryption-key" in result.stderr
-
-
-def test_a_secret_sealed_with_another_key_fails_the_attempt_not_the_worker(dsn: str, db: psycopg.Connection) -> None:
-    """A secret the worker cannot unseal is a failed attempt, retried later; nothing is sent unsigned."""
-    import asyncio
-
-    import outbox
-    from deliverer.delivery.worker import Worker
-    from tests.support import settings_for, webhook_test
-
-    db.execute("INSERT INTO webhook_endpoint (id, org_id, url, secret) VALUES ('ep_1', 'org_a', "
-               "'http://127.0.0.1:9/hook', %s)", [sealing.seal("whsec_x", sealing.new_key())])
-    with psycopg.connect(dsn) as conn:
-        outbox.publish(conn, "webhook.test", webhook_test(), org_id="org_a")
-        conn.commit()
-
-    async def attempt() -> list:
-        async with Worker(settings_for(dsn)) as worker:
-            return await worker.run_once()
-
-    [result] = asyncio.run(attempt())
-    assert not result.outcome.succeeded and "not in DELIVERER_SECRET_KEYS" in result.outcome.error_message
-    assert result.retry_after == 5

@@ -14,7 +14,6 @@ from deliverer.history import projection
 from deliverer.storage import partitions, schema
 from tests.support import database as testdb
 from tests.support import webhook_test
-from tests.support.paths import SCHEMA_SQL
 from tests.support.schema import ENUM_COLUMNS, SCHEMA_BEFORE_ENUMS, SCHEMA_BEFORE_PARTITIONING, log_checks, log_columns
 
 APPEND_ONLY = ["outbox_event", "delivery_log"]
@@ -67,11 +66,6 @@ def test_migrate_is_idempotent(db: psycopg.Connection) -> None:
     assert schema.migrate(db) == []
     assert schema.migrate(db) == []
     assert (layout(db), partitions.list_partitions(db)) == before
-
-
-def test_packaged_schema_is_the_top_level_file() -> None:
-    """The schema the installed package applies is schema.sql at the top of the repository."""
-    assert schema.schema_sql() == SCHEMA_SQL.read_text()
 
 
 @pytest.mark.parametrize("table", APPEND_ONLY)

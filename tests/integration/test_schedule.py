@@ -1,35 +1,15 @@
-"""The retry schedule: the contract's delays, exactly six attempts, then failed."""
+"""The retry schedule on a real delivery: the contract's delays, exactly six attempts, then failed.
 
-import random
+The delays as arithmetic are in tests/unit/test_schedule.py.
+"""
 
 import psycopg
-import pytest
 
 import outbox
-from deliverer.delivery import schedule
 from deliverer.delivery.worker import Worker
 from tests.support import FakeClock, Receiver, add_endpoint, settings_for, webhook_test
 
 SEED_OFFSETS = [0, 5, 35, 155, 755, 4355]  # attempt start times from the customer docs' table
-
-
-class TestRetryDelay:
-    def test_seed_delays(self) -> None:
-        """After attempts 1-5 the waits are 5 s, 30 s, 2 min, 10 min, 1 h; after the 6th there is none."""
-        assert [schedule.retry_delay(n) for n in range(1, 7)] == [5, 30, 120, 600, 3600, None]
-        assert schedule.max_attempts() == 6
-
-    def test_jitter_stays_within_its_fraction(self) -> None:
-        """Jitter spreads a delay by at most ±jitter of itself."""
-        rng = random.Random(7)
-        values = [schedule.retry_delay(2, jitter=0.1, rng=rng) for _ in range(200)]
-        assert all(27 <= v <= 33 for v in values)
-        assert len(set(values)) > 100
-
-    def test_attempts_start_at_one(self) -> None:
-        """Attempt 0 is a programming error, not a silent default."""
-        with pytest.raises(ValueError, match="numbered from 1"):
-            schedule.retry_delay(0)
 
 
 async def _run_schedule(dsn: str, db: psycopg.Connection, clock: FakeClock) -> list[float]:

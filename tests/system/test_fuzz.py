@@ -1,7 +1,9 @@
-"""Hostile input: the API fuzzed from its OpenAPI document, publish fuzzed with hypothesis."""
+"""Hostile input: the API, run as a real process, fuzzed from its OpenAPI document by schemathesis.
+
+Publish fuzzed with hypothesis is in tests/integration/test_fuzz.py.
+"""
 
 import asyncio
-import json
 import os
 import shutil
 import socket
@@ -10,13 +12,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-import outbox
 from deliverer.registry import apikeys
-from outbox.catalog import EVENT_TYPES
-from tests.support import SEED_EXAMPLES, count
 
 
 def free_port() -> int:
@@ -33,7 +30,7 @@ async def test_api_survives_schemathesis(dsn: str, db: psycopg.Connection, tmp_p
     port = free_port()
     log = (tmp_path / "api.log").open("wb")
     # Development mode: generated host names are not looked up in DNS (this machine's resolver is not ours
-    # to flood); URL rules for production are covered by tests/test_endpoints.py.
+    # to flood); URL rules for production are covered by tests/unit/test_endpoints.py.
     env = {**os.environ, "DATABASE_URL": dsn, "DELIVERER_API_PORT": str(port), "DELIVERER_LOG_FORMAT": "json",
            "DELIVERER_ALLOW_INSECURE_URLS": "1"}
     api = await asyncio.create_subprocess_exec(sys.executable, "-m", "deliverer", "api", env=env,
@@ -60,38 +57,3 @@ async def test_api_survives_schemathesis(dsn: str, db: psycopg.Connection, tmp_p
         log.close()
     assert fuzz.returncode == 0, output[-6000:]
     assert "Traceback" not in (tmp_path / "api.log").read_text()
-
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=12,
-)
-
-
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    event_type=st.sampled_from([*EVENT_TYPES, "job.unknown", ""]),
-    base=st.sampled_from([None, *SEED_EXAMPLES]),
-    overrides=st.dictionaries(st.sampled_from(["id", "org_id", "status", "processing_time_ms", "timestamp",
-                                               "current_balance", "jobs_queued", "extracted_data", "message"]),
-                              json_values, max_size=3),
-    org_id=st.sampled_from(["org_a", "", None, "org\x00a", "x" * 300]),
-)
-def test_publish_either_writes_or_raises_a_clear_error(dsn: str, event_type: str, base: str | None,
-                                                       overrides: dict, org_id: str | None) -> None:
-    """Any input either publishes one event or raises an OutboxError, leaving the transaction usable."""
-    data = {**(SEED_EXAMPLES[base]() if base else {}), **overrides}
-    with psycopg.connect(dsn) as conn:
-        before = count(conn, "outbox_event")
-        try:
-            event_id = outbox.publish(conn, event_type, data, org_id=org_id)  # type: ignore[arg-type]
-        except outbox.OutboxError as exc:
-            assert str(exc)
-            assert count(conn, "outbox_event") == before, "partial write"
-        else:
-            stored = conn.execute("SELECT body FROM outbox_event WHERE id = %s",
-                                  [outbox.parse_event_id(event_id)]).fetchone()
-            assert json.loads(stored[0])["data"] == json.loads(json.dumps(data))
-        conn.execute("SELECT 1")  # the transaction is still usable
-        conn.rollback()

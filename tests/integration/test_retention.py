@@ -1,84 +1,27 @@
-"""Retention: daily partitions created ahead, old ones dropped whole, never what an open delivery needs."""
+"""Retention: daily partitions created ahead, old ones dropped whole, never what an open delivery needs.
 
-import asyncio
-import contextlib
+The pure parts (ranges, durations) are in tests/unit/test_retention.py; the command, a running deliverer
+and the CronJob in tests/system/test_retention.py.
+"""
+
 import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import psycopg
 import pytest
-from prometheus_client import REGISTRY
 from psycopg import sql
 
 import outbox
-from deliverer.cli.commands import build_parser, cmd_retention
 from deliverer.history import projection, replay
 from deliverer.storage import partitions, schema
 from deliverer.storage.queries import QUERIES
 from outbox.ids import new_event_uuid
 from tests.support import count, settings_for, webhook_test
 from tests.support import database as testdb
-from tests.support.deploy import OVERLAYS, find, needs_kubectl, render
-from tests.support.processes import WorkerProcess, deliverer
+from tests.support.partitions import DAY, delivery, finish, name, names, old_day, old_partitions, today
 from tests.support.schema import ENUM_COLUMNS, SCHEMA_BEFORE_PARTITIONING, log_checks, log_columns
-
-DAY = timedelta(days=1)
-
-LOG = """INSERT INTO delivery_log (recorded_at, kind, delivery_id, event_id, endpoint_id, org_id, series, attempt,
-                                  outcome, next_attempt_at)
-         VALUES (%(at)s, %(kind)s, %(delivery_id)s, %(event_id)s, 'ep_a', 'org_a', 1, %(attempt)s,
-                 %(outcome)s, %(next)s)"""
-
-
-def today() -> datetime:
-    return partitions.floor(datetime.now(UTC))
-
-
-def old_day() -> datetime:
-    """Midnight 40 days ago: well past a 30-day cutoff."""
-    return today() - 40 * DAY
-
-
-def name(table: str, day: datetime) -> str:
-    return f"{table}_p{day:%Y%m%d}"
-
-
-def names(db: psycopg.Connection) -> set[str]:
-    return {p.name for p in partitions.list_partitions(db)}
-
-
-def old_partitions(db: psycopg.Connection) -> set[str]:
-    """Create the partitions of the three days around old_day(), as maintenance did back then."""
-    created = partitions.ensure(db, old_day() + 12 * timedelta(hours=1), days_ahead=1)
-    return {d.name for d in created}
-
-
-def delivery(db: psycopg.Connection, at: datetime, *, finished_at: datetime | None = None,
-             outcome: str = "succeeded") -> tuple[uuid.UUID, uuid.UUID]:
-    """An event created at ``at`` and its delivery: finished at ``finished_at``, or still open (in the queue)."""
-    event_id = new_event_uuid(now_ms=int(at.timestamp() * 1000))
-    delivery_id = uuid.uuid4()
-    db.execute("INSERT INTO outbox_event (id, org_id, event_type, body, created_at) "
-               "VALUES (%s, 'org_a', 'webhook.test', '{}', %s)", [event_id, at])
-    fact = {"delivery_id": delivery_id, "event_id": event_id}
-    db.execute(LOG, fact | {"at": at, "kind": "scheduled", "attempt": 0, "outcome": None, "next": at})
-    if finished_at is None:
-        db.execute("INSERT INTO delivery_queue (delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at) "
-                   "VALUES (%s, %s, 'ep_a', 'org_a', 1, 0, %s)", [delivery_id, event_id, at])
-    else:
-        db.execute(LOG, fact | {"at": finished_at, "kind": "attempt_finished", "attempt": 1, "outcome": outcome,
-                                "next": None})
-    return event_id, delivery_id
-
-
-def finish(db: psycopg.Connection, event_id: uuid.UUID, delivery_id: uuid.UUID) -> None:
-    """The open delivery succeeds now: its queue row goes, as the worker's record_results does."""
-    db.execute("DELETE FROM delivery_queue WHERE delivery_id = %s", [delivery_id])
-    db.execute(LOG, {"at": datetime.now(UTC), "kind": "attempt_finished", "delivery_id": delivery_id,
-                     "event_id": event_id, "attempt": 1, "outcome": "succeeded", "next": None})
 
 
 def actions(report: partitions.RetentionReport, action: str) -> set[str]:
@@ -114,16 +57,6 @@ def test_migrate_again_is_a_no_op_and_later_creates_only_the_new_days(db: psycop
     last = today() + partitions.DAYS_AHEAD * DAY
     assert sorted((d.action, d.name) for d in created) == sorted(
         ("created", name(t, last + n * DAY)) for t in partitions.TABLES for n in (1, 2, 3))
-
-
-def test_uncovered_fills_the_gaps_between_existing_partitions() -> None:
-    """Ranges an existing partition covers (a legacy one from MINVALUE too) are skipped; gaps split at day bounds."""
-    day = datetime(2025, 1, 1, tzinfo=UTC)
-    existing = [(None, day + timedelta(days=1, hours=12)), (day + 3 * DAY, day + 4 * DAY)]
-    assert partitions.uncovered(existing, day, day + 6 * DAY) == [
-        (day + timedelta(days=1, hours=12), day + 2 * DAY), (day + 2 * DAY, day + 3 * DAY),
-        (day + 4 * DAY, day + 5 * DAY), (day + 5 * DAY, day + 6 * DAY)]
-    assert partitions.partition_name("outbox_event", day + timedelta(days=1, hours=12)) == "outbox_event_p20250102_1200"
 
 
 def test_event_id_bounds_sort_between_the_ids_of_adjacent_milliseconds(db: psycopg.Connection) -> None:
@@ -337,42 +270,6 @@ def test_periodic_maintenance_creates_upcoming_days_and_skips_while_another_pod_
     assert partitions.maintain_once(settings, later) == []
 
 
-async def test_periodic_maintenance_survives_an_unreachable_database() -> None:
-    """Database errors are counted and retried on the next round; the task keeps running until cancelled."""
-    settings = settings_for("postgresql://postgres@127.0.0.1:1/nowhere")
-
-    def errors() -> float:
-        return REGISTRY.get_sample_value("deliverer_db_errors_total", {"operation": "partitions"}) or 0
-
-    before = errors()
-    task = asyncio.create_task(partitions.maintain(settings, interval=0.05))
-    for _ in range(200):
-        await asyncio.sleep(0.05)
-        if errors() >= before + 2:
-            break
-    assert not task.done()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    assert errors() >= before + 2
-
-
-async def test_a_running_deliverer_creates_missing_partitions(dsn: str, db: psycopg.Connection,
-                                                              tmp_path: Path) -> None:
-    """`deliverer run` maintains partitions by itself: days missing ahead reappear shortly after it starts."""
-    last = today() + partitions.DAYS_AHEAD * DAY
-    schema.migrate(db)
-    for table in partitions.TABLES:
-        db.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name(table, last))))
-    worker = WorkerProcess(dsn, "maintainer", tmp_path)
-    await worker.start()
-    try:
-        await worker.wait_logged("partition created", times=2)
-    finally:
-        assert await worker.stop() == 0
-    assert {name(t, last) for t in partitions.TABLES} <= names(db)
-
-
 async def test_a_delivery_whose_event_was_dropped_cannot_be_replayed(dsn: str, db: psycopg.Connection) -> None:
     """Facts that outlive their event's partition do not let a replay queue a delivery no worker could send."""
     old_partitions(db)
@@ -384,63 +281,3 @@ async def test_a_delivery_whose_event_was_dropped_cannot_be_replayed(dsn: str, d
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         assert await replay.replay(conn, [delivery_id], org_id=None, actor="test") == []
     assert count(db, "delivery_queue") == 0
-
-
-def test_cli_retention_prints_what_it_dropped_kept_and_skipped(dsn: str, db: psycopg.Connection) -> None:
-    """The command prints one line per dropped or skipped partition and totals for the rest; exit status 0."""
-    old = old_partitions(db)
-    delivery(db, old_day() + 12 * timedelta(hours=1))
-    dry = deliverer(dsn, "retention", "--older-than", "30d", "--dry-run")
-    assert dry.returncode == 0, dry.stderr
-    assert names(db) >= old
-    assert sum(line.startswith("would drop") for line in dry.stdout.splitlines()) == 4
-
-    result = deliverer(dsn, "retention", "--older-than", "30d")
-
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[0].startswith("cutoff ")
-    assert sorted(line.split()[1] for line in lines if line.startswith("dropped")) == sorted(
-        old - {name(t, old_day()) for t in partitions.TABLES})
-    assert [line.split()[1] for line in lines if line.startswith("skipped")] == [
-        name("delivery_log", old_day()), name("outbox_event", old_day())]
-    assert f"{'kept':<12} {partitions.DAYS_AHEAD + 2} outbox_event partitions newer than the cutoff" in lines
-    assert deliverer(dsn, "rebuild-projections", "--check").returncode == 0
-
-
-@pytest.mark.parametrize("text", ["30", "thirty", "30 days", "1.5d", "-1d", "0d", "30s", "d", "", "36501d",
-                                  "99999999999999m"])
-def test_durations_that_are_not_a_count_of_days_hours_or_minutes_are_refused(text: str) -> None:
-    """Anything but a positive whole number followed by d, h or m is an error that shows the expected form."""
-    with pytest.raises(ValueError, match="expected a duration like 30d, 12h or 90m"):
-        partitions.parse_duration(text)
-
-
-def test_durations_in_days_hours_and_minutes() -> None:
-    """30d, 12h and 90m mean what they say."""
-    assert [partitions.parse_duration(t) for t in ("30d", "12h", "90m")] == [
-        timedelta(days=30), timedelta(hours=12), timedelta(minutes=90)]
-
-
-def test_cli_refuses_a_bad_or_too_short_cutoff_unless_forced(dsn: str) -> None:
-    """A duration it cannot read, or under a day without --force, exits 2 with a message saying what to do."""
-    bad = deliverer(None, "retention", "--older-than=30 days")
-    assert bad.returncode == 2
-    assert "--older-than: expected a duration like 30d, 12h or 90m" in bad.stderr
-    short = deliverer(dsn, "retention", "--older-than", "12h")
-    assert short.returncode == 2
-    assert "less than a day" in short.stderr and "--force" in short.stderr
-    forced = deliverer(dsn, "retention", "--older-than", "12h", "--force", "--dry-run")
-    assert forced.returncode == 0, forced.stderr
-
-
-@needs_kubectl
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_cronjob_runs_retention_daily_with_a_cutoff_the_cli_accepts(overlay: str) -> None:
-    """Every overlay has the retention CronJob; its arguments parse, without --force or --dry-run, and never overlap."""
-    [cron] = find(render(overlay), "CronJob", "docextract-webhooks-retention")
-    [container] = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
-    args = build_parser().parse_args(container["args"])
-    assert args.func is cmd_retention and not args.force and not args.dry_run
-    assert partitions.parse_duration(args.older_than) >= partitions.MIN_OLDER_THAN
-    assert cron["spec"]["concurrencyPolicy"] == "Forbid"

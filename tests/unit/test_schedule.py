@@ -1,18 +1,33 @@
-"""Scenario 3, reduced: every receiver misbehaviour is recorded right and retried on time, and stalls nothing."""
+"""The retry schedule as arithmetic: the contract's delays, jitter, and how far Retry-After may move them.
 
+Walking a real delivery through the schedule with a fake clock is in tests/integration/test_schedule.py.
+"""
+
+import random
 from datetime import UTC, datetime
-from pathlib import Path
 
-from chaos import receiver_matrix
+import pytest
+
 from deliverer.delivery import schedule, send
 
 
-async def test_misbehaving_receivers_get_the_right_outcome_and_schedule(dsn: str, tmp_path: Path) -> None:
-    """Sixteen misbehaviours: the recorded error class, each next attempt's time and the healthy set are exact."""
-    report = await receiver_matrix.run(dsn, tmp_path, healthy_events=100)
-    assert report.problems == []
-    assert report.delivered == report.expected
-    assert report.duplicates == 0
+class TestRetryDelay:
+    def test_seed_delays(self) -> None:
+        """After attempts 1-5 the waits are 5 s, 30 s, 2 min, 10 min, 1 h; after the 6th there is none."""
+        assert [schedule.retry_delay(n) for n in range(1, 7)] == [5, 30, 120, 600, 3600, None]
+        assert schedule.max_attempts() == 6
+
+    def test_jitter_stays_within_its_fraction(self) -> None:
+        """Jitter spreads a delay by at most ±jitter of itself."""
+        rng = random.Random(7)
+        values = [schedule.retry_delay(2, jitter=0.1, rng=rng) for _ in range(200)]
+        assert all(27 <= v <= 33 for v in values)
+        assert len(set(values)) > 100
+
+    def test_attempts_start_at_one(self) -> None:
+        """Attempt 0 is a programming error, not a silent default."""
+        with pytest.raises(ValueError, match="numbered from 1"):
+            schedule.retry_delay(0)
 
 
 class TestRetryAfter:
