@@ -10,6 +10,7 @@ Each test is marked with its layer from the directory it lives in, so
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -21,6 +22,20 @@ from tests.support import database as testdb
 os.environ["DELIVERER_METRICS_PORT"] = "0"
 # Endpoint secrets are sealed at rest; tests (and the workers they start) share one key.
 os.environ.setdefault("DELIVERER_SECRET_KEYS", "5_ZsxSiPzlJuC4q_f8tTHYBU8pC76WdHhM3O-gS9F3g=")
+
+TESTS = Path(__file__).resolve().parent
+LAYERS = ("unit", "integration", "system")  # registered as markers in pyproject.toml
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects anything
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with the layer its directory names; a test outside the three layers is an error."""
+    for item in items:
+        parts = item.path.resolve().relative_to(TESTS).parts
+        layer = parts[0] if len(parts) > 1 else None
+        if layer not in LAYERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/unit, tests/integration or tests/system")
+        item.add_marker(getattr(pytest.mark, layer))
 
 
 @pytest.fixture(scope="session")
