@@ -1,6 +1,5 @@
 """The webhooks API on a real server, with a real database, keys and receiver."""
 
-import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -15,7 +14,7 @@ import outbox
 from deliverer.api.app import OPENAPI, ROUTES, create_app
 from deliverer.delivery.worker import Worker
 from deliverer.registry import apikeys, endpoints
-from tests.support import Receiver, job_completed, job_failed, settings_for, webhook_test
+from tests.support import Receiver, aeventually, job_completed, job_failed, settings_for, webhook_test
 from tests.support.api_client import Api
 
 
@@ -380,11 +379,11 @@ class TestEvents:
             slow.commit()
             # Transactions of other databases on the same server hold the watermark
             # too, so wait for the events instead of expecting them on the next call.
-            for _ in range(600):
+            async def all_four_seen() -> bool:
+                nonlocal seen
                 seen += await poll()
-                if len(seen) >= 4:
-                    break
-                await asyncio.sleep(0.05)
+                return len(seen) >= 4
+            await aeventually(all_four_seen, lambda: f"all 4 events in the polled pages (seen {seen})")
             seen += await poll()
         finally:
             slow.close()

@@ -3,11 +3,10 @@
 import asyncio
 
 import psycopg
-from aiohttp import web
 
 import outbox
 from deliverer.delivery.worker import Worker
-from tests.support import FakeClock, Receiver, add_endpoint, settings_for, webhook_test
+from tests.support import FakeClock, Receiver, add_endpoint, hold_until, settings_for, webhook_test
 
 LEASE = 30
 
@@ -29,12 +28,7 @@ class TestLeaseExpiry:
         """A send stuck past its lease is taken over; the stuck worker's late success changes nothing."""
         add_endpoint(db, receiver, "/hook")
         release = asyncio.Event()
-
-        async def first_hangs(request: web.Request, n: int) -> web.StreamResponse:
-            if n == 1:
-                await release.wait()
-            return web.Response(text="OK")
-        receiver.behave("/hook", first_hangs)
+        receiver.behave("/hook", hold_until(release, first=1))
         event_id = publish_one(dsn)
 
         async with Worker(settings_for(dsn, worker_id="A", lease_seconds=LEASE),

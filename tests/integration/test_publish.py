@@ -5,7 +5,6 @@ import json
 import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -23,6 +22,7 @@ from tests.support import (
     add_endpoint,
     count,
     depleted,
+    eventually,
     job_completed,
     job_failed,
     settings_for,
@@ -389,10 +389,9 @@ class TestDedupeRaces:
 
             thread = threading.Thread(target=publish_second)
             thread.start()
-            deadline = datetime.now(UTC) + timedelta(seconds=30)
-            while db.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
-                             [waiting_pid]).fetchone() != ("Lock",):
-                assert datetime.now(UTC) < deadline, "the second publish never waited for the first's key"
+            eventually(lambda: db.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                                          [waiting_pid]).fetchone() == ("Lock",),
+                       "the second publish to wait for the first's key")
             first.commit()
             thread.join(30)
         assert results[-1] == first_id

@@ -16,7 +16,17 @@ import outbox
 from deliverer.delivery.worker import Worker
 from deliverer.registry import endpoints
 from outbox import signatures
-from tests.support import FakeClock, Receiver, add_endpoint, count, hold_until, settings_for, webhook_test
+from tests.support import (
+    FakeClock,
+    Receiver,
+    add_endpoint,
+    aeventually,
+    count,
+    hold_until,
+    settings_for,
+    webhook_test,
+    worker_asleep,
+)
 
 
 def publish(dsn: str, org_id: str = "org_a") -> str:
@@ -154,15 +164,14 @@ class TestFairSharing:
         async with Worker(settings) as worker:
             run = asyncio.create_task(worker.run(stop))
             try:
-                await asyncio.sleep(0.5)  # idle, listening: the next wake-up is the commit below
+                # Idle and listening: the next wake-up is the commit below.
+                await aeventually(lambda: worker_asleep(db, worker.worker_id), "the worker to go to sleep")
                 with psycopg.connect(dsn) as conn:  # older than the healthy deliveries, more than a claim window
                     outbox.publish_many(conn, [outbox.Event("webhook.test", webhook_test(), "org_slow")] * 60)
                     healthy = outbox.publish_many(conn, [outbox.Event("webhook.test", webhook_test(), "org_ok")] * 5)
                     conn.commit()
-                for _ in range(300):  # 15 s: far less than the poll interval
-                    if len(receiver.to("/ok")) == len(healthy):
-                        break
-                    await asyncio.sleep(0.05)
+                await receiver.wait_until(lambda: len(receiver.to("/ok")) == len(healthy),
+                                          "the healthy deliveries, long before the 60 s poll", timeout=15)
                 assert sorted(receiver.event_ids("/ok")) == sorted(healthy), "healthy work waited for the poll"
                 assert len(receiver.to("/hang")) == 4
             finally:

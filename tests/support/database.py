@@ -75,6 +75,27 @@ def add_endpoint(db: psycopg.Connection, receiver: Receiver, path: str, *, org_i
     return endpoint
 
 
+# A worker's sessions are named "deliverer <worker id>". It is asleep when it listens, and it has
+# claimed (and found nothing more to do) after LISTEN took effect, with no statement running.
+ASLEEP = """
+WITH mine AS (SELECT query, state, query_start, state_change FROM pg_stat_activity
+              WHERE datname = current_database() AND application_name = 'deliverer ' || %(worker_id)s)
+SELECT EXISTS (SELECT FROM mine l WHERE l.query LIKE 'LISTEN %%' AND l.state = 'idle'
+                AND EXISTS (SELECT FROM mine c WHERE c.query NOT LIKE 'LISTEN %%' AND c.query_start > l.state_change))
+   AND NOT EXISTS (SELECT FROM mine WHERE state <> 'idle')
+"""
+
+
+def worker_asleep(db: psycopg.Connection, worker_id: str) -> bool:
+    """Whether the worker listens for wake-ups and sleeps: only a notification (or its poll interval) wakes it now.
+
+    What a test waits for, instead of a fixed sleep, before committing the event
+    that must be the one to wake the worker.
+    """
+    row = db.execute(ASLEEP, {"worker_id": worker_id}).fetchone()
+    return bool(row and row[0])
+
+
 def count(db: psycopg.Connection, table: str) -> int:
     row = db.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()
     assert row is not None

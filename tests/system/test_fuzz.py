@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from deliverer.registry import apikeys
+from tests.support import aeventually
 
 
 def free_port() -> int:
@@ -36,12 +37,11 @@ async def test_api_survives_schemathesis(dsn: str, db: psycopg.Connection, tmp_p
     api = await asyncio.create_subprocess_exec(sys.executable, "-m", "deliverer", "api", env=env,
                                                stdout=log, stderr=log)
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
-                await asyncio.sleep(0.05)
+        def listening() -> bool:
+            assert api.returncode is None, f"the API exited:\n{(tmp_path / 'api.log').read_text()}"
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            return True
+        await aeventually(listening, f"the API to listen on port {port}", ignoring=(OSError,))
         # Positive-data acceptance is left out: some rules (https only, until after
         # since) are stricter than JSON Schema can say. The test-event operation is
         # left out because it would send requests to the generated URLs.

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 import outbox
 from deliverer.api.app import create_app
 from deliverer.registry import apikeys
-from tests.support import Receiver, add_endpoint, count, settings_for, webhook_test
+from tests.support import Receiver, add_endpoint, aeventually, count, eventually, settings_for, webhook_test
 from tests.support.processes import WorkerProcess
 
 
@@ -79,17 +78,15 @@ def bouncer(dsn: str) -> Iterator[str]:
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     direct = {k: v for k, v in params.items() if k not in ("host", "hostaddr", "port", "password")}
     url = make_conninfo("", **direct, host="127.0.0.1", port=str(port))
+
+    def answers() -> bool:
+        assert proc.poll() is None, f"pgbouncer exited:\n{(workdir / 'pgbouncer.log').read_text()}"
+        psycopg.connect(url, connect_timeout=2).close()
+        return True
+
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                psycopg.connect(url, connect_timeout=2).close()
-                break
-            except psycopg.OperationalError:
-                said = (workdir / "pgbouncer.log").read_text()
-                assert proc.poll() is None, f"pgbouncer exited:\n{said}"
-                assert time.monotonic() < deadline, f"pgbouncer never answered:\n{said}"
-                time.sleep(0.1)
+        eventually(answers, lambda: f"pgbouncer to answer:\n{(workdir / 'pgbouncer.log').read_text()}",
+                   timeout=15, interval=0.1, ignoring=(psycopg.OperationalError,))
         yield url
     finally:
         proc.terminate()
@@ -132,7 +129,7 @@ async def test_worker_and_api_deliver_through_a_transaction_pooler(
             for _ in range(10):
                 published.append(await outbox.apublish(conn, "webhook.test", webhook_test(), org_id="org_a"))
                 await conn.commit()
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.02)  # the producers' pace: commits interleave with the API's and the worker's
 
     async def use_api(http: aiohttp.ClientSession) -> list[int]:
         statuses = []
@@ -152,10 +149,7 @@ async def test_worker_and_api_deliver_through_a_transaction_pooler(
                                  headers={"Authorization": f"Bearer {key}"}) as response:
                 tested = await response.json()
                 assert response.status == 200 and tested["delivered"] is True, tested
-        for _ in range(100):
-            if count(db, "delivery_queue") == 0:
-                break
-            await asyncio.sleep(0.1)
+        await aeventually(lambda: count(db, "delivery_queue") == 0, "every delivery to leave the queue")
     finally:
         stopped = await worker.stop()
         await runner.cleanup()

@@ -1,6 +1,5 @@
 """Health probes and metrics of a real `deliverer run` process, as Kubernetes and Prometheus see them."""
 
-import asyncio
 import json
 import re
 from pathlib import Path
@@ -8,18 +7,21 @@ from pathlib import Path
 import psycopg
 
 import outbox
-from tests.support import Receiver, add_endpoint, webhook_test
+from tests.support import Receiver, add_endpoint, aeventually, webhook_test
 from tests.support.probes import http_get
 from tests.support.processes import WorkerProcess
 
+SUCCESS = re.compile(r'^deliverer_attempts_total\{outcome="success"\} 1\.0$', re.MULTILINE)
+
 
 async def probe_port(worker: WorkerProcess, timeout: float = 30) -> int:
-    for _ in range(int(timeout * 20)):
+    def logged_port() -> int | None:
         for line in worker.log().splitlines():
             if '"probes listening"' in line:
                 return int(json.loads(line)["port"])
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no probe port logged:\n{worker.log()}")
+        return None
+    return await aeventually(logged_port, lambda: f"a probe port in the log of {worker.name}:\n{worker.log()}",
+                             timeout=timeout)
 
 
 async def test_a_worker_without_its_database_is_alive_but_not_ready(tmp_path: Path) -> None:
@@ -47,13 +49,13 @@ async def test_a_working_worker_is_ready_and_exports_its_metrics(
             outbox.publish(conn, "webhook.test", webhook_test(), org_id="org_a")
             conn.commit()
         await receiver.wait_for(1)
-        for _ in range(200):
-            _, metrics = http_get(port, "/metrics")
-            if re.search(r'^deliverer_attempts_total\{outcome="success"\} 1\.0$', metrics, re.MULTILINE):
-                break
-            await asyncio.sleep(0.05)
+
+        def counted() -> str | None:
+            metrics = http_get(port, "/metrics")[1]
+            return metrics if SUCCESS.search(metrics) else None
+        metrics = await aeventually(counted, lambda: f"the attempt in /metrics:\n{http_get(port, '/metrics')[1]}")
         assert http_get(port, "/readyz")[0] == 200
-        assert re.search(r'^deliverer_attempts_total\{outcome="success"\} 1\.0$', metrics, re.MULTILINE), metrics
+        assert SUCCESS.search(metrics), metrics
         assert "deliverer_end_to_end_latency_seconds_count 1.0" in metrics
         assert "deliverer_deliveries_due " in metrics and "deliverer_heartbeat_timestamp_seconds " in metrics
         assert "whsec_" not in metrics and "org_a" not in metrics

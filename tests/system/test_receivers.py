@@ -17,7 +17,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,7 +31,7 @@ import outbox
 from deliverer.delivery.worker import Worker
 from outbox.catalog import CONTRACT_EVENT_TYPES
 from outbox.signatures import docextract_signature
-from tests.support import Receiver, add_endpoint, settings_for
+from tests.support import Receiver, add_endpoint, aeventually, settings_for
 from tests.support.paths import EXAMPLES
 
 PATH = "/webhooks/docextract"
@@ -103,14 +102,14 @@ class ReceiverProcess:
 
     async def wait_for(self, done: Callable[[str], bool], what: str, timeout: float = 30) -> str:
         """Wait until the log satisfies ``done``; return the log."""
-        deadline = time.monotonic() + timeout
-        while True:
+        def log_done() -> str | None:
             text = self.log()
             if done(text):
                 return text
             assert self.proc is not None and self.proc.poll() is None, f"receiver exited:\n{text}"
-            assert time.monotonic() < deadline, f"no {what} within {timeout} s; receiver log:\n{text}"
-            await asyncio.sleep(0.02)
+            return None
+        return await aeventually(log_done, lambda: f"a {what} from the receiver; its log:\n{self.log()}",
+                                 timeout=timeout, interval=0.02)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -166,13 +165,6 @@ def _all_five_events(now: datetime) -> list[outbox.Event]:
     return [completed, failed, *credits, outbox.events.webhook_test(org_id=ORG, timestamp=now)]
 
 
-async def _until(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
-        await asyncio.sleep(0.02)
-
-
 @contextlib.contextmanager
 def _running(process: ReceiverProcess) -> Iterator[ReceiverProcess]:
     process.start()
@@ -209,7 +201,7 @@ async def test_receiver_handles_every_event_once_when_delivered_twice(
                 running = asyncio.create_task(worker.run(stop))
                 try:
                     await receiver.wait_for(2 * len(published))
-                    await _until(lambda: db.execute(
+                    await aeventually(lambda: db.execute(
                         "SELECT count(*) FILTER (WHERE state = 'delivered'), count(*) FROM delivery_state"
                     ).fetchone() == (len(published), len(published)), "delivered state for every event")
                 finally:

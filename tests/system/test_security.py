@@ -62,11 +62,10 @@ class TestFairSharing:
                                DELIVERER_LEASE_SECONDS="60")
         await worker.start()
         try:
-            # Without the cap the 8 slots fill with hanging sends and nothing else moves until they time out.
-            for _ in range(400):
-                if len(receiver.to("/ok")) == len(healthy):
-                    break
-                await asyncio.sleep(0.05)
+            # Without the cap the 8 slots fill with hanging sends and nothing else moves until they time out:
+            # the wait must end before the 30 s HTTP timeout would free the slots anyway.
+            await receiver.wait_until(lambda: len(receiver.to("/ok")) == len(healthy),
+                                      "the healthy deliveries, while the hanging ones hold their cap", timeout=20)
             assert sorted(receiver.event_ids("/ok")) == sorted(healthy)
             assert len(receiver.to("/hang")) <= 2
         finally:

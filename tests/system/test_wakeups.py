@@ -7,10 +7,9 @@ import signal
 from pathlib import Path
 
 import psycopg
-from aiohttp import web
 
 import outbox
-from tests.support import Receiver, add_endpoint, count, webhook_test
+from tests.support import Receiver, add_endpoint, aeventually, count, hold_until, webhook_test, worker_asleep
 from tests.support.processes import WorkerProcess
 
 
@@ -22,7 +21,7 @@ async def test_a_commit_wakes_an_idle_worker(dsn: str, db: psycopg.Connection, r
     await worker.start()
     try:
         await worker.wait_started()
-        await asyncio.sleep(0.5)  # the worker is now asleep for up to a minute
+        await aeventually(lambda: worker_asleep(db, "w"), "the worker to go to sleep for up to a minute")
         with psycopg.connect(dsn) as conn:
             event_id = outbox.publish(conn, "webhook.test", webhook_test(), org_id="org_a")
             conn.commit()
@@ -37,12 +36,7 @@ async def test_worker_killed_mid_send_is_taken_over_after_its_lease(
     """SIGKILL during a send: another process retries after the lease, and the lost attempt is in the log."""
     add_endpoint(db, receiver, "/hook")
     hang = asyncio.Event()
-
-    async def first_hangs(request: web.Request, n: int) -> web.StreamResponse:
-        if n == 1:
-            await hang.wait()
-        return web.Response(text="OK")
-    receiver.behave("/hook", first_hangs)
+    receiver.behave("/hook", hold_until(hang, first=1))
     fast = {"DELIVERER_HTTP_TIMEOUT": "1", "DELIVERER_LEASE_SECONDS": "6", "DELIVERER_POLL_INTERVAL": "0.5"}
     doomed = WorkerProcess(dsn, "doomed", tmp_path, **fast)
     survivor = WorkerProcess(dsn, "survivor", tmp_path, **fast)
@@ -58,10 +52,7 @@ async def test_worker_killed_mid_send_is_taken_over_after_its_lease(
         await doomed.proc.wait()
         await survivor.start()
         await receiver.wait_for(2, timeout=30)
-        for _ in range(100):
-            if count(db, "delivery_queue") == 0:
-                break
-            await asyncio.sleep(0.1)
+        await aeventually(lambda: count(db, "delivery_queue") == 0, "the retried delivery to leave the queue")
     finally:
         hang.set()
         doomed.kill()

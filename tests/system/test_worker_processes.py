@@ -1,24 +1,15 @@
 """Several deliverer processes on one queue: every delivery sent, none twice."""
 
-import asyncio
-import time
 from pathlib import Path
 
 import psycopg
 import pytest
 
 import outbox
-from tests.support import Receiver, add_endpoint, count, webhook_test
+from tests.support import Receiver, add_endpoint, aeventually, count, webhook_test
 from tests.support.processes import WorkerProcess
 
 EVENTS = 2000
-
-
-async def _until(predicate, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize("workers", [2, 4])
@@ -39,7 +30,7 @@ async def test_concurrent_workers_deliver_every_event_exactly_once(
                                                         for _ in range(100)])
                 conn.commit()
         await receiver.wait_for(EVENTS, timeout=120)
-        await _until(lambda: count(db, "delivery_queue") == 0, timeout=30)
+        await aeventually(lambda: count(db, "delivery_queue") == 0, "every delivery to leave the queue", timeout=30)
     finally:
         codes = []
         for proc in procs:

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from deliverer.storage import partitions
-from tests.support import settings_for
+from tests.support import aeventually, settings_for
 from tests.support.partitions import DAY
 
 
@@ -35,10 +35,11 @@ async def test_periodic_maintenance_survives_an_unreachable_database() -> None:
 
     before = errors()
     task = asyncio.create_task(partitions.maintain(settings, interval=0.05))
-    for _ in range(200):
-        await asyncio.sleep(0.05)
-        if errors() >= before + 2:
-            break
+
+    def two_rounds_failed() -> bool:
+        assert not task.done(), "the maintenance task stopped at a database error"
+        return errors() >= before + 2
+    await aeventually(two_rounds_failed, "two failed rounds of maintenance, each counted")
     assert not task.done()
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

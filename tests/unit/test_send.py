@@ -161,19 +161,24 @@ async def test_response_framings(client: send.Client, response: bytes) -> None:
 
 async def test_a_timed_out_connection_is_never_reused(client: send.Client) -> None:
     """The late answer to a timed-out request must not be read as the answer to the next one."""
+    answered_late = asyncio.Event()
+
     async def late_then_fine(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         while True:
             await server.read_request(reader)
             if n == 1:
-                await asyncio.sleep(0.5)
-                writer.write(b"HTTP/1.1 500 Late\r\nContent-Length: 0\r\n\r\n")
+                await asyncio.sleep(0.5)  # the behaviour under test: answering after the client's 0.2 s timeout
+                try:
+                    writer.write(b"HTTP/1.1 500 Late\r\nContent-Length: 0\r\n\r\n")
+                finally:
+                    answered_late.set()
             else:
                 writer.write(OK)
             await writer.drain()
 
     async with RawServer(late_then_fine) as server:
         timed_out = await client.post(server.url, b"{}", {}, timeout=0.2)
-        await asyncio.sleep(0.5)
+        await asyncio.wait_for(answered_late.wait(), 10)  # the late answer is on the wire before the next request
         after = await post(client, server.url)
     assert timed_out.error_class == "timeout"
     assert after.succeeded and server.connections == 2
