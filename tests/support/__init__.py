@@ -2,10 +2,11 @@
 
 The fake clock, the recording receiver and ``eventually`` are the demo's and the
 fault suite's too, so they live in ``deliverer.dev`` and are re-exported here.
-Everything else is for tests only: ``database`` (settings, endpoints, counts;
-the fixtures in tests/conftest.py build on it), ``payloads`` (the customer
-docs' examples), ``processes`` (real ``deliverer`` processes), ``api_client``,
-``deploy``, ``schema`` and ``paths``.
+The rest is for tests only: ``database`` (servers, databases, settings,
+endpoints, counts; the fixtures in tests/conftest.py build on it),
+``payloads`` and ``contract`` (the customer docs' examples), ``processes``
+(real ``deliverer`` processes), ``probes``, ``api_client``, ``deploy``,
+``schema``, ``partitions`` and ``paths``.
 """
 
 from deliverer.dev.clock import FakeClock

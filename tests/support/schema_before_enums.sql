@@ -1,5 +1,5 @@
 -- schema.sql as it was before delivery_log.kind and outcome became enum types (CHECK
--- constraints instead), kept to test the upgrade (tests/test_schema.py). Do not edit.
+-- constraints instead), kept to test the upgrade (tests/integration/test_schema.py). Do not edit.
 -- The outbox and webhook delivery schema: the single source of truth.
 --
 -- `deliverer migrate` applies this file as it is, in one transaction, under an

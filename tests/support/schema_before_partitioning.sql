@@ -1,5 +1,5 @@
 -- schema.sql as released before partitioning (commit 4b2188d), kept to test the upgrade
--- (tests/test_retention.py). Do not edit.
+-- (tests/integration/test_retention.py). Do not edit.
 -- The outbox and webhook delivery schema: the single source of truth.
 --
 -- `deliverer migrate` applies this file as it is, in one transaction, under an
