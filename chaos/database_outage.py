@@ -101,8 +101,11 @@ async def run_terminate(dsn: str, workdir: Path, *, events: int = 6000, rounds: 
     try:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
             for i in range(1, rounds + 1):
-                await run.sink.wait_until(lambda i=i: run.arrived() >= 2 * events * i // (rounds + 2),
-                                    f"round {i} of deliveries", timeout=120)
+                target = 2 * events * i // (rounds + 2)
+
+                def reached(target: int = target) -> bool:
+                    return run.arrived() >= target
+                await run.sink.wait_until(reached, f"round {i} of deliveries", timeout=120)
                 row = await (await admin.execute(QUERIES["deliverer_backends"])).fetchone()
                 report.faults += row[0] if row else 0
         await producer

@@ -63,7 +63,7 @@ def attempt_problems(dsn: str, receipts: list[Received], interrupted: set[str]) 
 
     by_delivery: dict[str, list[int]] = defaultdict(list)
     for r in receipts:
-        if 200 <= r.status < 300:
+        if r.status is not None and 200 <= r.status < 300:
             by_delivery[r.delivery_id].append(r.attempt)
     duplicates, explained, unexplained = 0, [], []
     for delivery_id, attempts in by_delivery.items():

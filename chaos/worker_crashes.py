@@ -65,8 +65,11 @@ async def run(dsn: str, workdir: Path, *, events: int = 20_000, endpoints: int =
             assert remaining > 0, f"only {len(sink.delivered())} of {expected_count} arrived"
             if thresholds:
                 threshold = thresholds.pop(0)
-                await sink.wait_until(lambda threshold=threshold: len(sink.answered()) >= threshold or all_arrived(),
-                                      f"{threshold} answered requests, the next kill's moment", timeout=remaining)
+
+                def reached(threshold: int = threshold) -> bool:
+                    return len(sink.answered()) >= threshold or all_arrived()
+                await sink.wait_until(reached, f"{threshold} answered requests, the next kill's moment",
+                                      timeout=remaining)
                 if all_arrived():
                     break
             elif kill_every is not None:

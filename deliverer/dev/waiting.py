@@ -14,7 +14,7 @@ import contextlib
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, overload
 
 T = TypeVar("T")
 
@@ -36,7 +36,7 @@ def _failure(what: What, timeout: float, error: BaseException | None) -> NeverHa
     return NeverHappened(message)
 
 
-def eventually(predicate: Callable[[], T], what: What, *, timeout: float = DEFAULT_TIMEOUT,
+def eventually(predicate: Callable[[], T | None], what: What, *, timeout: float = DEFAULT_TIMEOUT,
                interval: float = DEFAULT_INTERVAL, ignoring: tuple[type[BaseException], ...] = ()) -> T:
     """Call ``predicate`` until it returns something truthy, and return that.
 
@@ -60,9 +60,17 @@ def eventually(predicate: Callable[[], T], what: What, *, timeout: float = DEFAU
         time.sleep(min(interval, remaining))  # the polling interval between two checks, not a wait for the event
 
 
-async def aeventually(predicate: Callable[[], T | Awaitable[T]], what: What, *, timeout: float = DEFAULT_TIMEOUT,
+@overload
+async def aeventually(predicate: Callable[[], Awaitable[T | None]], what: What, *, timeout: float = ...,
+                      interval: float = ..., ignoring: tuple[type[BaseException], ...] = ...,
+                      wake: asyncio.Event | None = ...) -> T: ...
+@overload
+async def aeventually(predicate: Callable[[], T | None], what: What, *, timeout: float = ...,
+                      interval: float = ..., ignoring: tuple[type[BaseException], ...] = ...,
+                      wake: asyncio.Event | None = ...) -> T: ...
+async def aeventually(predicate: Callable[[], object], what: What, *, timeout: float = DEFAULT_TIMEOUT,
                       interval: float = DEFAULT_INTERVAL, ignoring: tuple[type[BaseException], ...] = (),
-                      wake: asyncio.Event | None = None) -> T:
+                      wake: asyncio.Event | None = None) -> object:
     """``eventually`` for coroutines: ``predicate`` may be a plain function or return an awaitable.
 
     With ``wake``, the condition is checked again as soon as the event is set
@@ -81,7 +89,7 @@ async def aeventually(predicate: Callable[[], T | Awaitable[T]], what: What, *, 
             error = exc
         else:
             if value:
-                return value  # type: ignore[return-value]
+                return value
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _failure(what, timeout, error)
