@@ -19,6 +19,12 @@ demo: install ## run the end-to-end demo (embedded PostgreSQL unless DATABASE_UR
 test: install ## run the test suite (OUTBOX_TEST_DATABASE_URL picks the server)
 	$(PY) -m pytest -q
 
+test-unit: install ## only tests/unit: no database, no processes, seconds
+	$(PY) -m pytest -q tests/unit
+
+test-fast: install ## unit and integration tests: everything but real processes, browser, fault scenarios
+	$(PY) -m pytest -q -m "not system"
+
 lint: install ## ruff over the code and the tests, mypy over the packages, the import contracts
 	$(VENV)/bin/ruff check outbox deliverer tests bench examples chaos
 	$(VENV)/bin/mypy
@@ -31,6 +37,6 @@ chaos: install ## fault suite: kills, outages, bad receivers, shutdowns; prints 
 	$(PY) -m chaos
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
 
-.PHONY: install demo test lint bench chaos help
+.PHONY: install demo test test-unit test-fast lint bench chaos help

@@ -5,7 +5,7 @@ run`` processes and real receivers on loopback. Each one takes a migrated,
 empty database (``dsn``), a working directory for logs and a size, and returns
 a :class:`chaos.report.Report`: what was published, what was expected, what
 arrived, and every check that failed. ``make chaos`` (``python -m chaos``) runs
-them all at full size and prints the summary table; ``tests/test_chaos_*.py``
+them all at full size and prints the summary table; ``tests/system/test_chaos_*.py``
 run each at a reduced size and compare the sets exactly.
 
 Scenarios, one module each: ``worker_crashes``, ``database_outage``,

@@ -18,9 +18,9 @@ import psycopg
 import outbox
 from chaos import harness
 from chaos.queries import QUERIES
-from chaos.receivers import Sink
 from chaos.report import Report
 from chaos.workers import WorkerProcess
+from deliverer.dev.receiver import Receiver
 
 KEYS = 300  # the dedupe key pool: small enough that threads collide
 
@@ -76,7 +76,7 @@ async def run(dsn: str, workdir: Path, *, threads: int = 8, transactions: int = 
               seed: int | None = None) -> Report:
     started = time.monotonic()
     report = Report("5 concurrent producers", fault_kind="rollbacks")
-    sink = await Sink().start()
+    sink = await Receiver(keep_content=False).start()
     paths = ["/producers/a", "/producers/b"]
     for path in paths:
         harness.add_endpoint(dsn, sink.url(path), "org_producers")
@@ -90,7 +90,7 @@ async def run(dsn: str, workdir: Path, *, threads: int = 8, transactions: int = 
             await worker.start()
         await asyncio.to_thread(producers.run)
         report.expected = {(e, p) for e in producers.committed for p in paths}
-        await sink.wait_until(lambda: sink.delivered() >= report.expected, 120, "every committed delivery")
+        await sink.wait_until(lambda: sink.delivered() >= report.expected, "every committed delivery", timeout=120)
         await harness.until_drained(dsn, 60)
         codes = [await w.stop() for w in workers]
         report.check(codes == [0, 0], f"workers exited with {codes}")
@@ -106,4 +106,4 @@ async def run(dsn: str, workdir: Path, *, threads: int = 8, transactions: int = 
     report.check(not {e for e, _ in report.delivered} & only_rolled_back,
                  "an event of a rolled-back transaction was delivered")
     report.notes.append(f"producers: {producers.counts}")
-    return harness.finish(report, dsn, sink.receipts, set(), started)
+    return harness.finish(report, dsn, sink.answered(), set(), started)

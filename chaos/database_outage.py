@@ -18,9 +18,9 @@ import outbox
 from chaos import harness
 from chaos.embedded_postgres import EmbeddedPostgres, create_database
 from chaos.queries import QUERIES
-from chaos.receivers import Sink
 from chaos.report import Report
 from chaos.workers import WorkerProcess
+from deliverer.dev.receiver import Receiver
 
 # The outage must be shorter than the lease, or sends finished during it could be retried.
 WORKER_ENV = {"DELIVERER_HTTP_TIMEOUT": "5", "DELIVERER_LEASE_SECONDS": "15", "DELIVERER_POLL_INTERVAL": "0.2"}
@@ -32,7 +32,7 @@ class _Run:
 
     def __init__(self, dsn: str, workdir: Path, report: Report, events: int, tag: str) -> None:
         self.dsn, self.workdir, self.report, self.events, self.tag = dsn, workdir, report, events, tag
-        self.sink = Sink()
+        self.sink = Receiver(keep_content=False)
         self.paths = [f"/{tag}/a", f"/{tag}/b"]
         self.workers = [WorkerProcess(dsn, f"{tag}-w{i}", workdir, **WORKER_ENV) for i in range(2)]
         self.published: list[str] = []
@@ -61,10 +61,10 @@ class _Run:
                         await conn.commit()
                         self.published += ids
                         n += 50
-                        await asyncio.sleep(0.02)
+                        await asyncio.sleep(0.02)  # the producer's pace: events keep coming through the outage
             except psycopg.OperationalError as exc:
                 self.producer_errors.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}")
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.2)  # an application's pause before reconnecting, part of the load
 
     def arrived(self) -> int:
         return len(self.sink.delivered())
@@ -76,7 +76,8 @@ class _Run:
         for worker in self.workers:
             report.check(worker.running, f"{worker.name} exited during the outage:\n{worker.log()[-2000:]}")
         await harness.until_drained(self.dsn, timeout=90)
-        await self.sink.wait_until(lambda: self.sink.delivered() >= report.expected, 30, "every delivery")
+        await self.sink.wait_until(lambda: self.sink.delivered() >= report.expected, "every delivery",
+                                  timeout=30)
         codes = [await w.stop() for w in self.workers]
         await self.sink.stop()
         report.check(codes == [0, 0], f"workers exited with {codes}")
@@ -86,7 +87,7 @@ class _Run:
             report.check(up == down + 1, f"{worker.name} ended not ready ({up} ready, {down} not ready)")
             report.notes.append(f"{worker.name}: not ready {down} times, ready again each time")
         report.delivered = self.sink.delivered()
-        return harness.finish(report, self.dsn, self.sink.receipts, set(), started)
+        return harness.finish(report, self.dsn, self.sink.answered(), set(), started)
 
 
 async def run_terminate(dsn: str, workdir: Path, *, events: int = 6000, rounds: int = 5) -> Report:
@@ -100,8 +101,11 @@ async def run_terminate(dsn: str, workdir: Path, *, events: int = 6000, rounds: 
     try:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
             for i in range(1, rounds + 1):
-                await harness.until(lambda i=i: run.arrived() >= 2 * events * i // (rounds + 2), 120,
-                                    f"round {i} of deliveries")
+                target = 2 * events * i // (rounds + 2)
+
+                def reached(target: int = target) -> bool:
+                    return run.arrived() >= target
+                await run.sink.wait_until(reached, f"round {i} of deliveries", timeout=120)
                 row = await (await admin.execute(QUERIES["deliverer_backends"])).fetchone()
                 report.faults += row[0] if row else 0
         await producer
@@ -129,7 +133,7 @@ async def run_restart(workdir: Path, *, events: int = 4000, down_seconds: float 
         stop = asyncio.Event()
         producer = asyncio.create_task(run.produce(stop))
         try:
-            await harness.until(lambda: run.arrived() >= events // 2, 120, "half the deliveries")
+            await run.sink.wait_until(lambda: run.arrived() >= events // 2, "half the deliveries", timeout=120)
             await asyncio.to_thread(pg.crash if crash else pg.stop)
             report.faults += 1
             for worker in run.workers:

@@ -18,9 +18,9 @@ from aiohttp import web
 
 from chaos import harness
 from chaos.queries import QUERIES
-from chaos.receivers import Sink
 from chaos.report import Report
 from chaos.workers import WorkerProcess
+from deliverer.dev.receiver import Receiver
 from outbox.ids import delivery_public_id
 
 LEASE = 60  # far longer than the test: a takeover can only come from a hand-back
@@ -37,7 +37,7 @@ def _facts(dsn: str) -> list[tuple]:
 async def run(dsn: str, workdir: Path, *, held: int = 20, grace: float = 2.0) -> Report:
     started = time.monotonic()
     report = Report("4 graceful shutdown", fault_kind="SIGTERM")
-    sink = await Sink().start()
+    sink = await Receiver(keep_content=False).start()
     release = asyncio.Event()
 
     async def hold_first_attempt(request: web.Request, n: int) -> web.StreamResponse:
@@ -59,7 +59,7 @@ async def run(dsn: str, workdir: Path, *, held: int = 20, grace: float = 2.0) ->
         stopping.append(a)
         await a.start()
         published["finish"] = await harness.publish(dsn, held, "org_finish")
-        await harness.until(lambda: sink.begun[paths["finish"]] >= held, 60, "the held sends")
+        await sink.wait_until(lambda: sink.arrivals[paths["finish"]] >= held, "the held sends", timeout=60)
         a.signal(signal.SIGTERM)
         await a.wait_logged("finishing in-flight sends")
         report.faults += 1
@@ -72,10 +72,10 @@ async def run(dsn: str, workdir: Path, *, held: int = 20, grace: float = 2.0) ->
         b = WorkerProcess(dsn, "shutdown-grace", workdir, DELIVERER_SHUTDOWN_GRACE=str(grace), **ENV)
         stopping.append(b)
         await b.start()
-        await harness.until(lambda: len(sink.to(paths["after"])) >= held, 60,
-                            "the deliveries published after the first SIGTERM")
+        await sink.wait_until(lambda: len(sink.to(paths["after"])) >= held,
+                            "the deliveries published after the first SIGTERM", timeout=60)
         published["grace"] = await harness.publish(dsn, held, "org_grace")
-        await harness.until(lambda: sink.begun[paths["grace"]] >= held, 60, "the held sends")
+        await sink.wait_until(lambda: sink.arrivals[paths["grace"]] >= held, "the held sends", timeout=60)
         b.signal(signal.SIGTERM)
         report.faults += 1
         report.check(await b.wait() == 0, "part 2: the worker did not exit 0 after its grace")
@@ -85,7 +85,7 @@ async def run(dsn: str, workdir: Path, *, held: int = 20, grace: float = 2.0) ->
         stopping.append(c)
         await c.start()
         published["second"] = await harness.publish(dsn, held, "org_second")
-        await harness.until(lambda: sink.begun[paths["second"]] >= held, 60, "the held sends")
+        await sink.wait_until(lambda: sink.arrivals[paths["second"]] >= held, "the held sends", timeout=60)
         c.signal(signal.SIGTERM)
         await c.wait_logged("finishing in-flight sends")
         c.signal(signal.SIGTERM)
@@ -108,7 +108,7 @@ async def run(dsn: str, workdir: Path, *, held: int = 20, grace: float = 2.0) ->
     report.published = sum(len(ids) for ids in published.values())
     report.expected = {(e, paths[part]) for part, ids in published.items() for e in ids}
     report.delivered = sink.delivered()
-    return harness.finish(report, dsn, sink.receipts, set(), started)
+    return harness.finish(report, dsn, sink.answered(), set(), started)
 
 
 def _check_log(dsn: str, report: Report, published: dict[str, list[str]], held: int) -> None:

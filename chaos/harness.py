@@ -1,17 +1,16 @@
-"""What every scenario needs: endpoints, publishing, waiting on the queue, and closing the report."""
+"""What every scenario needs: endpoints, publishing, waiting for the queue to drain, and closing the report."""
 
 import asyncio
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 
 import psycopg
 
 import outbox
 from chaos import integrity
 from chaos.queries import QUERIES
-from chaos.receivers import Receipt
 from chaos.report import Report
+from deliverer.dev.receiver import Received
+from deliverer.dev.waiting import aeventually
 from deliverer.registry import endpoints
 
 
@@ -37,7 +36,7 @@ async def publish(dsn: str, count: int, org_id: str, *, batch: int = 500, pause:
             await conn.commit()
             published += ids
             if pause:
-                await asyncio.sleep(pause)
+                await asyncio.sleep(pause)  # the producer's pace, part of the load this scenario makes
     return published
 
 
@@ -48,25 +47,19 @@ async def open_deliveries(dsn: str) -> int:
     return int(row[0])
 
 
-async def until(predicate: Callable[[], bool], timeout: float, what: str, step: float = 0.1) -> None:
-    """Wait for a condition; the timeout only keeps a broken run from hanging."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(step)
-
-
 async def until_drained(dsn: str, timeout: float) -> None:
     """Wait until no delivery is open: every one is delivered or failed."""
-    deadline = time.monotonic() + timeout
-    while await open_deliveries(dsn):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"deliveries still open after {timeout:g} s")
-        await asyncio.sleep(0.2)
+    still_open = -1
+
+    async def drained() -> bool:
+        nonlocal still_open
+        still_open = await open_deliveries(dsn)
+        return still_open == 0
+    await aeventually(drained, lambda: f"every delivery to be delivered or failed ({still_open} still open)",
+                      timeout=timeout, interval=0.2)
 
 
-def finish(report: Report, dsn: str, receipts: list[Receipt], interrupted: set[str], started: float) -> Report:
+def finish(report: Report, dsn: str, receipts: list[Received], interrupted: set[str], started: float) -> Report:
     """Explain duplicates, check the log, and turn every mismatch into a problem."""
     report.duplicates, report.explained, problems = integrity.attempt_problems(dsn, receipts, interrupted)
     report.problems += problems
@@ -74,16 +67,3 @@ def finish(report: Report, dsn: str, receipts: list[Receipt], interrupted: set[s
     report.close()
     report.wall_s = time.monotonic() - started
     return report
-
-
-class Clock:
-    """A clock moved by hand, passed to Worker(clock=...) so schedules run without sleeping."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC) + timedelta(seconds=1)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)

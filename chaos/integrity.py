@@ -5,7 +5,7 @@ from collections import defaultdict
 import psycopg
 
 from chaos.queries import QUERIES
-from chaos.receivers import Receipt
+from deliverer.dev.receiver import Received
 from deliverer.history import projection
 from outbox.ids import delivery_public_id
 
@@ -30,7 +30,7 @@ def log_problems(dsn: str) -> list[str]:
     return problems
 
 
-def attempt_problems(dsn: str, receipts: list[Receipt], interrupted: set[str]) -> tuple[int, list[str], list[str]]:
+def attempt_problems(dsn: str, receipts: list[Received], interrupted: set[str]) -> tuple[int, list[str], list[str]]:
     """Compare what receivers got with the log; returns (duplicates, explanations, problems).
 
     Every attempt a receiver saw must be in the log, and every attempt in the log
@@ -63,7 +63,7 @@ def attempt_problems(dsn: str, receipts: list[Receipt], interrupted: set[str]) -
 
     by_delivery: dict[str, list[int]] = defaultdict(list)
     for r in receipts:
-        if 200 <= r.status < 300:
+        if r.status is not None and 200 <= r.status < 300:
             by_delivery[r.delivery_id].append(r.attempt)
     duplicates, explained, unexplained = 0, [], []
     for delivery_id, attempts in by_delivery.items():

@@ -19,11 +19,14 @@ import psycopg
 import outbox
 from chaos import harness
 from chaos.queries import QUERIES
-from chaos.receivers import Case, Misbehaving, Sink
+from chaos.receivers import Case, Misbehaving
 from chaos.report import Report
 from chaos.workers import WorkerProcess
 from deliverer.delivery.schedule import SEED_DELAYS, honour_retry_after
 from deliverer.delivery.worker import Worker
+from deliverer.dev.clock import FakeClock
+from deliverer.dev.receiver import Receiver
+from deliverer.dev.waiting import aeventually
 from deliverer.settings import Settings
 
 LIVE_TIMEOUT = 3.0  # generous: the receivers share a busy machine, and a fast answer must never time out
@@ -67,7 +70,7 @@ async def _with_injected_clock(dsn: str, cases: list[Case], report: Report) -> N
     with psycopg.connect(dsn) as conn:
         event_id = outbox.publish(conn, "webhook.test", harness.message(), org_id="org_clock")
         conn.commit()
-    clock = harness.Clock()
+    clock = FakeClock()
     settings = Settings(database_url=dsn, allow_insecure_urls=True, http_timeout=CLOCK_TIMEOUT,
                         lease_seconds=LEASE, worker_id="matrix-clock").validated()
     starts: dict[str, list] = {case.url: [] for case in cases}
@@ -105,7 +108,7 @@ async def run(dsn: str, workdir: Path, *, healthy_events: int = 500) -> Report:
     started = time.monotonic()
     report = Report("3 receiver misbehaviour", fault_kind="misbehaving receivers")
     matrix = await Misbehaving(slow_seconds=LIVE_TIMEOUT + 2).start()
-    sink = await Sink().start()
+    sink = await Receiver(keep_content=False).start()
     worker = WorkerProcess(dsn, "matrix-live", workdir, DELIVERER_HTTP_TIMEOUT=str(LIVE_TIMEOUT),
                            DELIVERER_LEASE_SECONDS=str(LEASE), DELIVERER_POLL_INTERVAL="0.2")
     try:
@@ -123,7 +126,8 @@ async def run(dsn: str, workdir: Path, *, healthy_events: int = 500) -> Report:
         report.expected |= {(e, "/healthy") for e in [live_event, *healthy]}
         report.expected.add((live_event, "endless body, 200 (live)"))
 
-        await sink.wait_until(lambda: len(sink.delivered()) >= healthy_events + 1, 60, "the healthy deliveries")
+        await sink.wait_until(lambda: len(sink.delivered()) >= healthy_events + 1, "the healthy deliveries",
+                              timeout=60)
         first: dict[str, Attempt] = {}
         second: dict[str, Attempt] = {}
 
@@ -137,7 +141,7 @@ async def run(dsn: str, workdir: Path, *, healthy_events: int = 500) -> Report:
         def all_recorded() -> bool:
             seen()
             return all(case.url in first for case in matrix.cases)
-        await harness.until(all_recorded, 60, "a first outcome for every misbehaving receiver", step=0.2)
+        await aeventually(all_recorded, "a first outcome for every misbehaving receiver", timeout=60, interval=0.2)
         for case in matrix.cases:
             a = first[case.url]
             report.check((a.error_class, a.http_status) == (case.error_class, case.http_status),
@@ -155,7 +159,7 @@ async def run(dsn: str, workdir: Path, *, healthy_events: int = 500) -> Report:
         def all_retried() -> bool:
             seen()
             return all(c.url in second for c in soon)
-        await harness.until(all_retried, 60, "the second attempts", step=0.2)
+        await aeventually(all_retried, "the second attempts", timeout=60, interval=0.2)
         for case in soon:
             due = first[case.url].next_attempt_at
             begun = second[case.url].started_at
@@ -175,4 +179,4 @@ async def run(dsn: str, workdir: Path, *, healthy_events: int = 500) -> Report:
         await sink.stop()
         await matrix.stop()
     report.notes.append(f"cases: {', '.join(c.name for c in matrix.cases)}")
-    return harness.finish(report, dsn, sink.receipts, set(), started)
+    return harness.finish(report, dsn, sink.answered(), set(), started)

@@ -1,103 +1,22 @@
-"""Receivers on loopback: a fast recording sink, and servers that misbehave on purpose.
+"""Receivers on loopback that misbehave on purpose, in every way the receiver matrix lists.
 
-The sink answers 200 on every path unless a path is given a behaviour, and
-records each request by (path, event id, delivery id, attempt), which is all
-the suite needs to compare what arrived with what was published.
+The recording sink every scenario delivers to is deliverer.dev.receiver's
+Receiver, the one the demo and the tests use; here it serves the HTTP-level
+misbehaviours as behaviours, next to raw TCP servers for what is below HTTP.
 """
 
 import asyncio
 import contextlib
 import socket
 import ssl
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trustme
 from aiohttp import web
 
-
-@dataclass(frozen=True)
-class Receipt:
-    path: str
-    event_id: str
-    delivery_id: str
-    attempt: int
-    status: int
-
-
-Behaviour = Callable[[web.Request, int], Awaitable[web.StreamResponse]]
-
-
-async def _run_app(app: web.Application, ssl_context: ssl.SSLContext | None = None) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
-    await site.start()
-    return runner, runner.addresses[0][1]
-
-
-@dataclass
-class Sink:
-    """A real aiohttp server on loopback that records every request it answers."""
-
-    base_url: str = ""
-    receipts: list[Receipt] = field(default_factory=list)
-    behaviours: dict[str, Behaviour] = field(default_factory=dict)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    begun: Counter[str] = field(default_factory=Counter)  # requests that arrived, answered or not yet
-    _counts: Counter[str] = field(default_factory=Counter)
-    _runner: web.AppRunner | None = None
-
-    async def start(self) -> "Sink":
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner, port = await _run_app(app)
-        self.base_url = f"http://127.0.0.1:{port}"
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    def url(self, path: str) -> str:
-        return f"{self.base_url}{path}"
-
-    def behave(self, path: str, behaviour: Behaviour) -> None:
-        self.behaviours[path] = behaviour
-
-    def to(self, path: str) -> list[Receipt]:
-        return [r for r in self.receipts if r.path == path]
-
-    def delivered(self) -> set[tuple[str, str]]:
-        """(event id, path) of every request answered with a 2xx."""
-        return {(r.event_id, r.path) for r in self.receipts if 200 <= r.status < 300}
-
-    async def wait_until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-            self.arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.arrived.wait(), min(remaining, 0.5))
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        await request.read()
-        path = request.path
-        self._counts[path] += 1
-        self.begun[path] += 1
-        self.arrived.set()
-        behaviour = self.behaviours.get(path)
-        response = web.Response(text="OK") if behaviour is None else await behaviour(request, self._counts[path])
-        headers = request.headers
-        self.receipts.append(Receipt(path, headers.get("X-DocExtract-Event-Id", ""),
-                                     headers.get("X-DocExtract-Delivery-Id", ""),
-                                     int(headers.get("X-DocExtract-Delivery-Attempt", "0")), response.status))
-        self.arrived.set()
-        return response
+from deliverer.dev.receiver import Behaviour, Receiver
 
 
 def free_port() -> int:
@@ -131,27 +50,35 @@ class Misbehaving:
 
     def __init__(self, slow_seconds: float) -> None:
         self.slow_seconds = slow_seconds
-        self.hits: Counter[str] = Counter()
         self.body_cut_off: Counter[str] = Counter()  # responses whose body the client stopped reading
         self.hanging = 0  # connections accepted and held open right now
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self._release = asyncio.Event()
         self.cases: list[Case] = []
+        self.http = Receiver(keep_content=False)
+        self.tls = Receiver(keep_content=False)
+
+    @property
+    def hits(self) -> Counter[str]:
+        """Requests that reached an HTTP path, per path."""
+        return self.http.arrivals + self.tls.arrivals
 
     async def start(self) -> "Misbehaving":
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._http)
-        runner, port = await _run_app(app)
-        self._closers.append(runner.cleanup)
-        base = f"http://127.0.0.1:{port}"
+        for status in (500, 503, 429, 404, 410):
+            self.http.behave(f"/status/{status}", self._status(status))
+        self.http.behave("/redirect", self._redirect)
+        self.http.behave("/slow", self._slow)
+        self.http.behave("/endless", self._big_body)
+        self.http.behave("/huge", self._big_body)
+        await self.http.start()
+        self._closers.append(self.http.stop)
+        base = self.http.base_url
 
         ca = trustme.CA()
         server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ca.issue_cert("127.0.0.1").configure_cert(server_context)
-        tls_app = web.Application()
-        tls_app.router.add_route("*", "/{tail:.*}", self._http)
-        tls_runner, tls_port = await _run_app(tls_app, server_context)
-        self._closers.append(tls_runner.cleanup)
+        await self.tls.start(ssl_context=server_context)
+        self._closers.append(self.tls.stop)
 
         hang_port = await self._raw(self._accept_then_hang)
         reset_port = await self._raw(self._reset_mid_response)
@@ -173,7 +100,7 @@ class Misbehaving:
             Case("endless body, 200", f"{base}/endless", None, 200),
             Case("huge body, 500", f"{base}/huge", "http_5xx", 500),
             Case("non-HTTP garbage", f"http://127.0.0.1:{garbage_port}/hook", "protocol_error", None),
-            Case("TLS, untrusted certificate", f"https://127.0.0.1:{tls_port}/hook", "tls_error", None),
+            Case("TLS, untrusted certificate", self.tls.url("/hook"), "tls_error", None),
         ]
         return self
 
@@ -222,25 +149,25 @@ class Misbehaving:
             await writer.drain()
         writer.close()
 
-    async def _http(self, request: web.Request) -> web.StreamResponse:
-        await request.read()
-        path = request.path
-        self.hits[path] += 1
-        if path.startswith("/status/"):
+    @staticmethod
+    def _status(status: int) -> Behaviour:
+        async def behaviour(request: web.Request, n: int) -> web.StreamResponse:
             headers = {}
             if "retry_after" in request.query:
                 headers["Retry-After"] = request.query["retry_after"]
-            return web.Response(status=int(path.rsplit("/", 1)[1]), text="no", headers=headers)
-        if path == "/redirect":
-            return web.Response(status=301, headers={"Location": "/redirect-target"})
-        if path == "/slow":
-            await asyncio.sleep(self.slow_seconds)
-            return web.Response(text="OK, but too late")
-        if path in ("/endless", "/huge"):
-            return await self._big_body(request, path)
-        return web.Response(text="OK")
+            return web.Response(status=status, text="no", headers=headers)
+        return behaviour
 
-    async def _big_body(self, request: web.Request, path: str) -> web.StreamResponse:
+    @staticmethod
+    async def _redirect(request: web.Request, n: int) -> web.StreamResponse:
+        return web.Response(status=301, headers={"Location": "/redirect-target"})
+
+    async def _slow(self, request: web.Request, n: int) -> web.StreamResponse:
+        await asyncio.sleep(self.slow_seconds)  # the misbehaviour itself: answering after the deliverer's timeout
+        return web.Response(text="OK, but too late")
+
+    async def _big_body(self, request: web.Request, n: int) -> web.StreamResponse:
+        path = request.path
         response = web.StreamResponse(status=200 if path == "/endless" else 500)
         if path == "/huge":
             response.content_length = self.HUGE_BODY

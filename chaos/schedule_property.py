@@ -22,10 +22,11 @@ from hypothesis import strategies as st
 import outbox
 from chaos import harness, integrity
 from chaos.queries import QUERIES
-from chaos.receivers import Sink
 from chaos.report import Report
 from deliverer.delivery.schedule import SEED_DELAYS, honour_retry_after
 from deliverer.delivery.worker import Worker
+from deliverer.dev.clock import FakeClock
+from deliverer.dev.receiver import Receiver
 from deliverer.settings import Settings
 
 LEASE = 30.0
@@ -84,7 +85,7 @@ class Checked:
 async def check_pattern(dsn: str, pattern: list[Step], n: int) -> Checked:
     """Run one pattern end to end against the model."""
     problems: list[str] = []
-    sink = await Sink().start()
+    sink = await Receiver(keep_content=False).start()
     path, org_id = f"/p{n}", f"org_p{n}"
 
     async def respond(request: web.Request, _: int) -> web.StreamResponse:
@@ -98,7 +99,7 @@ async def check_pattern(dsn: str, pattern: list[Step], n: int) -> Checked:
         with psycopg.connect(dsn) as conn:
             event_id = outbox.publish(conn, "webhook.test", harness.message(n), org_id=org_id)
             conn.commit()
-        clock = harness.Clock()
+        clock = FakeClock()
         begin = clock()
         offsets: list[float] = []
         config = Settings(database_url=dsn, allow_insecure_urls=True, lease_seconds=LEASE,
@@ -137,8 +138,8 @@ async def check_pattern(dsn: str, pattern: list[Step], n: int) -> Checked:
             problems.append(f"ended {final}, expected {want_final}")
         sends = sum(1 for step in itertools.islice(itertools.chain(pattern, itertools.repeat(Step(500))),
                                                    len(want_offsets)) if step.status != 0)
-        if len(sink.receipts) != sends:
-            problems.append(f"the receiver got {len(sink.receipts)} requests, expected {sends}")
+        if len(sink.answered()) != sends:
+            problems.append(f"the receiver got {len(sink.answered())} requests, expected {sends}")
     finally:
         await sink.stop()
     return Checked(event_id, want_final, final, [f"pattern {[str(s) for s in pattern]}: {p}" for p in problems])

@@ -14,9 +14,9 @@ from pathlib import Path
 from aiohttp import web
 
 from chaos import harness
-from chaos.receivers import Sink
 from chaos.report import Report
 from chaos.workers import WorkerProcess
+from deliverer.dev.receiver import Receiver
 
 # A lease short enough that killed workers' deliveries come back within seconds, and a
 # timeout long enough that a sink slowed by a busy machine never times out: a receiver
@@ -33,10 +33,11 @@ async def run(dsn: str, workdir: Path, *, events: int = 20_000, endpoints: int =
     started = time.monotonic()
     rng = random.Random(seed)
     report = Report("1 worker crashes (SIGKILL)", fault_kind="SIGKILL")
-    sink = await Sink().start()
+    sink = await Receiver(keep_content=False).start()
 
     async def in_flight_for_a_moment(request: web.Request, n: int) -> web.StreamResponse:
-        # A few milliseconds in flight per request, where a kill can land between send and record.
+        # A few milliseconds in flight per request, where a kill can land between send and record:
+        # the receiver's behaviour under test, not a wait.
         await asyncio.sleep(rng.random() * 0.02)
         return web.Response(text="OK")
 
@@ -60,19 +61,24 @@ async def run(dsn: str, workdir: Path, *, events: int = 20_000, endpoints: int =
             return producer.done() and len(sink.delivered()) >= expected_count
 
         while not all_arrived():
-            assert time.monotonic() < deadline, f"only {len(sink.delivered())} of {expected_count} arrived"
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"only {len(sink.delivered())} of {expected_count} arrived"
             if thresholds:
-                if len(sink.receipts) < thresholds[0]:
-                    await asyncio.sleep(0.02)
-                    continue
-                thresholds.pop(0)
+                threshold = thresholds.pop(0)
+
+                def reached(threshold: int = threshold) -> bool:
+                    return len(sink.answered()) >= threshold or all_arrived()
+                await sink.wait_until(reached, f"{threshold} answered requests, the next kill's moment",
+                                      timeout=remaining)
+                if all_arrived():
+                    break
             elif kill_every is not None:
-                await asyncio.sleep(kill_every)
+                await asyncio.sleep(kill_every)  # the kill rate is the fault being injected, not a wait for anything
                 if all_arrived():
                     break
             else:
-                await asyncio.sleep(0.1)
-                continue
+                await sink.wait_until(all_arrived, f"all {expected_count} deliveries", timeout=remaining)
+                break
             slot = rng.randrange(workers)
             victim = slots[slot]
             victim.kill()
@@ -97,4 +103,4 @@ async def run(dsn: str, workdir: Path, *, events: int = 20_000, endpoints: int =
     report.delivered = sink.delivered()
     report.check(exit_codes == [0] * workers, f"workers exited with {exit_codes} on SIGTERM")
     report.notes.append(f"{len(killed)} worker incarnations killed, e.g. {', '.join(sorted(killed)[:4])}")
-    return harness.finish(report, dsn, sink.receipts, killed, started)
+    return harness.finish(report, dsn, sink.answered(), killed, started)

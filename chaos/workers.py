@@ -4,8 +4,9 @@ import asyncio
 import os
 import signal
 import sys
-import time
 from pathlib import Path
+
+from deliverer.dev.waiting import aeventually
 
 
 class WorkerProcess:
@@ -37,11 +38,13 @@ class WorkerProcess:
         return self.log().count(f'"event": "{message}"')
 
     async def wait_logged(self, message: str, times: int = 1, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while self.logged(message) < times:
+        def logged_enough() -> bool:
+            if self.logged(message) >= times:
+                return True
             assert self.running, f"{self.name} exited while waiting for {message!r}:\n{self.log()[-3000:]}"
-            assert time.monotonic() < deadline, f"{self.name} never logged {message!r}:\n{self.log()[-3000:]}"
-            await asyncio.sleep(0.05)
+            return False
+        await aeventually(logged_enough, lambda: f"{self.name} to log {message!r} {times} time(s); its log:\n"
+                                                 f"{self.log()[-3000:]}", timeout=timeout)
 
     async def wait_started(self, timeout: float = 30) -> None:
         await self.wait_logged("worker started", timeout=timeout)

@@ -13,8 +13,6 @@ through all six attempts quickly; production uses the contract's 5 s ... 1 h.
 """
 
 import asyncio
-import hashlib
-import hmac
 import secrets
 import time
 from datetime import UTC, datetime, timedelta
@@ -27,6 +25,8 @@ from deliverer import settings as config
 from deliverer.cli.output import ATTEMPT_HEADERS, DELIVERY_HEADERS, attempt_rows, delivery_rows, format_table
 from deliverer.delivery.worker import Worker
 from deliverer.dev import database as devdb
+from deliverer.dev.receiver import Receiver, respond
+from deliverer.dev.waiting import NeverHappened, aeventually
 from deliverer.history import projection
 from deliverer.history.queries import QUERIES as HISTORY_SQL
 from deliverer.ops import logsetup as logconfig
@@ -37,33 +37,15 @@ from outbox import sqlfile
 
 DEMO_SQL = sqlfile.load(__package__, "demo.sql")
 DEMO_DELAYS = (0.2, 0.4, 0.8, 1.6, 3.2)
+HEALTHY, BROKEN = "/webhooks/docextract", "/webhooks/broken"  # the receiver's two endpoints
 
 
-class Receiver:
-    """A customer's endpoint: verifies X-DocExtract-Signature over the raw body, answers 200 quickly."""
-
-    def __init__(self) -> None:
-        self.secret = ""
-        self.received: dict[str, float] = {}  # event id -> receipt time (perf_counter)
-        self.rejected = 0
-
-    async def healthy(self, request: web.Request) -> web.Response:
-        payload = await request.read()
-        signature = request.headers.get("X-DocExtract-Signature", "")
-        expected = hmac.new(self.secret.encode(), payload, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(signature, expected):
-            self.rejected += 1
-            return web.Response(status=401, text="Invalid signature")
-        event = await request.json()
-        event_id = request.headers["X-DocExtract-Event-Id"]
-        self.received.setdefault(event_id, time.perf_counter())
-        print(f"  receiver: verified {event['event']:<20} {event_id} "
-              f"attempt {request.headers['X-DocExtract-Delivery-Attempt']}")
-        return web.Response(text="OK")
-
-    async def broken(self, request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(status=500, text="database is down")
+async def _announce(request: web.Request, n: int) -> web.Response:
+    """The healthy endpoint, once the signature has verified: say what arrived, answer 200 quickly."""
+    event = await request.json()
+    print(f"  receiver: verified {event['event']:<20} {request.headers['X-DocExtract-Event-Id']} "
+          f"attempt {request.headers['X-DocExtract-Delivery-Attempt']}")
+    return web.Response(text="OK")
 
 
 # The application's debit, one statement that locks the org's balance row until commit and
@@ -146,14 +128,15 @@ def _publish_business_events(dsn: str, org_id: str) -> dict[str, float]:
 
 
 async def _wait_until_finished(dsn: str, org_id: str, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        while time.monotonic() < deadline:
+        async def finished() -> bool:
             row = await (await conn.execute(HISTORY_SQL["open_deliveries"], {"org_id": org_id})).fetchone()
-            if row and row[0] == 0:
-                return True
-            await asyncio.sleep(0.1)
-    return False
+            return bool(row and row[0] == 0)
+        try:
+            await aeventually(finished, "every delivery to be delivered or failed", timeout=timeout, interval=0.1)
+        except NeverHappened:
+            return False
+    return True
 
 
 async def main(database_url: str | None) -> int:
@@ -165,24 +148,21 @@ async def main(database_url: str | None) -> int:
         with psycopg.connect(dsn, autocommit=True) as conn:
             schema.migrate(conn)
 
-        receiver = Receiver()
-        app = web.Application()
-        app.router.add_post("/webhooks/docextract", receiver.healthy)
-        app.router.add_post("/webhooks/broken", receiver.broken)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
+        # A customer's endpoint: checks X-DocExtract-Signature over the raw body like the docs' Flask
+        # example and answers 401 when it does not match; the other path is a customer whose database is down.
+        receiver = Receiver(reject_bad_signatures=True)
+        receiver.behave(HEALTHY, _announce)
+        receiver.behave(BROKEN, respond(500, "database is down"))
+        await receiver.start()
 
         org_id = "org_demo_" + secrets.token_hex(4)
         with psycopg.connect(dsn, autocommit=True) as conn:
-            healthy = endpoints.add(conn, org_id=org_id, url=f"http://127.0.0.1:{port}/webhooks/docextract",
+            healthy = endpoints.add(conn, org_id=org_id, url=receiver.url(HEALTHY),
                                     description="healthy receiver", allow_insecure=True)
-            broken = endpoints.add(conn, org_id=org_id, url=f"http://127.0.0.1:{port}/webhooks/broken",
+            broken = endpoints.add(conn, org_id=org_id, url=receiver.url(BROKEN),
                                    event_types=["job.failed", "credits.depleted"],
                                    description="always answers 500", allow_insecure=True)
-        receiver.secret = healthy.secret or ""
+        receiver.secrets[HEALTHY] = healthy.secret or ""
         print(f"org {org_id}: endpoint {healthy.id} (all events, healthy), "
               f"{broken.id} (job.failed + credits.depleted, answers 500)")
 
@@ -196,7 +176,7 @@ async def main(database_url: str | None) -> int:
             finished = await _wait_until_finished(dsn, org_id, timeout=45)
             stop.set()
             await running
-        await runner.cleanup()
+        await receiver.stop()
 
         with psycopg.connect(dsn, autocommit=True) as conn:
             print("\nDeliveries (state derived from the append-only log):")
@@ -206,12 +186,17 @@ async def main(database_url: str | None) -> int:
             print("\nAttempts:")
             print(format_table(ATTEMPT_HEADERS, attempt_rows(conn, org_id)))
             consistent = not projection.diff(conn)
-        latencies = sorted((receiver.received[e] - t) * 1000 for e, t in committed.items() if e in receiver.received)
-        print(f"\nevents committed: {len(committed)}, verified by the receiver: {len(receiver.received)}, "
-              f"bad signatures: {receiver.rejected}, rolled-back event delivered: no")
+        received: dict[str, float] = {}  # event id -> when its first verified request arrived (perf_counter)
+        for request in receiver.to(HEALTHY):
+            if request.signature_ok:
+                received.setdefault(request.event_id, request.at)
+        rejected = sum(1 for request in receiver.requests if request.signature_ok is False)
+        latencies = sorted((received[e] - t) * 1000 for e, t in committed.items() if e in received)
+        print(f"\nevents committed: {len(committed)}, verified by the receiver: {len(received)}, "
+              f"bad signatures: {rejected}, rolled-back event delivered: no")
         if latencies:
             print(f"commit-to-receipt: {', '.join(f'{ms:.1f} ms' for ms in latencies)}")
         print(f"projection rebuilt from the log matches the live queue: {'yes' if consistent else 'NO'}")
-        ok = finished and len(receiver.received) == len(committed) and receiver.rejected == 0 and consistent
+        ok = finished and len(received) == len(committed) and rejected == 0 and consistent
         print("demo finished" if ok else "demo FAILED: see above")
         return 0 if ok else 1

@@ -1,0 +1,27 @@
+"""Sealed endpoint secrets meet the worker: one it cannot unseal fails the attempt, never the worker."""
+
+import asyncio
+
+import psycopg
+
+import outbox
+from deliverer.delivery.worker import Worker
+from deliverer.security import sealing
+from tests.support import settings_for, webhook_test
+
+
+def test_a_secret_sealed_with_another_key_fails_the_attempt_not_the_worker(dsn: str, db: psycopg.Connection) -> None:
+    """A secret the worker cannot unseal is a failed attempt, retried later; nothing is sent unsigned."""
+    db.execute("INSERT INTO webhook_endpoint (id, org_id, url, secret) VALUES ('ep_1', 'org_a', "
+               "'http://127.0.0.1:9/hook', %s)", [sealing.seal("whsec_x", sealing.new_key())])
+    with psycopg.connect(dsn) as conn:
+        outbox.publish(conn, "webhook.test", webhook_test(), org_id="org_a")
+        conn.commit()
+
+    async def attempt() -> list:
+        async with Worker(settings_for(dsn)) as worker:
+            return await worker.run_once()
+
+    [result] = asyncio.run(attempt())
+    assert not result.outcome.succeeded and "not in DELIVERER_SECRET_KEYS" in result.outcome.error_message
+    assert result.retry_after == 5

@@ -1,0 +1,269 @@
+-- schema.sql as it was before delivery_log.kind and outcome became enum types (CHECK
+-- constraints instead), kept to test the upgrade (tests/integration/test_schema.py). Do not edit.
+-- The outbox and webhook delivery schema: the single source of truth.
+--
+-- `deliverer migrate` applies this file as it is, in one transaction, under an
+-- advisory lock; every statement is idempotent, so applying it again is a no-op.
+--
+-- Tables:
+--   outbox_event      append-only; producers INSERT, nobody updates or deletes.
+--   outbox_dedupe     (org, dedupe key) -> first event id; makes re-publishing a no-op.
+--   webhook_endpoint  where an org wants its events, with the signing secret.
+--   delivery_log      append-only history of every delivery: the source of truth.
+--   delivery_queue    the hot work table: one row per open delivery. It is a
+--                     projection of delivery_log (see the delivery_state view) and
+--                     can be dropped and rebuilt from it by `deliverer rebuild-projections`.
+--
+-- The append-only tables are range-partitioned by time, one partition per UTC day:
+-- outbox_event on its UUIDv7 id (a bound for time T is the uuid whose first 48 bits
+-- are T's Unix milliseconds and the rest zero; uuids compare bytewise), delivery_log
+-- on recorded_at. Retention drops whole partitions instead of deleting rows, so old
+-- data leaves no dead tuples to vacuum. The daily partitions are created ahead by
+-- deliverer/partitions.py (`deliverer migrate`, every running deliverer hourly, and
+-- `deliverer retention`); this file creates only the parents and their DEFAULT
+-- partitions.
+
+-- Upgrading from before partitioning, part one: the plain tables step aside under
+-- a *_legacy name (with their indexes and identity sequence, whose names the new
+-- tables take) and are attached below as the first partitions. Their row triggers
+-- go: attaching gives them the parent's.
+DO $$
+BEGIN
+    IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('outbox_event')) = 'r' THEN
+        ALTER TABLE outbox_event RENAME TO outbox_event_legacy;
+        ALTER INDEX IF EXISTS outbox_event_pkey RENAME TO outbox_event_legacy_pkey;
+        ALTER INDEX IF EXISTS outbox_event_org_txid RENAME TO outbox_event_legacy_org_txid;
+        DROP TRIGGER IF EXISTS outbox_event_append_only ON outbox_event_legacy;
+    END IF;
+    IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('delivery_log')) = 'r' THEN
+        ALTER TABLE delivery_log RENAME TO delivery_log_legacy;
+        ALTER INDEX IF EXISTS delivery_log_pkey RENAME TO delivery_log_legacy_pkey;
+        ALTER INDEX IF EXISTS delivery_log_delivery RENAME TO delivery_log_legacy_delivery;
+        ALTER INDEX IF EXISTS delivery_log_endpoint RENAME TO delivery_log_legacy_endpoint;
+        ALTER INDEX IF EXISTS delivery_log_event RENAME TO delivery_log_legacy_event;
+        EXECUTE format('ALTER SEQUENCE %s RENAME TO delivery_log_legacy_seq_seq',
+                       pg_get_serial_sequence('delivery_log_legacy', 'seq'));
+        DROP TRIGGER IF EXISTS delivery_log_append_only ON delivery_log_legacy;
+    END IF;
+END;
+$$;
+
+CREATE TABLE IF NOT EXISTS outbox_event (
+    id          uuid        NOT NULL PRIMARY KEY,  -- UUIDv7: time-ordered, public form evt_<hex>
+    org_id      text        NOT NULL,
+    event_type  text        NOT NULL,
+    body        text        NOT NULL,              -- the exact bytes every attempt signs and sends
+    dedupe_key  text,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    txid        xid8        NOT NULL DEFAULT pg_current_xact_id()  -- commit-order cursor for pollers
+) PARTITION BY RANGE (id);
+
+-- Pollers read an org's events in commit order (see events_after in deliverer/queries.sql).
+CREATE INDEX IF NOT EXISTS outbox_event_org_txid ON outbox_event (org_id, txid, id);
+
+CREATE TABLE IF NOT EXISTS outbox_dedupe (
+    org_id      text        NOT NULL,
+    dedupe_key  text        NOT NULL,
+    event_id    uuid        NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (org_id, dedupe_key)
+);
+
+-- Retention forgets dedupe keys older than its cutoff, oldest first, in batches.
+CREATE INDEX IF NOT EXISTS outbox_dedupe_created_at ON outbox_dedupe (created_at);
+
+CREATE TABLE IF NOT EXISTS webhook_endpoint (
+    id           text        NOT NULL PRIMARY KEY,  -- ep_<random>
+    org_id       text        NOT NULL,
+    url          text        NOT NULL,
+    secret       text        NOT NULL,
+    event_types  text[],                            -- NULL: every event type
+    description  text        NOT NULL DEFAULT '',
+    enabled      boolean     NOT NULL DEFAULT true,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    deleted_at   timestamptz
+);
+
+-- Columns added after the first release: ADD COLUMN IF NOT EXISTS migrates databases
+-- created before them.
+-- Secret rotation keeps the previous secret valid for a grace period; requests are
+-- signed with both meanwhile (see README, "Secret rotation").
+ALTER TABLE webhook_endpoint ADD COLUMN IF NOT EXISTS previous_secret text;
+ALTER TABLE webhook_endpoint ADD COLUMN IF NOT EXISTS previous_secret_expires_at timestamptz;
+-- Why the endpoint was disabled (NULL while enabled, or when disabled by hand).
+ALTER TABLE webhook_endpoint ADD COLUMN IF NOT EXISTS disabled_reason text;
+-- Start of the current run of failed attempts; NULL after a success.
+ALTER TABLE webhook_endpoint ADD COLUMN IF NOT EXISTS failing_since timestamptz;
+
+-- Fan-out reads this on every publish.
+CREATE INDEX IF NOT EXISTS webhook_endpoint_org ON webhook_endpoint (org_id) WHERE enabled AND deleted_at IS NULL;
+
+-- API keys: only a SHA-256 of the key is stored. Keys carry 32 random bytes, so a
+-- fast hash is enough; the prefix helps operators recognise a key in listings.
+CREATE TABLE IF NOT EXISTS api_key (
+    id          text        NOT NULL PRIMARY KEY,  -- key_<random>
+    org_id      text        NOT NULL,
+    key_hash    bytea       NOT NULL UNIQUE,
+    prefix      text        NOT NULL,             -- e.g. sk_live_AbC1
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    revoked_at  timestamptz
+);
+
+-- One row per fact about a delivery. `series` counts attempt series (1, then one
+-- more per manual replay); `attempt` is the attempt number inside the series and
+-- doubles as the fencing token for leases.
+--   scheduled          fan-out created the delivery; next_attempt_at = first due time
+--   replay_requested   a new attempt series starts; actor says who asked
+--   attempt_started    a worker leased the delivery; next_attempt_at = lease end
+--   attempt_finished   the attempt's outcome; next_attempt_at NULL means terminal
+--   attempt_abandoned  the lease ran out with no outcome reported (worker died)
+--   late_result        an outcome reported after its lease was taken over; informational only
+CREATE TABLE IF NOT EXISTS delivery_log (
+    seq              bigint      GENERATED ALWAYS AS IDENTITY,
+    recorded_at      timestamptz NOT NULL DEFAULT now(),
+    -- Constraints are named: attaching a table as a partition needs its CHECK
+    -- constraints to carry the parent's names.
+    kind             text        NOT NULL CONSTRAINT delivery_log_kind_check CHECK (kind IN ('scheduled',
+                         'replay_requested', 'attempt_started', 'attempt_finished', 'attempt_abandoned',
+                         'late_result')),
+    delivery_id      uuid        NOT NULL,
+    event_id         uuid        NOT NULL,
+    endpoint_id      text        NOT NULL,
+    org_id           text        NOT NULL,
+    series           integer     NOT NULL,
+    attempt          integer     NOT NULL,
+    outcome          text        CONSTRAINT delivery_log_outcome_check
+                                     CHECK (outcome IN ('succeeded', 'failed', 'unknown')),
+    next_attempt_at  timestamptz,
+    worker_id        text,
+    started_at       timestamptz,
+    duration_ms      double precision,
+    http_status      integer,
+    error_class      text,
+    error_message    text,
+    response_excerpt text,
+    actor            text,
+    PRIMARY KEY (recorded_at, seq)
+) PARTITION BY RANGE (recorded_at);
+
+CREATE INDEX IF NOT EXISTS delivery_log_delivery ON delivery_log (delivery_id, series, attempt);
+-- An endpoint's attempts, newest first, paged by seq.
+CREATE INDEX IF NOT EXISTS delivery_log_endpoint ON delivery_log (endpoint_id, seq);
+-- An event's deliveries: only the one 'scheduled' row of each is indexed.
+CREATE INDEX IF NOT EXISTS delivery_log_event ON delivery_log (event_id) WHERE kind = 'scheduled';
+
+CREATE TABLE IF NOT EXISTS delivery_queue (
+    delivery_id  uuid        NOT NULL PRIMARY KEY,
+    event_id     uuid        NOT NULL,
+    endpoint_id  text        NOT NULL,
+    org_id       text        NOT NULL,
+    series       integer     NOT NULL,
+    attempt      integer     NOT NULL,  -- attempts started in this series; the lease's fencing token
+    due_at       timestamptz NOT NULL,  -- next attempt, or lease end while leased
+    leased_by    text                   -- worker holding the lease; NULL when waiting
+) WITH (
+    -- Rows are inserted, updated a few times and deleted within seconds: keep the
+    -- table and its index small by vacuuming early and leaving room on each page.
+    fillfactor = 80,
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_insert_scale_factor = 0.01,
+    autovacuum_analyze_scale_factor = 0.05
+);
+
+CREATE INDEX IF NOT EXISTS delivery_queue_due ON delivery_queue (due_at);
+
+-- The fold of delivery_log into current state, one row per delivery. Facts are
+-- ordered by (series, attempt, phase) rather than by seq, because an abandoned
+-- attempt and the next attempt's start are written by one statement.
+-- delivery_queue holds exactly the non-terminal rows of this view.
+CREATE OR REPLACE VIEW delivery_state AS
+SELECT DISTINCT ON (delivery_id)
+    delivery_id,
+    event_id,
+    endpoint_id,
+    org_id,
+    series,
+    attempt,
+    CASE
+        WHEN kind IN ('scheduled', 'replay_requested') THEN 'pending'
+        WHEN kind = 'attempt_started' THEN 'in_flight'
+        WHEN outcome = 'succeeded' THEN 'delivered'
+        WHEN next_attempt_at IS NULL THEN 'failed'
+        ELSE 'retrying'
+    END AS state,
+    next_attempt_at AS due_at,
+    CASE WHEN kind = 'attempt_started' THEN worker_id END AS leased_by,
+    recorded_at AS updated_at
+FROM delivery_log
+WHERE kind <> 'late_result'
+ORDER BY delivery_id, series DESC, attempt DESC,
+    CASE kind WHEN 'attempt_started' THEN 1
+              WHEN 'attempt_finished' THEN 2
+              WHEN 'attempt_abandoned' THEN 2
+              ELSE 0 END DESC;
+
+-- Append-only tables refuse UPDATE, DELETE and TRUNCATE. Retention drops whole
+-- partitions (DROP TABLE), which these triggers deliberately do not cover. Row
+-- triggers are cloned onto every partition; TRUNCATE triggers are not, so
+-- deliverer/partitions.py gives each partition its own. The message names the
+-- partitioned table, whichever partition the statement hit.
+CREATE OR REPLACE FUNCTION outbox_refuse_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '% is append-only: % is not allowed',
+                    coalesce(pg_partition_root(TG_RELID), TG_RELID)::regclass, TG_OP
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'Record a new fact instead of changing an old one.';
+END;
+$$;
+
+CREATE OR REPLACE TRIGGER outbox_event_append_only
+    BEFORE UPDATE OR DELETE ON outbox_event
+    FOR EACH ROW EXECUTE FUNCTION outbox_refuse_change();
+CREATE OR REPLACE TRIGGER outbox_event_no_truncate
+    BEFORE TRUNCATE ON outbox_event
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox_refuse_change();
+CREATE OR REPLACE TRIGGER delivery_log_append_only
+    BEFORE UPDATE OR DELETE ON delivery_log
+    FOR EACH ROW EXECUTE FUNCTION outbox_refuse_change();
+CREATE OR REPLACE TRIGGER delivery_log_no_truncate
+    BEFORE TRUNCATE ON delivery_log
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox_refuse_change();
+
+-- Upgrading from before partitioning, part two: each renamed table becomes the
+-- partition of everything up to the end of the current day (or of its newest row's
+-- day, should a clock have run ahead), and daily partitions follow from there.
+-- Attaching copies nothing: it reads the table once to check the bound, in the
+-- migration's transaction, while producers wait. The log's identity goes on from
+-- the old sequence, so seq keeps ordering the log across the two.
+DO $$
+DECLARE
+    newest timestamptz;
+BEGIN
+    IF NOT (SELECT relispartition FROM pg_class WHERE oid = to_regclass('outbox_event_legacy')) THEN
+        SELECT to_timestamp(('x' || left(replace(id::text, '-', ''), 12))::bit(48)::bigint / 1000.0)
+        INTO newest FROM outbox_event_legacy ORDER BY id DESC LIMIT 1;
+        newest := date_trunc('day', greatest(now(), newest), 'UTC') + interval '1 day';
+        EXECUTE format('ALTER TABLE outbox_event ATTACH PARTITION outbox_event_legacy FOR VALUES FROM (MINVALUE) TO (%L)',
+                       lpad(to_hex((extract(epoch FROM newest) * 1000)::bigint), 12, '0') || repeat('0', 20));
+    END IF;
+    IF NOT (SELECT relispartition FROM pg_class WHERE oid = to_regclass('delivery_log_legacy')) THEN
+        PERFORM setval(pg_get_serial_sequence('delivery_log', 'seq'),
+                       coalesce(pg_sequence_last_value('delivery_log_legacy_seq_seq'), 0) + 1, false);
+        ALTER TABLE delivery_log_legacy ALTER COLUMN seq DROP IDENTITY;
+        SELECT max(recorded_at) INTO newest FROM delivery_log_legacy;
+        newest := date_trunc('day', greatest(now(), newest), 'UTC') + interval '1 day';
+        EXECUTE format('ALTER TABLE delivery_log ATTACH PARTITION delivery_log_legacy FOR VALUES FROM (MINVALUE) TO (%L)',
+                       newest);
+    END IF;
+END;
+$$;
+
+-- The safety net: a row no daily partition covers lands here rather than failing
+-- the producer's transaction when partition maintenance has lapsed. Retention never
+-- drops these, and no daily partition is created over rows they hold (maintenance
+-- reports such ranges instead; see README, "Retention").
+CREATE TABLE IF NOT EXISTS outbox_event_default PARTITION OF outbox_event DEFAULT;
+CREATE TABLE IF NOT EXISTS delivery_log_default PARTITION OF delivery_log DEFAULT;

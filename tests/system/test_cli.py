@@ -1,0 +1,212 @@
+"""The deliverer command as an operator runs it."""
+
+import json
+
+import psycopg
+
+from deliverer.security import sealing
+from tests.support.processes import deliverer
+
+
+def test_migrate_twice(dsn: str) -> None:
+    """migrate reports success and can be run again."""
+    for _ in range(2):
+        result = deliverer(dsn, "migrate")
+        assert result.returncode == 0, result.stderr
+        assert "schema is up to date" in result.stdout
+
+
+def test_endpoints_add_prints_id_and_secret_as_json(dsn: str, db: psycopg.Connection) -> None:
+    """--json prints the endpoint with its generated whsec_ secret, which is what gets stored."""
+    result = deliverer(dsn, "endpoints", "add", "--org", "org_a", "--url", "https://example.com/hook",
+                       "--events", "job.completed,job.failed", "--json")
+    assert result.returncode == 0, result.stderr
+    created = json.loads(result.stdout)
+    assert created["id"].startswith("ep_")
+    assert created["secret"].startswith("whsec_")
+    assert created["events"] == ["job.completed", "job.failed"]
+    stored = db.execute("SELECT secret FROM webhook_endpoint WHERE id = %s", [created["id"]]).fetchone()[0]
+    assert created["secret"] not in stored and sealing.unseal(stored) == created["secret"]
+
+
+def test_endpoints_add_imports_an_existing_secret(dsn: str, db: psycopg.Connection) -> None:
+    """--secret keeps a customer's existing secret instead of generating one."""
+    result = deliverer(dsn, "endpoints", "add", "--org", "org_a", "--url", "https://example.com/hook",
+                       "--secret", "my-old-provider-secret-123", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["secret"] == "my-old-provider-secret-123"
+
+
+def test_plain_http_is_refused_with_the_way_to_allow_it(dsn: str) -> None:
+    """Without the development setting an http:// URL is refused; the message names the setting."""
+    result = deliverer(dsn, "endpoints", "add", "--org", "org_a", "--url", "http://example.com/hook")
+    assert result.returncode == 2
+    assert "DELIVERER_ALLOW_INSECURE_URLS=1" in result.stderr
+    allowed = deliverer(dsn, "endpoints", "add", "--org", "org_a", "--url", "http://127.0.0.1:9/hook",
+                        DELIVERER_ALLOW_INSECURE_URLS="1")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "Copy the secret now" in allowed.stdout
+
+
+def test_list_disable_enable(dsn: str) -> None:
+    """An endpoint can be listed, disabled and enabled again."""
+    created = json.loads(deliverer(dsn, "endpoints", "add", "--org", "org_a", "--url",
+                                   "https://example.com/hook", "--json").stdout)
+    disabled = json.loads(deliverer(dsn, "endpoints", "disable", created["id"], "--json").stdout)
+    assert disabled[0]["enabled"] is False
+    listed = json.loads(deliverer(dsn, "endpoints", "list", "--org", "org_a", "--json").stdout)
+    assert [(e["id"], e["enabled"]) for e in listed] == [(created["id"], False)]
+    assert "secret" not in listed[0]
+    enabled = deliverer(dsn, "endpoints", "enable", created["id"])
+    assert enabled.returncode == 0 and "True" in enabled.stdout
+    missing = deliverer(dsn, "endpoints", "enable", "ep_nope")
+    assert missing.returncode == 2 and "no endpoint 'ep_nope'" in missing.stderr
+
+
+def test_rebuild_projections_check_and_repair(dsn: str, db: psycopg.Connection) -> None:
+    """--check exits 1 when the queue drifted from the log; rebuild-projections repairs it."""
+    assert deliverer(dsn, "rebuild-projections", "--check").returncode == 0
+    db.execute("INSERT INTO delivery_queue VALUES (gen_random_uuid(), gen_random_uuid(), 'ep', 'org', 1, 0, now())")
+    check = deliverer(dsn, "rebuild-projections", "--check")
+    assert check.returncode == 1 and "1 rows differ" in check.stdout
+    assert deliverer(dsn, "rebuild-projections").returncode == 0
+    assert deliverer(dsn, "rebuild-projections", "--check").returncode == 0
+
+
+def test_missing_database_url_is_a_clear_error() -> None:
+    """Without DATABASE_URL the command says how to give one."""
+    result = deliverer(None, "migrate")
+    assert result.returncode == 2
+    assert "set DATABASE_URL or pass --database-url" in result.stderr
+
+
+def test_bad_setting_is_a_clear_error(dsn: str) -> None:
+    """A malformed environment setting names the variable."""
+    result = deliverer(dsn, "migrate", DELIVERER_HTTP_TIMEOUT="soon")
+    assert result.returncode == 2
+    assert "DELIVERER_HTTP_TIMEOUT must be a number" in result.stderr
+
+
+def test_unreachable_database_is_a_clear_error() -> None:
+    """A database that does not answer gives one line, not a traceback."""
+    result = deliverer("postgresql://nobody@127.0.0.1:1/nothing", "migrate")
+    assert result.returncode == 2
+    assert "cannot connect to the database" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_runs_end_to_end(dsn: str) -> None:
+    """`deliverer demo` against a given database delivers, verifies and exits 0 within a minute."""
+    result = deliverer(dsn, "demo")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "events committed: 4, verified by the receiver: 4, bad signatures: 0" in result.stdout
+    assert "matches the live queue: yes" in result.stdout
+
+
+def _failed_delivery(dsn: str, db: psycopg.Connection) -> tuple[str, str]:
+    """An endpoint on a closed port and one event whose single allowed attempt failed."""
+    import asyncio
+
+    import outbox
+    from deliverer.delivery.worker import Worker
+    from deliverer.registry import endpoints as eps
+    from tests.support import settings_for, webhook_test
+
+    endpoint = eps.add(db, org_id="org_a", url="http://127.0.0.1:9/hook", allow_insecure=True)
+    with psycopg.connect(dsn) as conn:
+        outbox.publish(conn, "webhook.test", webhook_test(), org_id="org_a")
+        conn.commit()
+
+    async def deliver() -> str:
+        async with Worker(settings_for(dsn, retry_delays=())) as worker:
+            [result] = await worker.run_once()
+        return "dlv_" + result.claimed.delivery_id.hex
+
+    return endpoint.id, asyncio.run(deliver())
+
+
+def test_keys_create_prints_the_key_once(dsn: str, db: psycopg.Connection) -> None:
+    """keys create prints an sk_live_ key; only its hash is stored."""
+    result = deliverer(dsn, "keys", "create", "--org", "org_a", "--json")
+    assert result.returncode == 0, result.stderr
+    key = json.loads(result.stdout)["key"]
+    assert key.startswith("sk_live_")
+    assert db.execute("SELECT count(*) FROM api_key WHERE prefix = %s", [key[:12]]).fetchone() == (1,)
+    dump = db.execute("SELECT row_to_json(k)::text FROM api_key k").fetchone()[0]
+    assert key not in dump
+    test_key = deliverer(dsn, "keys", "create", "--org", "org_a", "--test")
+    assert "sk_test_" in test_key.stdout and "cannot be shown again" in test_key.stdout
+
+
+def test_logs_replay_and_recover(dsn: str, db: psycopg.Connection) -> None:
+    """logs lists the failed attempt; replay and recover schedule new series; --dry-run only counts."""
+    endpoint_id, delivery_id = _failed_delivery(dsn, db)
+    logs = json.loads(deliverer(dsn, "logs", "--endpoint", endpoint_id, "--json").stdout)
+    assert [(a["delivery_id"], a["outcome"], a["error_class"]) for a in logs] == [
+        (delivery_id, "failed", "connect_error")]
+    table = deliverer(dsn, "logs", "--event-type", "webhook.test", "--since", "2024-01-01T00:00:00Z")
+    assert delivery_id in table.stdout and "could not connect" in table.stdout
+
+    dry = deliverer(dsn, "recover", "--endpoint", endpoint_id, "--since", "2024-01-01T00:00:00Z", "--dry-run")
+    assert dry.returncode == 0 and "would replay 1 failed deliveries" in dry.stdout
+    assert db.execute("SELECT count(*) FROM delivery_queue").fetchone() == (0,)
+
+    replayed = deliverer(dsn, "replay", delivery_id)
+    assert replayed.returncode == 0 and "attempt series 2 scheduled" in replayed.stdout
+    busy = deliverer(dsn, "replay", delivery_id)
+    assert busy.returncode == 1 and "is pending" in busy.stdout
+    actor = db.execute("SELECT actor FROM delivery_log WHERE kind = 'replay_requested'").fetchone()[0]
+    assert actor.startswith("cli:")
+    recovered = deliverer(dsn, "recover", "--endpoint", endpoint_id, "--since", "2024-01-01T00:00:00Z")
+    assert "replayed 0 failed deliveries" in recovered.stdout  # it is pending again, not failed
+    missing = deliverer(dsn, "replay", "dlv_" + "0" * 32)
+    assert missing.returncode == 2 and "no delivery" in missing.stderr
+
+
+def test_test_webhook_reports_the_outcome(dsn: str, db: psycopg.Connection) -> None:
+    """test-webhook sends webhook.test to a registered URL and says whether it arrived."""
+    _failed_delivery(dsn, db)
+    guarded = deliverer(dsn, "test-webhook", "http://127.0.0.1:9/hook")
+    assert guarded.returncode == 1 and "not delivered: refused to connect" in guarded.stdout
+    result = deliverer(dsn, "test-webhook", "http://127.0.0.1:9/hook", DELIVERER_ALLOW_INSECURE_URLS="1")
+    assert result.returncode == 1
+    assert "not delivered: could not connect" in result.stdout
+    unknown = deliverer(dsn, "test-webhook", "https://nowhere.example/hook")
+    assert unknown.returncode == 2 and "register it first" in unknown.stderr
+
+
+def test_reseal_seals_legacy_secrets_and_moves_them_to_a_new_key(dsn: str, db: psycopg.Connection) -> None:
+    """reseal seals secrets stored in the clear, and after a key rotation re-seals under the new first key."""
+    from deliverer.security import sealing
+
+    db.execute("INSERT INTO webhook_endpoint (id, org_id, url, secret) VALUES ('ep_1', 'org_a', 'https://e.x', "
+               "'whsec_legacy')")
+    old = deliverer(None, "keys", "generate-encryption-key").stdout.strip()
+    new = deliverer(None, "keys", "generate-encryption-key").stdout.strip()
+    assert old != new
+    first = deliverer(dsn, "reseal", DELIVERER_SECRET_KEYS=old)
+    assert first.returncode == 0 and "re-sealed the secrets of 1 endpoints" in first.stdout
+    stored = db.execute("SELECT secret FROM webhook_endpoint").fetchone()[0]
+    assert stored.startswith("fernet:") and sealing.unseal(stored, old) == "whsec_legacy"
+    assert deliverer(dsn, "reseal", DELIVERER_SECRET_KEYS=f"{new},{old}").returncode == 0
+    stored = db.execute("SELECT secret FROM webhook_endpoint").fetchone()[0]
+    assert sealing.unseal(stored, new) == "whsec_legacy"
+    missing = deliverer(dsn, "reseal", DELIVERER_SECRET_KEYS="")
+    assert missing.returncode == 2 and "generate-encryption-key" in missing.stderr
+
+
+def test_an_old_schema_is_reported_with_the_fix(dsn: str, db: psycopg.Connection) -> None:
+    """A database without the newest columns gets an error that says to run migrate, not a traceback."""
+    db.execute("ALTER TABLE webhook_endpoint DROP COLUMN previous_secret")
+    result = deliverer(dsn, "reseal", DELIVERER_SECRET_KEYS=deliverer(None, "keys", "generate-encryption-key")
+                       .stdout.strip())
+    assert result.returncode == 2 and "run `deliverer migrate`" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_and_api_refuse_to_start_without_sealing_keys(dsn: str) -> None:
+    """Without DELIVERER_SECRET_KEYS the worker and the API stop at once and say how to make a key."""
+    for command in ("run", "api"):
+        result = deliverer(dsn, command, DELIVERER_SECRET_KEYS="")
+        assert result.returncode == 2, result.stderr
+        assert "generate-encryption-key" in result.stderr
