@@ -11,8 +11,23 @@ it has room, and every worker still polls (at most ``DELIVERER_POLL_INTERVAL``
 apart), so a notification whose chosen worker just died waits at most that long.
 """
 
+import asyncio
+import contextlib
 import zlib
+from typing import Any
 
+import psycopg
+import structlog
+
+from deliverer.delivery.backoff import Backoff
+from deliverer.delivery.queries import QUERIES
+from deliverer.ops.metrics import METRICS
+from deliverer.settings import Settings
+from deliverer.storage import connections
+
+log = structlog.get_logger("deliverer.worker")
+
+CHANNEL = "outbox_delivery"
 BEAT = 5.0  # seconds between a worker's presence heartbeats
 ALIVE_FOR = 3 * BEAT  # a worker not seen for this long is no longer chosen
 FORGET_AFTER = 60.0  # rows of workers gone this long are deleted
@@ -24,3 +39,47 @@ def chosen(payload: str, workers: list[str]) -> str | None:
     if not workers or not payload:
         return None
     return workers[zlib.crc32(payload.encode()) % len(workers)]
+
+
+class Listener:
+    """One worker's LISTEN connection: sets ``wake`` for the notifications that are its turn, beats
+    its presence between them, and reconnects with backoff, whatever the database does."""
+
+    def __init__(self, settings: Settings, worker_id: str, wake: asyncio.Event) -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self.wake = wake
+        self.peers: list[str] = []  # the live workers, this one included, as of the last heartbeat
+
+    async def run(self) -> None:
+        backoff = Backoff()
+        while True:
+            try:
+                # LISTEN is session state: this connection must keep its server session
+                # (DELIVERER_LISTEN_DATABASE_URL), unlike every other one.
+                async with await connections.aconnect(self.settings, f"deliverer {self.worker_id}",
+                                                      listen=True) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    backoff.reset()
+                    self.wake.set()  # anything committed while not listening
+                    await self._hear(conn)
+            except psycopg.Error as exc:
+                METRICS.db_errors.labels("listen").inc()
+                log.warning("notification connection lost; reconnecting", error=str(exc).strip(),
+                            retry_in_s=backoff.current)
+                await backoff.sleep()
+
+    async def _hear(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        while True:
+            cur = await conn.execute(QUERIES["presence_heartbeat"], {
+                "worker_id": self.worker_id, "alive_for": ALIVE_FOR, "forget_after": FORGET_AFTER})
+            row = await cur.fetchone()
+            self.peers = row[0] if row else []
+            async for note in conn.notifies(timeout=BEAT):
+                if chosen(note.payload, self.peers) in (None, self.worker_id):
+                    self.wake.set()
+
+    async def leave(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Leave the list of live workers, so notifications stop choosing this one."""
+        with contextlib.suppress(psycopg.Error):
+            await conn.execute(QUERIES["presence_leave"], {"worker_id": self.worker_id})

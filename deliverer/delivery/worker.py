@@ -38,15 +38,13 @@ from deliverer.delivery.attempt import Attempter, Result
 from deliverer.delivery.backoff import Backoff
 from deliverer.delivery.claim import Claimed, Claimer, Clock
 from deliverer.delivery.health import EndpointHealth
-from deliverer.delivery.queries import QUERIES
 from deliverer.delivery.record import Recorded, Recorder
 from deliverer.ops.metrics import METRICS
 from deliverer.settings import Settings
-from deliverer.storage import connections
 
 log = structlog.get_logger("deliverer.worker")
 
-CHANNEL = "outbox_delivery"
+CHANNEL = wakeups.CHANNEL
 RECORD_GRACE = 10.0  # seconds to write outstanding outcomes at shutdown
 MIN_SLEEP = 0.005
 
@@ -84,7 +82,7 @@ class Worker:
         self._room = asyncio.Event()  # a send finished: room in this process
         self._looking_beyond = False  # this claim looks past endpoints the last one found full
         self._nothing_beyond_until = 0.0  # until then, nothing was due past the skipped endpoints
-        self.peers: list[str] = []  # the live workers, this one included, as of the last heartbeat
+        self.listener = wakeups.Listener(settings, self.worker_id, self._wake)
         self._closed = asyncio.Event()  # outcomes were recorded: requests closed, room at their endpoints
 
     async def __aenter__(self) -> "Worker":
@@ -147,13 +145,13 @@ class Worker:
         """
         force = force or asyncio.Event()
         self.recorder.reopen()
-        listener = asyncio.create_task(self._listen(), name="listen")
+        listener = asyncio.create_task(self.listener.run(), name="listen")
         recorder = asyncio.create_task(self.recorder.run(), name="record")
         try:
             await self._claim_loop(stop)
         finally:
             listener.cancel()
-            await self._leave()
+            await self.listener.leave(await self.claimer.db.get())
             await self._drain(force)
             self.recorder.close()
             try:
@@ -286,38 +284,3 @@ class Worker:
             sends.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sends
-
-    async def _listen(self) -> None:
-        backoff = Backoff()
-        while True:
-            try:
-                # LISTEN is session state: this connection must keep its server session
-                # (DELIVERER_LISTEN_DATABASE_URL), unlike every other one.
-                async with await connections.aconnect(self.settings, f"deliverer {self.worker_id}",
-                                                      listen=True) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
-                    backoff.reset()
-                    self._wake.set()  # anything committed while not listening
-                    await self._hear(conn)
-            except psycopg.Error as exc:
-                METRICS.db_errors.labels("listen").inc()
-                log.warning("notification connection lost; reconnecting", error=str(exc).strip(),
-                            retry_in_s=backoff.current)
-                await backoff.sleep()
-
-    async def _hear(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Wake the claim loop for the notifications that are this worker's turn; beat between them."""
-        while True:
-            cur = await conn.execute(QUERIES["presence_heartbeat"], {
-                "worker_id": self.worker_id, "alive_for": wakeups.ALIVE_FOR, "forget_after": wakeups.FORGET_AFTER})
-            row = await cur.fetchone()
-            self.peers = row[0] if row else []
-            async for note in conn.notifies(timeout=wakeups.BEAT):
-                if wakeups.chosen(note.payload, self.peers) in (None, self.worker_id):
-                    self._wake.set()
-
-    async def _leave(self) -> None:
-        """Leave the list of live workers, so notifications stop choosing this one."""
-        with contextlib.suppress(psycopg.Error):
-            conn = await self.claimer.db.get()
-            await conn.execute(QUERIES["presence_leave"], {"worker_id": self.worker_id})

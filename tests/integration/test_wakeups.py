@@ -61,7 +61,7 @@ async def test_a_commit_wakes_one_of_eight_idle_workers(dsn: str, db: psycopg.Co
             await stack.enter_async_context(worker)
         runs = [asyncio.create_task(w.run(stop)) for w in workers]
         try:
-            await aeventually(lambda: all(len(w.peers) == 8 for w in workers), "every worker to see all eight",
+            await aeventually(lambda: all(len(w.listener.peers) == 8 for w in workers), "every worker to see all eight",
                               timeout=wakeups.BEAT * 3)
             before = sum(c[1] for c in claims.values())
             events = 20
