@@ -6,6 +6,7 @@ processes are in tests/system/test_endpoint_limits.py. Time is a ``FakeClock``.
 """
 
 import asyncio
+import uuid
 
 import psycopg
 import pytest
@@ -230,3 +231,65 @@ def test_a_bucket_never_lets_a_window_exceed_its_rate(steps: list[tuple[float, i
     for i, (start, _) in enumerate(spent):
         window = sum(take for at, take in spent[i:] if at - start <= 10)
         assert window <= rate * 10 + burst + 1e-6
+
+
+class TestTheSqlFollowsTheModel:
+    """Hypothesis drives claims, outcomes and time through the real statements, and the shared state
+    must equal what ``deliverer.delivery.limits`` says at every step."""
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(ceiling=st.integers(1, 12), steps=st.lists(st.one_of(
+        st.tuples(st.just("claim"), st.integers(1, 20)),
+        st.tuples(st.just("finish"), st.integers(1, 20), st.sampled_from(["ok", "congested", "error"])),
+        st.tuples(st.just("wait"), st.sampled_from([1.0, 30.0, limits.IDLE_AFTER + 1]))), min_size=1, max_size=12))
+    async def test_claims_and_outcomes_keep_the_state_the_model_predicts(
+            self, dsn: str, db: psycopg.Connection, ceiling: int, steps: list[tuple[object, ...]]) -> None:
+        from datetime import timedelta
+
+        from deliverer.delivery import send
+        from deliverer.delivery.attempt import Result
+        from deliverer.facts import ErrorClass
+        from deliverer.registry import endpoints
+        org = f"org_{uuid.uuid4().hex[:8]}"
+        endpoint = endpoints.add(db, org_id=org, url="https://receiver.example/hook", allow_insecure=True)
+        limit(db, endpoint.id, max_in_flight=ceiling)
+        publish(db, org, 60)
+        clock = FakeClock()
+        outcomes = {"ok": send.Outcome(True, 1.0, http_status=200),
+                    "congested": send.Outcome(False, 1.0, http_status=503, error_class=ErrorClass.HTTP_5XX),
+                    "error": send.Outcome(False, 1.0, http_status=500, error_class=ErrorClass.HTTP_5XX)}
+        in_flight, allowance, idle_since, open_ = 0, min(limits.INITIAL_ALLOWANCE, ceiling), clock(), []
+        async with Worker(settings_for(dsn, worker_id=org, lease_seconds=3600), clock=clock) as worker:
+            for step in steps:
+                if step[0] == "claim":
+                    if in_flight == 0 and clock() - idle_since > timedelta(seconds=limits.IDLE_AFTER):
+                        allowance = min(limits.INITIAL_ALLOWANCE, ceiling)
+                    worker.claimer.skips = limits.Skips(0.0, seconds=lambda: clock().timestamp())
+                    got = await worker.claim(int(step[1]))
+                    expected = min(int(step[1]), limits.free_room(allowance=allowance, in_flight=in_flight,
+                                                                  tokens=None, paused=False))
+                    assert len(got) == expected
+                    open_ += got
+                    in_flight += len(got)
+                    if got:
+                        idle_since = clock()
+                elif step[0] == "finish" and open_:
+                    done, open_ = open_[:int(step[1])], open_[int(step[1]):]
+                    outcome = outcomes[str(step[2])]
+                    await worker.record([Result(c, outcome, clock(), None if outcome.succeeded else 5.0)
+                                         for c in done])
+                    allowance = limits.allowance_after(allowance, successes=len(done) if outcome.succeeded else 0,
+                                                       congested=step[2] == "congested", ceiling=ceiling)
+                    in_flight -= len(done)
+                    idle_since = clock()
+                elif step[0] == "wait":
+                    clock.advance(float(step[1]))  # type: ignore[arg-type]
+                row = db.execute("SELECT in_flight, allowance FROM endpoint_flow WHERE endpoint_id = %s",
+                                 [endpoint.id]).fetchone() or (0, allowance)  # no row before the first claim
+                db.commit()
+                assert row[0] == in_flight <= ceiling
+                if step[0] != "wait":
+                    assert row[1] == allowance, step
+        # Examples share the database: what is left due must not fill the next one's claim window.
+        db.execute("DELETE FROM delivery_queue WHERE org_id = %s", [org])
+        db.commit()
