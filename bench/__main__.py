@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace, server: database.Server) -> dict[str, Any]:
+    with server.admin() as conn:
+        machine.use_server(conn.info.backend_pid)  # not another PostgreSQL on this machine
     sink = SinkProcess()
     await sink.start()
     bench = scenarios.Bench(server, sink)
