@@ -9,7 +9,10 @@ queue rows are moved to a staging table (``bench_staged``); ``release`` puts
 them back and notifies the deliverers in one transaction.
 """
 
+import bisect
 import contextlib
+import itertools
+import random
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -46,8 +49,29 @@ def org(index: int) -> str:
 
 def job_completed(index: int, orgs: int) -> outbox.Event:
     """The ``index``-th event, spread round-robin over ``orgs`` orgs (one endpoint each)."""
-    org_id = org(index % orgs)
+    return event_for(index, index % orgs)
+
+
+def event_for(index: int, org_index: int) -> outbox.Event:
+    org_id = org(org_index)
     return outbox.Event("job.completed", {**PAYLOAD, "id": f"job_{index}", "org_id": org_id}, org_id)
+
+
+class Zipf:
+    """Org (endpoint) indexes 0..n-1 with P(k) proportional to 1 / (k+1)^s: index 0 is the busiest.
+
+    ``pick(i)`` is a function of ``i`` alone, so two runs (and several producer
+    processes) send event i to the same endpoint.
+    """
+
+    def __init__(self, n: int, s: float) -> None:
+        weights = [1 / (k + 1) ** s for k in range(n)]
+        total = sum(weights)
+        self.shares = [w / total for w in weights]
+        self._cumulative = list(itertools.accumulate(self.shares))
+
+    def pick(self, i: int) -> int:
+        return min(bisect.bisect_left(self._cumulative, random.Random(i).random()), len(self.shares) - 1)
 
 
 def body() -> str:

@@ -211,15 +211,18 @@ async def drain(bench: Bench, *, events: int, processes: Sequence[int], repeat: 
 # 2. Latency --------------------------------------------------------------------
 
 
-async def _produce(dsn: str, rate: float, seconds: float) -> tuple[dict[str, float], float, int]:
+async def produce(dsn: str, rate: float, seconds: float,
+                  zipf: tuple[int, float] | None = None) -> tuple[dict[str, float], float, int]:
     """Commit one event per transaction at ``rate`` for ``seconds``: commit times by event id, lag, processes.
 
-    The schedule is shared by ceil(rate / 150) producer processes (see bench.producer).
+    The schedule is shared by ceil(rate / 150) producer processes (see bench.producer); ``zipf``
+    (orgs, s) spreads the events over that many orgs by a Zipf distribution instead of round-robin.
     """
     count = max(1, math.ceil(rate / 150))
     start = time.monotonic() + 1.0 + 0.3 * count  # after every process has imported and connected
     processes = [await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.producer", dsn, str(rate), str(seconds), repr(start), str(index), str(count),
+        *([] if zipf is None else [str(zipf[0]), str(zipf[1])]),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE) for index in range(count)]
     committed: dict[str, float] = {}
     worst_lag = 0.0
@@ -244,7 +247,7 @@ async def latency(bench: Bench, *, rates: Sequence[float], seconds: float, proce
                 for rate in rates:
                     await bench.sink.reset()
                     deliverers_before, pg_before = deliverers.cpu(), machine.postgres_cpu()
-                    committed, lag, connections = await _produce(dsn, rate, seconds)
+                    committed, lag, connections = await produce(dsn, rate, seconds)
                     await bench.sink.wait_for(len(committed), 30)
                     deliverers_cpu, pg_after = deliverers.cpu() - deliverers_before, machine.postgres_cpu()
                     received: dict[str, float] = {}
