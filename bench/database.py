@@ -17,6 +17,7 @@ import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import psycopg
 from psycopg import sql
@@ -124,6 +125,18 @@ class Server:
 
 def dbname(dsn: str) -> str:
     return str(conninfo_to_dict(dsn)["dbname"])
+
+
+def url(dsn: str, **params: str) -> str:
+    """``dsn`` as a postgresql:// URL (what asyncpg and Node's pg take), with ``params`` added to its query."""
+    parts = {k: str(v) for k, v in conninfo_to_dict(dsn).items()}
+    user = quote(parts.pop("user", ""), safe="") + (":" + quote(parts.pop("password"), safe="")
+                                                     if "password" in parts else "")
+    host, port, name = parts.pop("host", "localhost"), parts.pop("port", ""), parts.pop("dbname", "")
+    if host.startswith("/"):  # a Unix socket directory goes in the query, after an empty host
+        parts["host"], host = host, ""
+    return (f"postgresql://{user}@{host}{':' + port if port else ''}/{quote(name, safe='')}?"
+            + urlencode({**parts, **params}, quote_via=quote))
 
 
 def add_endpoints(dsn: str, urls: Sequence[str], *, org_id: str | None = None) -> list[str]:
