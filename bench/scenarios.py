@@ -211,9 +211,16 @@ async def drain(bench: Bench, *, events: int, processes: Sequence[int], repeat: 
 # 2. Latency --------------------------------------------------------------------
 
 
-async def produce(dsn: str, rate: float, seconds: float,
-                  zipf: tuple[int, float] | None = None) -> tuple[dict[str, float], float, int]:
-    """Commit one event per transaction at ``rate`` for ``seconds``: commit times by event id, lag, processes.
+@dataclass
+class Produced:
+    committed: dict[str, float]  # event id -> monotonic time its COMMIT returned
+    orgs: dict[str, int]  # event id -> index of its org (and endpoint)
+    worst_lag: float
+    processes: int
+
+
+async def produce(dsn: str, rate: float, seconds: float, zipf: tuple[int, float] | None = None) -> Produced:
+    """Commit one event per transaction at ``rate`` for ``seconds``.
 
     The schedule is shared by ceil(rate / 150) producer processes (see bench.producer); ``zipf``
     (orgs, s) spreads the events over that many orgs by a Zipf distribution instead of round-robin.
@@ -224,16 +231,16 @@ async def produce(dsn: str, rate: float, seconds: float,
         sys.executable, "-m", "bench.producer", dsn, str(rate), str(seconds), repr(start), str(index), str(count),
         *([] if zipf is None else [str(zipf[0]), str(zipf[1])]),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE) for index in range(count)]
-    committed: dict[str, float] = {}
-    worst_lag = 0.0
+    produced = Produced({}, {}, 0.0, count)
     for process in processes:
         out, _ = await process.communicate()
         if process.returncode:
             raise RuntimeError(f"a producer failed with exit status {process.returncode}")
         result = json.loads(out)
-        committed.update(result["committed"])
-        worst_lag = max(worst_lag, result["worst_lag"])
-    return committed, worst_lag, count
+        produced.committed.update(result["committed"])
+        produced.orgs.update(result["orgs"])
+        produced.worst_lag = max(produced.worst_lag, result["worst_lag"])
+    return produced
 
 
 async def latency(bench: Bench, *, rates: Sequence[float], seconds: float, processes: int,
@@ -247,7 +254,8 @@ async def latency(bench: Bench, *, rates: Sequence[float], seconds: float, proce
                 for rate in rates:
                     await bench.sink.reset()
                     deliverers_before, pg_before = deliverers.cpu(), machine.postgres_cpu()
-                    committed, lag, connections = await produce(dsn, rate, seconds)
+                    produced = await produce(dsn, rate, seconds)
+                    committed, lag, connections = produced.committed, produced.worst_lag, produced.processes
                     await bench.sink.wait_for(len(committed), 30)
                     deliverers_cpu, pg_after = deliverers.cpu() - deliverers_before, machine.postgres_cpu()
                     received: dict[str, float] = {}
