@@ -49,8 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = {"repeat": 1 if quick else 3, "events": 1000 if quick else 30_000,
                 "processes": "1,2" if quick else "1,2,4", "latency_seconds": 2.0 if quick else 20.0,
                 "rates": "200" if quick else "200,1000", "backlog": 20_000 if quick else 1_000_000,
-                "mix_rate": 100 if quick else 400, "mix_seconds": 3.0 if quick else 30.0,
-                "wakeup_seconds": 2.0 if quick else 20.0}
+                "mix_rate": 100 if quick else 400, "mix_seconds": 2.0 if quick else 30.0,
+                "wakeup_seconds": 1.5 if quick else 20.0}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -92,9 +92,10 @@ async def run(args: argparse.Namespace, server: database.Server) -> dict[str, An
         ("hot", "hot", lambda: scale.hot(drains)),
         ("peers", "peers", lambda: scale.peers(drains)),
         ("floor", "floor", lambda: scale.floor(drains)),
-        ("mix", "mix", lambda: scale.mix(bench, rate=args.mix_rate, seconds=args.mix_seconds)),
+        ("mix", "mix", lambda: scale.mix(bench, rate=args.mix_rate, seconds=args.mix_seconds,
+                                         endpoints=100 if quick else scale.MIX_ENDPOINTS)),
         ("wakeups", "wakeups", lambda: scale.wakeups(bench, rate=200, seconds=args.wakeup_seconds,
-                                                     process_counts=(2, 8))),
+                                                     process_counts=(2, 4) if quick else (2, 8))),
     ]
     try:
         for name, key, step in steps:

@@ -235,7 +235,8 @@ def _wakeups_rows(w: dict[str, Any]) -> list[Row]:
              f"{r['deliverer_cpu_ms_per_event']:.2f} / {r['postgres_cpu_ms_per_event']:.2f}", ""),
             ("    lost", _n(r["lost"]), "0"),
         ]
-    rows += [("  8 vs 2 processes: empty claims per event ratio / p99 ratio",
+    counts = list(w["by_processes"])
+    rows += [(f"  {counts[-1]} vs {counts[0]} processes: empty claims per event ratio / p99 ratio",
               f"{_ratio(w['empty_claims_ratio'])} / {_ratio(w['p99_ratio'])}", "")]
     return rows
 

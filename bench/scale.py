@@ -169,13 +169,14 @@ def _healthy(index: int) -> bool:
     return index % MIX_EVERY not in (MIX_HANGS, MIX_FAILS)
 
 
-async def _mix_run(bench: Bench, *, mixed: bool, rate: float, seconds: float) -> dict[str, Any]:
+async def _mix_run(bench: Bench, *, mixed: bool, rate: float, seconds: float, endpoints: int) -> dict[str, Any]:
     with bench.server.database("mix_mixed" if mixed else "mix_healthy") as dsn:
-        database.add_endpoints(dsn, [bench.sink.url(_mix_path(i, mixed=mixed)) for i in range(MIX_ENDPOINTS)])
-        async with Deliverers(dsn, MIX_PROCESSES) as deliverers:
+        database.add_endpoints(dsn, [bench.sink.url(_mix_path(i, mixed=mixed)) for i in range(endpoints)])
+        # A short grace at the end: the hanging sends still open then are of no interest.
+        async with Deliverers(dsn, MIX_PROCESSES, DELIVERER_SHUTDOWN_GRACE="1") as deliverers:
             await bench.sink.reset()
             deliverers_before, pg_before = deliverers.cpu(), machine.postgres_cpu()
-            produced = await scenarios.produce(dsn, rate, seconds, zipf=(MIX_ENDPOINTS, MIX_ZIPF_S))
+            produced = await scenarios.produce(dsn, rate, seconds, zipf=(endpoints, MIX_ZIPF_S))
             healthy = {e for e, org in produced.orgs.items() if _healthy(org)}
             await bench.sink.wait_for(len(healthy) if mixed else len(produced.committed), MIX_GRACE,
                                       prefix="/lognormal/")
@@ -215,13 +216,13 @@ async def _mix_run(bench: Bench, *, mixed: bool, rate: float, seconds: float) ->
     }
 
 
-async def mix(bench: Bench, *, rate: float, seconds: float) -> dict[str, Any]:
+async def mix(bench: Bench, *, rate: float, seconds: float, endpoints: int = MIX_ENDPOINTS) -> dict[str, Any]:
     """Healthy deliveries with 5% of 1,000 endpoints hanging and 5% failing, against all healthy."""
-    healthy = await _mix_run(bench, mixed=False, rate=rate, seconds=seconds)
-    mixed = await _mix_run(bench, mixed=True, rate=rate, seconds=seconds)
-    zipf = Zipf(MIX_ENDPOINTS, MIX_ZIPF_S)
+    healthy = await _mix_run(bench, mixed=False, rate=rate, seconds=seconds, endpoints=endpoints)
+    mixed = await _mix_run(bench, mixed=True, rate=rate, seconds=seconds, endpoints=endpoints)
+    zipf = Zipf(endpoints, MIX_ZIPF_S)
     return {
-        "endpoints": MIX_ENDPOINTS, "zipf_s": MIX_ZIPF_S, "rate": rate, "seconds": seconds,
+        "endpoints": endpoints, "zipf_s": MIX_ZIPF_S, "rate": rate, "seconds": seconds,
         "processes": MIX_PROCESSES, "latency": {"median_ms": MIX_MEDIAN_MS, "sigma": MIX_SIGMA},
         "traffic_share": {"top5": sum(zipf.shares[:5]), "busiest": zipf.shares[0],
                           "hanging": sum(s for i, s in enumerate(zipf.shares) if i % MIX_EVERY == MIX_HANGS),
@@ -241,7 +242,7 @@ async def wakeups(bench: Bench, *, rate: float, seconds: float, process_counts: 
     for count in process_counts:
         with bench.server.database(f"wakeups{count}") as dsn:
             database.add_endpoints(dsn, bench.hooks(ORGS))
-            async with Deliverers(dsn, count) as deliverers, psycopg.AsyncConnection.connect(
+            async with Deliverers(dsn, count) as deliverers, await psycopg.AsyncConnection.connect(
                     dsn, autocommit=True) as conn:
                 await bench.sink.reset()
                 claims_before, empty_before = await deliverers.claims()
