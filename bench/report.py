@@ -206,8 +206,10 @@ def _mix_rows(mix: dict[str, Any]) -> list[Row]:
     for key, label in (("all_healthy", "all healthy"), ("mixed", "5% hanging, 5% answering 500")):
         r = mix[key]
         rows += [
-            (f"  {label}: healthy deliveries/s (achieved {r['achieved_per_s']:,.0f} events/s)",
+            (f"  {label}: healthy deliveries/s (producers achieved {r['achieved_per_s']:,.0f} events/s)",
              _n(r["healthy_deliveries_per_s"]), ""),
+            ("    share of healthy events delivered before the producers stopped",
+             f"{r['healthy_delivered_by_last_commit']:.1%}", ""),
             ("    healthy commit to receipt p50 / p99 / max ms",
              f"{r['healthy_p50_ms']:.1f} / {r['healthy_p99_ms']:.1f} / {r['healthy_max_ms']:,.0f}", ""),
             ("    healthy deliveries not received 30 s after the last commit", _n(r["healthy_undelivered"]), "0"),

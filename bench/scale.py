@@ -199,6 +199,7 @@ async def _mix_run(bench: Bench, *, mixed: bool, rate: float, seconds: float, en
         "achieved_per_s": events / seconds,
         "healthy_events": len(healthy),
         "healthy_deliveries_per_s": in_window / (last_commit - first_commit),
+        "healthy_delivered_by_last_commit": in_window / max(len(healthy), 1),
         "healthy_undelivered": len(healthy) - len(ms),
         "healthy_p50_ms": percentile(ms, 0.50) if ms else float("nan"),
         "healthy_p99_ms": percentile(ms, 0.99) if ms else float("nan"),
