@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-seconds", type=float, help="seconds per producer rate (default 20)")
     parser.add_argument("--rates", help="producer rates, events/s (default 200,1000)")
     parser.add_argument("--backlog", type=int, help="not-due deliveries for the backlog scenario (default 1,000,000)")
-    parser.add_argument("--mix-rate", type=float, help="producer events/s in the mix scenario (default 300)")
+    parser.add_argument("--mix-rate", type=float, help="producer events/s in the mix scenario (default 200)")
     parser.add_argument("--mix-seconds", type=float, help="seconds of producing in the mix scenario (default 30)")
     parser.add_argument("--wakeup-seconds", type=float, help="seconds of producing in the wakeups scenario "
                         "(default 20)")
@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = {"repeat": 1 if quick else 3, "events": 1000 if quick else 30_000,
                 "processes": "1,2" if quick else "1,2,4", "latency_seconds": 2.0 if quick else 20.0,
                 "rates": "200" if quick else "200,1000", "backlog": 20_000 if quick else 1_000_000,
-                "mix_rate": 100 if quick else 300, "mix_seconds": 2.0 if quick else 30.0,
+                "mix_rate": 100 if quick else 200, "mix_seconds": 2.0 if quick else 30.0,
                 "wakeup_seconds": 1.5 if quick else 20.0}
     for key, value in defaults.items():
         if getattr(args, key) is None:

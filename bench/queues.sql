@@ -3,12 +3,15 @@
 
 -- name: floor_create
 -- The floor's whole schema: one table of jobs. A job is free when its lease
--- (locked_until) has passed; done jobs are deleted. No log, no secondary index.
+-- (locked_until) has passed; done jobs are deleted. No log, no secondary index;
+-- the storage options of the deliverer's delivery_queue (schema.sql), so that a
+-- lease can be a HOT update on the same page.
 CREATE TABLE bench_floor_job (
     id bigserial PRIMARY KEY,
     locked_until timestamptz NOT NULL DEFAULT '-infinity',
     job jsonb NOT NULL
-)
+) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000,
+        autovacuum_vacuum_insert_scale_factor = 0.01, autovacuum_analyze_scale_factor = 0.05)
 
 -- name: floor_enqueue
 INSERT INTO bench_floor_job (job) SELECT * FROM unnest(%(jobs)s::jsonb[])
