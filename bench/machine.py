@@ -87,6 +87,31 @@ def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
+def postgres_kind(pid: int) -> str:
+    """What a postgres process is, from its title: "walwriter", "autovacuum worker", "io worker"…, or "backend"."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return "gone"
+    if not title.startswith("postgres: "):
+        return "postmaster"
+    words = title[len("postgres: "):].split()
+    for kind in ("checkpointer", "background writer", "walwriter", "autovacuum launcher", "autovacuum worker",
+                 "io worker", "logical replication launcher", "walsummarizer", "archiver", "startup"):
+        if " ".join(words[:len(kind.split())]) == kind:
+            return kind
+    return "backend"
+
+
+def cpu_delta_by_kind(before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
+    """:func:`cpu_delta` split by :func:`postgres_kind` (kinds taken now: run it right after ``after``)."""
+    kinds: dict[str, float] = {}
+    for pid, cpu in after.items():
+        kind = postgres_kind(pid)
+        kinds[kind] = kinds.get(kind, 0.0) + cpu - before.get(pid, 0.0)
+    return kinds
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

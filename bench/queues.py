@@ -286,7 +286,7 @@ async def measure_drain(sink: SinkProcess, queue: Queue, dsn: str, processes: in
             backends, own_pid = workers.backends(conn), conn.info.backend_pid
             await sink.reset()
             own_before = machine.process_cpu(own_pid)
-            pg_before, backends_before = machine.postgres_cpu(), [machine.process_cpu(p) for p in backends]
+            pg_before = machine.postgres_cpu()
             workers_before, sink_before = workers.cpu(), machine.process_cpu(sink.pid)
             released = time.monotonic()
             queue.release(conn, expected)
@@ -298,8 +298,10 @@ async def measure_drain(sink: SinkProcess, queue: Queue, dsn: str, processes: in
             while queue.left(conn) and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
             done = time.monotonic()
-            pg_after, backends_after = machine.postgres_cpu(), [machine.process_cpu(p) for p in backends]
+            pg_after = machine.postgres_cpu()
+            backends = sorted(set(backends) | set(workers.backends(conn)))  # pools open connections on demand
             workers_cpu = workers.cpu() - workers_before
+            by_kind = machine.cpu_delta_by_kind(pg_before, pg_after)
             sink_cpu = machine.process_cpu(sink.pid) - sink_before
             own_cpu = machine.process_cpu(own_pid) - own_before
             left = queue.left(conn)
@@ -318,8 +320,11 @@ async def measure_drain(sink: SinkProcess, queue: Queue, dsn: str, processes: in
         "release_to_recorded_s": done - released,
         "worker_cpu_ms_per_1000": workers_cpu * per_1000,
         "postgres_cpu_ms_per_1000": (machine.cpu_delta(pg_before, pg_after) - own_cpu) * per_1000,
+        # Where PostgreSQL's CPU went: backends (less this harness's), WAL writer, autovacuum, I/O workers…
+        "postgres_cpu_by_kind_ms_per_1000": {
+            kind: (cpu - (own_cpu if kind == "backend" else 0)) * per_1000 for kind, cpu in sorted(by_kind.items())},
         "postgres_worker_backends_cpu_ms_per_1000": sum(
-            a - b for a, b in zip(backends_after, backends_before, strict=True)) * per_1000,
+            pg_after[p] - pg_before.get(p, 0.0) for p in backends if p in pg_after) * per_1000,
         "sink_cpu_ms_per_1000": sink_cpu * per_1000,
         "transactions_per_1000": transactions * 1000 / expected,
         "duplicates": sum(n - 1 for n in keys.values()),

@@ -127,7 +127,7 @@ async def measure_drain(bench: Bench, dsn: str, processes: int, expected: int, *
             await bench.sink.reset()
             async with _WaitSampler(bench.server, dbname) as sampler:
                 own_before = machine.process_cpu(own_pid) + machine.process_cpu(sampler.backend_pid)
-                pg_before, backends_before = machine.postgres_cpu(), [machine.process_cpu(p) for p in backends]
+                pg_before = machine.postgres_cpu()
                 deliverers_before, sink_before = deliverers.cpu(), machine.process_cpu(bench.sink.pid)
                 released = time.monotonic()
                 database.release(conn)
@@ -139,8 +139,12 @@ async def measure_drain(bench: Bench, dsn: str, processes: int, expected: int, *
                 while fetch_one(conn, "staged_unrecorded") and time.monotonic() < deadline:  # noqa: ASYNC110
                     await asyncio.sleep(0.05)  # the outcomes are in another process's hands: poll
                 recorded = time.monotonic()
-                pg_after, backends_after = machine.postgres_cpu(), [machine.process_cpu(p) for p in backends]
+                pg_after = machine.postgres_cpu()
+                # Their connections then, and any opened since the start (the outcomes' one opens
+                # at the first outcome, after the release): counted from 0 if new.
+                backends = sorted(set(backends) | set(deliverers.backends(conn)))
                 deliverers_cpu = deliverers.cpu() - deliverers_before
+                by_kind = machine.cpu_delta_by_kind(pg_before, pg_after)
                 sink_cpu = machine.process_cpu(bench.sink.pid) - sink_before
                 own_cpu = machine.process_cpu(own_pid) + machine.process_cpu(sampler.backend_pid) - own_before
             records = await bench.sink.dump()
@@ -166,8 +170,11 @@ async def measure_drain(bench: Bench, dsn: str, processes: int, expected: int, *
         "release_to_recorded_s": recorded - released,
         "deliverer_cpu_ms_per_1000": deliverers_cpu * per_1000,
         "postgres_cpu_ms_per_1000": (machine.cpu_delta(pg_before, pg_after) - own_cpu) * per_1000,
+        # Where PostgreSQL's CPU went: backends (less this harness's), WAL writer, autovacuum, I/O workers…
+        "postgres_cpu_by_kind_ms_per_1000": {
+            kind: (cpu - (own_cpu if kind == "backend" else 0)) * per_1000 for kind, cpu in sorted(by_kind.items())},
         "postgres_deliverer_backends_cpu_ms_per_1000": sum(
-            a - b for a, b in zip(backends_after, backends_before, strict=True)) * per_1000,
+            pg_after[p] - pg_before.get(p, 0.0) for p in backends if p in pg_after) * per_1000,
         "sink_cpu_ms_per_1000": sink_cpu * per_1000,
         "duplicates": sum(n - 1 for n in keys.values()),
         "lost": expected - len(keys),
