@@ -143,6 +143,8 @@ async def measure_drain(bench: Bench, dsn: str, processes: int, expected: int, *
                 # Their connections then, and any opened since the start (the outcomes' one opens
                 # at the first outcome, after the release): counted from 0 if new.
                 backends = sorted(set(backends) | set(deliverers.backends(conn)))
+                roles = {pid: _role(query) for pid, query in conn.execute(
+                    QUERIES["deliverer_connections"], {"dbname": dbname})}
                 deliverers_cpu = deliverers.cpu() - deliverers_before
                 by_kind = machine.cpu_delta_by_kind(pg_before, pg_after)
                 sink_cpu = machine.process_cpu(bench.sink.pid) - sink_before
@@ -173,6 +175,10 @@ async def measure_drain(bench: Bench, dsn: str, processes: int, expected: int, *
         # Where PostgreSQL's CPU went: backends (less this harness's), WAL writer, autovacuum, I/O workers…
         "postgres_cpu_by_kind_ms_per_1000": {
             kind: (cpu - (own_cpu if kind == "backend" else 0)) * per_1000 for kind, cpu in sorted(by_kind.items())},
+        # The deliverers' backends by the role of their connection: where the database work per delivery goes.
+        "postgres_cpu_by_connection_ms_per_1000": {
+            role: sum(pg_after[p] - pg_before.get(p, 0.0) for p, r in roles.items() if r == role and p in pg_after)
+            * per_1000 for role in sorted(set(roles.values()))},
         "postgres_deliverer_backends_cpu_ms_per_1000": sum(
             pg_after[p] - pg_before.get(p, 0.0) for p in backends if p in pg_after) * per_1000,
         "sink_cpu_ms_per_1000": sink_cpu * per_1000,
@@ -190,6 +196,19 @@ async def measure_drain(bench: Bench, dsn: str, processes: int, expected: int, *
         "backend_wait_shares": shares,
         "backend_samples": sampler.samples,
     }
+
+
+def _role(statement: str) -> str:
+    """What a deliverer connection is for, from the last statement it ran."""
+    if statement.startswith("LISTEN"):
+        return "listen"
+    if "candidates AS MATERIALIZED" in statement:
+        return "claims"
+    if "jsonb_to_recordset" in statement or "failing_since" in statement or "outbox_event" in statement:
+        return "outcomes"
+    if "LIMIT" in statement and "count(*)" in statement:
+        return "backlog gauges"
+    return "other"
 
 
 # 1. Drain ---------------------------------------------------------------------
