@@ -19,12 +19,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench import database, machine, report, scenarios
+from bench import database, machine, report, scale, scenarios
 from bench.sink import SinkProcess, capacity
 from deliverer.dev import database as devdb
 from deliverer.security import sealing
 
-SCENARIOS = ("drain", "latency", "publish", "backlog", "slow", "fanout")
+SCENARIOS = ("drain", "latency", "publish", "backlog", "slow", "fanout", "hot", "peers", "floor", "mix", "wakeups")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,13 +38,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-seconds", type=float, help="seconds per producer rate (default 20)")
     parser.add_argument("--rates", help="producer rates, events/s (default 200,1000)")
     parser.add_argument("--backlog", type=int, help="not-due deliveries for the backlog scenario (default 1,000,000)")
+    parser.add_argument("--mix-rate", type=float, help="producer events/s in the mix scenario (default 200)")
+    parser.add_argument("--mix-seconds", type=float, help="seconds of producing in the mix scenario (default 30)")
+    parser.add_argument("--wakeup-seconds", type=float, help="seconds of producing in the wakeups scenario "
+                        "(default 20)")
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument("--output", help="JSON file (default bench/results/latest.json)")
     args = parser.parse_args(argv)
     quick = args.quick
     defaults = {"repeat": 1 if quick else 3, "events": 1000 if quick else 30_000,
                 "processes": "1,2" if quick else "1,2,4", "latency_seconds": 2.0 if quick else 20.0,
-                "rates": "200" if quick else "200,1000", "backlog": 20_000 if quick else 1_000_000}
+                "rates": "200" if quick else "200,1000", "backlog": 20_000 if quick else 1_000_000,
+                "mix_rate": 100 if quick else 200, "mix_seconds": 2.0 if quick else 30.0,
+                "wakeup_seconds": 1.5 if quick else 20.0}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -58,10 +64,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace, server: database.Server) -> dict[str, Any]:
+    with server.admin() as conn:
+        machine.use_server(conn.info.backend_pid)  # not another PostgreSQL on this machine
     sink = SinkProcess()
     await sink.start()
     bench = scenarios.Bench(server, sink)
     quick, repeat, p = args.quick, args.repeat, args.scenario_processes
+    drains = scale.Drains(bench, events=args.events, repeat=repeat)
     results: dict[str, Any] = {"machine": machine.describe(server.version()), "repeat": repeat, "quick": quick,
                                "timings_s": {}}
     steps: list[tuple[str, str, Callable[[], Awaitable[Any]]]] = [
@@ -80,6 +89,13 @@ async def run(args: argparse.Namespace, server: database.Server) -> dict[str, An
                                                                     processes=p, repeat=repeat)),
         ("fanout", "fan_out", lambda: scenarios.fan_out(bench, endpoints=100, events=1 if quick else 3 * repeat,
                                                         processes=p)),
+        ("hot", "hot", lambda: scale.hot(drains)),
+        ("peers", "peers", lambda: scale.peers(drains)),
+        ("floor", "floor", lambda: scale.floor(drains)),
+        ("mix", "mix", lambda: scale.mix(bench, rate=args.mix_rate, seconds=args.mix_seconds,
+                                         endpoints=100 if quick else scale.MIX_ENDPOINTS)),
+        ("wakeups", "wakeups", lambda: scale.wakeups(bench, rate=200, seconds=args.wakeup_seconds,
+                                                     process_counts=(2, 4) if quick else (2, 8))),
     ]
     try:
         for name, key, step in steps:
@@ -90,6 +106,7 @@ async def run(args: argparse.Namespace, server: database.Server) -> dict[str, An
             results["timings_s"][key] = round(time.monotonic() - started, 1)
             print(f"[{key} done in {results['timings_s'][key]:.0f} s]", flush=True)
     finally:
+        drains.close()
         await sink.stop()
     return results
 
@@ -107,6 +124,13 @@ def problems(results: dict[str, Any]) -> list[str]:
         for label, run_list in results.get(key, {}).get("runs", {}).items():
             found += [f"{key} ({label}): {r['duplicates']} duplicates, {r['lost']} lost"
                       for r in run_list if r["duplicates"] or r["lost"]]
+    for key in ("hot", "peers", "floor"):
+        for system, run_list in results.get(key, {}).get("runs", {}).items():
+            found += [f"{key} ({system}): {r['duplicates']} duplicates, {r['lost']} lost"
+                      for r in run_list if r["duplicates"] or r["lost"]]
+    for count, r in results.get("wakeups", {}).get("by_processes", {}).items():
+        if r["lost"]:
+            found.append(f"wakeups with {count} processes: {r['lost']} lost")
     if results.get("fan_out", {}).get("lost_events"):
         found.append(f"fan-out: {results['fan_out']['lost_events']} events missed an endpoint")
     return found

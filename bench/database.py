@@ -9,11 +9,15 @@ queue rows are moved to a staging table (``bench_staged``); ``release`` puts
 them back and notifies the deliverers in one transaction.
 """
 
+import bisect
 import contextlib
+import itertools
+import random
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import psycopg
 from psycopg import sql
@@ -46,8 +50,29 @@ def org(index: int) -> str:
 
 def job_completed(index: int, orgs: int) -> outbox.Event:
     """The ``index``-th event, spread round-robin over ``orgs`` orgs (one endpoint each)."""
-    org_id = org(index % orgs)
+    return event_for(index, index % orgs)
+
+
+def event_for(index: int, org_index: int) -> outbox.Event:
+    org_id = org(org_index)
     return outbox.Event("job.completed", {**PAYLOAD, "id": f"job_{index}", "org_id": org_id}, org_id)
+
+
+class Zipf:
+    """Org (endpoint) indexes 0..n-1 with P(k) proportional to 1 / (k+1)^s: index 0 is the busiest.
+
+    ``pick(i)`` is a function of ``i`` alone, so two runs (and several producer
+    processes) send event i to the same endpoint.
+    """
+
+    def __init__(self, n: int, s: float) -> None:
+        weights = [1 / (k + 1) ** s for k in range(n)]
+        total = sum(weights)
+        self.shares = [w / total for w in weights]
+        self._cumulative = list(itertools.accumulate(self.shares))
+
+    def pick(self, i: int) -> int:
+        return min(bisect.bisect_left(self._cumulative, random.Random(i).random()), len(self.shares) - 1)
 
 
 def body() -> str:
@@ -100,6 +125,18 @@ class Server:
 
 def dbname(dsn: str) -> str:
     return str(conninfo_to_dict(dsn)["dbname"])
+
+
+def url(dsn: str, **params: str) -> str:
+    """``dsn`` as a postgresql:// URL (what asyncpg and Node's pg take), with ``params`` added to its query."""
+    parts = {k: str(v) for k, v in conninfo_to_dict(dsn).items()}
+    user = quote(parts.pop("user", ""), safe="") + (":" + quote(parts.pop("password"), safe="")
+                                                     if "password" in parts else "")
+    host, port, name = parts.pop("host", "localhost"), parts.pop("port", ""), parts.pop("dbname", "")
+    if host.startswith("/"):  # a Unix socket directory goes in the query, after an empty host
+        parts["host"], host = host, ""
+    return (f"postgresql://{user}@{host}{':' + port if port else ''}/{quote(name, safe='')}?"
+            + urlencode({**parts, **params}, quote_via=quote))
 
 
 def add_endpoints(dsn: str, urls: Sequence[str], *, org_id: str | None = None) -> list[str]:

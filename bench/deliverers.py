@@ -7,10 +7,13 @@ allowed. Everything else is the default unless a scenario says otherwise.
 """
 
 import asyncio
+import json
 import os
+import re
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -75,5 +78,42 @@ class Deliverers:
                 process.kill()
                 await process.wait()
 
+    def peak_rss_mib(self) -> list[float]:
+        return [machine.peak_rss_mib(pid) for pid in self.pids]
+
+    def metrics_ports(self) -> list[int]:
+        """Each process's /metrics port, from its "probes listening" log line."""
+        ports = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            if '"probes listening"' in line:
+                ports.append(int(json.loads(line)["port"]))
+        return ports
+
+    async def claims(self) -> tuple[int, int]:
+        """(claim statements, claims that leased nothing) so far, summed over the processes.
+
+        From each worker's ``deliverer_claim_batch_size`` histogram: it observes every claim
+        that returned, with the number of deliveries it leased, so its count is the claims and
+        its ``le="0.0"`` bucket the empty ones. Exact, and needs no pg_stat_statements.
+        """
+        total = empty = 0
+        for port in self.metrics_ports():
+            text = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+            total += int(float(_metric(text, "deliverer_claim_batch_size_count")))
+            empty += int(float(_metric(text, 'deliverer_claim_batch_size_bucket{le="0.0"}')))
+        return total, empty
+
     def tail(self, lines: int = 20) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
+
+
+def _metric(text: str, name: str) -> str:
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"no {name} in a deliverer's /metrics")
+    return match.group(1)

@@ -6,7 +6,9 @@
 several processes together keep one steady rate, and one that falls behind
 catches up instead of drifting. It stops at ``START + SECONDS`` even if it is
 behind (what it managed is the achieved rate), and prints one JSON object:
-commit times by event id and the worst lateness.
+commit times and org indexes by event id, and the worst lateness. Event i goes to org
+``i % 10`` (bench.database.ORGS), or with ``ORGS ZIPF_S`` after the six
+arguments to one of ORGS orgs drawn from a Zipf distribution (bench.database.Zipf).
 
 Why processes and blocking calls rather than one asyncio loop with many
 connections: the commit time must be read the moment COMMIT returns. In one
@@ -22,11 +24,13 @@ import time
 import psycopg
 
 import outbox
-from bench.database import ORGS, job_completed
+from bench.database import ORGS, Zipf, event_for
 
 
-def produce(dsn: str, rate: float, seconds: float, start: float, index: int, stride: int) -> dict[str, object]:
+def produce(dsn: str, rate: float, seconds: float, start: float, index: int, stride: int,
+            zipf: Zipf | None = None) -> dict[str, object]:
     committed: dict[str, float] = {}
+    orgs: dict[str, int] = {}
     worst_lag = 0.0
     end = start + seconds
     with psycopg.connect(dsn) as conn:
@@ -38,14 +42,17 @@ def produce(dsn: str, rate: float, seconds: float, start: float, index: int, str
             if delay > 0:
                 time.sleep(delay)
             worst_lag = max(worst_lag, time.monotonic() - due)
-            event = job_completed(i, ORGS)
+            org_index = i % ORGS if zipf is None else zipf.pick(i)
+            event = event_for(i, org_index)
             event_id = outbox.publish(conn, event.event_type, event.data, org_id=event.org_id)
             conn.commit()
             committed[event_id] = time.monotonic()
-    return {"committed": committed, "worst_lag": worst_lag}
+            orgs[event_id] = org_index
+    return {"committed": committed, "orgs": orgs, "worst_lag": worst_lag}
 
 
 if __name__ == "__main__":
     dsn, rate, seconds, start, index, stride = sys.argv[1:7]
-    result = produce(dsn, float(rate), float(seconds), float(start), int(index), int(stride))
+    zipf = Zipf(int(sys.argv[7]), float(sys.argv[8])) if len(sys.argv) > 8 else None
+    result = produce(dsn, float(rate), float(seconds), float(start), int(index), int(stride), zipf)
     print(json.dumps(result))

@@ -92,3 +92,8 @@ INSERT INTO outbox_event (id, org_id, event_type, body) VALUES (%(id)s, %(org_id
 -- name: bare_insert_many
 INSERT INTO outbox_event (id, org_id, event_type, body)
 SELECT * FROM unnest(%(ids)s::uuid[], %(org_ids)s::text[], %(event_types)s::text[], %(bodies)s::text[])
+
+-- name: deliverer_connections
+-- Each deliverer connection and the last statement it ran, which tells its role
+-- (claims, outcomes, backlog gauges, LISTEN): each role has a connection of its own.
+SELECT pid, query FROM pg_stat_activity WHERE datname = %(dbname)s AND application_name LIKE 'deliverer %%'

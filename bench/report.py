@@ -108,6 +108,148 @@ def _fan_out_rows(fan: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _us(value: float) -> str:
+    return f"{value:,.0f} µs"
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _system_rows(name: str, r: dict[str, Any]) -> list[Row]:
+    """One system's drain: rate, then CPU per delivery (ms per 1,000 = µs per delivery)."""
+    if "unavailable" in r:
+        return [(f"  {name}", "did not run", r["unavailable"][:60])]
+    return [
+        (f"  {name}: deliveries/s (first to last receipt)", _n(r["deliveries_per_s"]), ""),
+        ("    PostgreSQL CPU per delivery, all its processes (workers' backends)",
+         f"{_us(r['postgres_cpu_ms_per_1000'])} ({r['postgres_worker_backends_cpu_ms_per_1000']:,.0f})", ""),
+        ("    worker CPU per delivery / DB transactions per 1,000",
+         f"{_us(r['worker_cpu_ms_per_1000'])} / {r['transactions_per_1000']:,.0f}", ""),
+        ("    duplicates / lost", f"{r['duplicates']:.0f} / {r['lost']:.0f}", "0 / 0"),
+    ]
+
+
+def _hot_rows(hot: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = [(f"7. hot endpoint: {hot['events']:,} queued events, {hot['processes']} deliverer "
+                        "processes", "", "")]
+    for name, label in (("deliverer", "over 10 endpoints"), ("deliverer hot", "all to 1 endpoint")):
+        r = hot["by_system"][name]
+        rows += _system_rows(f"deliverer, {label}", r)
+        rows.append(("    claims with rows per 1,000 / mean batch",
+                     f"{r['claim_statements_with_rows'] * 1000 / r['deliveries']:.1f} / {r['mean_claim_batch']:.1f}",
+                     ""))
+        roles = r.get("postgres_cpu_by_connection_ms_per_1000", {})
+        if roles:
+            rows.append(("    PostgreSQL CPU per delivery in the claims / outcomes connections",
+                         f"{_us(roles.get('claims', 0))} / {_us(roles.get('outcomes', 0))}", ""))
+    rows += [("  1 endpoint vs 10: deliveries/s ratio", _ratio(hot["rate_ratio"]), ">= 0.90"),
+             ("  1 endpoint vs 10: PostgreSQL / deliverer CPU per delivery ratio",
+              f"{_ratio(hot['postgres_cpu_ratio'])} / {_ratio(hot['deliverer_cpu_ratio'])}", "")]
+    return rows
+
+
+_COMPARE_HEADER: Row = ("  value: deliveries/s | PG µs per delivery (workers' backends) | worker µs | txn per 1,000",
+                        "", "")
+
+
+def _compare_row(name: str, r: dict[str, Any]) -> Row:
+    """One system's drain on one line, for comparisons."""
+    if "unavailable" in r:
+        return (f"  {name}", "did not run", r["unavailable"][:80])
+    lost = "" if not (r["duplicates"] or r["lost"]) else f"{r['duplicates']:.0f} duplicates, {r['lost']:.0f} lost"
+    return (f"  {name}", f"{r['deliveries_per_s']:,.0f} | {r['postgres_cpu_ms_per_1000']:,.0f} "
+            f"({r['postgres_worker_backends_cpu_ms_per_1000']:,.0f}) | {r['worker_cpu_ms_per_1000']:,.0f} | "
+            f"{r['transactions_per_1000']:,.0f}", lost)
+
+
+_LABELS = {"deliverer": "deliverer, 10 endpoints", "deliverer hot": "deliverer, 1 endpoint",
+           "graphile-worker": "graphile-worker", "pgqueuer": "pgqueuer", "floor": "floor"}
+
+
+def _peers_rows(peers: dict[str, Any]) -> list[Row]:
+    g, q = peers["settings"]["graphile-worker"], peers["settings"]["pgqueuer"]
+    rows: list[Row] = [
+        (f"8. peers: the same {peers['events']:,} signed-webhook jobs, {peers['processes']} processes each", "", ""),
+        (f"  settings: graphile-worker {g['concurrentJobs']} concurrent jobs, local queue {g['localQueue']['size']}, "
+         "batched completion", "", ""),
+        (f"            pgqueuer batch {q['batch_size']}, {q['max_concurrent_tasks']} in flight, asyncpg", "", ""),
+        _COMPARE_HEADER,
+    ]
+    rows += [_compare_row(_LABELS[name], r) for name, r in peers["by_system"].items()]
+    for name in ("graphile-worker", "pgqueuer"):
+        rate, pg = peers["rate_vs_deliverer"].get(name), peers["postgres_cpu_vs_deliverer"].get(name)
+        rows.append((f"  {name} vs deliverer (10 endpoints): rate / PostgreSQL CPU per delivery",
+                     f"{_ratio(rate)} / {_ratio(pg)}", ""))
+    return rows
+
+
+def _floor_rows(floor: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = [(f"9. floor: a lease-and-delete queue with no log, {floor['events']:,} jobs, "
+                        f"{floor['processes']} processes", "", ""), _COMPARE_HEADER]
+    rows += [_compare_row(_LABELS[name], r) for name, r in floor["by_system"].items()]
+    rows += [
+        ("  deliverer's PostgreSQL CPU per delivery / floor's: 10 endpoints / 1 endpoint",
+         f"{_ratio(floor['deliverer_vs_floor'])} / {_ratio(floor['deliverer_hot_vs_floor'])}", ""),
+        ("  deliverer's PostgreSQL CPU per delivery / graphile-worker's: 10 / 1 endpoint",
+         f"{_ratio(floor['deliverer_vs_graphile_worker'])} / {_ratio(floor['deliverer_hot_vs_graphile_worker'])}",
+         ""),
+        ("  graphile-worker's / floor's", _ratio(floor["graphile_worker_vs_floor"]), ""),
+    ]
+    return rows
+
+
+def _mix_rows(mix: dict[str, Any]) -> list[Row]:
+    share = mix["traffic_share"]
+    rows: list[Row] = [(f"10. mix: {mix['endpoints']:,} endpoints, Zipf s={mix['zipf_s']:g}, {mix['rate']:g} events/s "
+                        f"for {mix['seconds']:g} s, {mix['processes']} processes, receivers log-normal "
+                        f"(median {mix['latency']['median_ms']} ms, p99 1 s)", "", ""),
+                       ("  traffic to the busiest / top 5 / hanging / failing endpoints",
+                        f"{share['busiest']:.0%} / {share['top5']:.0%} / {share['hanging']:.1%} / "
+                        f"{share['failing']:.1%}", "")]
+    for key, label in (("all_healthy", "all healthy"), ("mixed", "5% hanging, 5% answering 500")):
+        r = mix[key]
+        rows += [
+            (f"  {label}: healthy deliveries/s (of {r['healthy_offered_per_s']:,.0f}/s committed; all events "
+             f"{r['achieved_per_s']:,.0f}/s)", _n(r["healthy_deliveries_per_s"]), ""),
+            ("    share of healthy events delivered before the producers stopped",
+             f"{r['healthy_delivered_by_last_commit']:.1%}", ""),
+            ("    healthy commit to receipt p50 / p99 / max ms",
+             f"{r['healthy_p50_ms']:.1f} / {r['healthy_p99_ms']:.1f} / {r['healthy_max_ms']:,.0f}", ""),
+            ("    healthy deliveries not received 30 s after the last commit", _n(r["healthy_undelivered"]), "0"),
+            ("    peak concurrency at one endpoint (which) / top 5 / hanging max",
+             f"{r['peak_concurrency_any_endpoint']} ({r['peak_concurrency_endpoint'].rsplit('/', 1)[1]}) / "
+             f"{','.join(str(n) for n in r['peak_concurrency_top5'])} / {r['peak_concurrency_hanging_max']}", ""),
+            ("    each worker's peak RSS MiB", " ".join(f"{m:.0f}" for m in r["worker_peak_rss_mib"]), ""),
+            ("    deliverer / PostgreSQL CPU ms per event",
+             f"{r['deliverer_cpu_ms_per_event']:.2f} / {r['postgres_cpu_ms_per_event']:.2f}", ""),
+        ]
+    rows += [("  mixed vs all healthy: healthy deliveries/s ratio (per healthy event/s committed)",
+              _ratio(mix["rate_ratio"]), ">= 0.95"),
+             ("  mixed vs all healthy: healthy p99 ratio", _ratio(mix["p99_ratio"]), "")]
+    return rows
+
+
+def _wakeups_rows(w: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = [(f"11. wake-ups: producer at {w['rate']:g} events/s, one per transaction, for "
+                        f"{w['seconds']:g} s", "", "")]
+    for count, r in w["by_processes"].items():
+        rows += [
+            (f"  {count} processes: empty claims / claims / DB transactions per event",
+             f"{r['empty_claims_per_event']:.2f} / {r['claims_per_event']:.2f} / {r['transactions_per_event']:.1f}",
+             ""),
+            ("    commit to receipt p50 / p99 / max ms", f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} / {r['max_ms']:.0f}",
+             ""),
+            ("    deliverer / PostgreSQL CPU ms per event",
+             f"{r['deliverer_cpu_ms_per_event']:.2f} / {r['postgres_cpu_ms_per_event']:.2f}", ""),
+            ("    lost", _n(r["lost"]), "0"),
+        ]
+    counts = list(w["by_processes"])
+    rows += [(f"  {counts[-1]} vs {counts[0]} processes: empty claims per event ratio / p99 ratio",
+              f"{_ratio(w['empty_claims_ratio'])} / {_ratio(w['p99_ratio'])}", "")]
+    return rows
+
+
 def table(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [f"machine: {m['cores']} cores, {m['cpu_model']}, Python {m['python']}, PostgreSQL {m['postgresql']}; "
@@ -120,7 +262,9 @@ def table(results: dict[str, Any]) -> str:
                      f"i.e. ~{1e6 / sink['sink_cpu_ms_per_1000']:,.0f} requests/s per core")
     rows: list[Row] = []
     for key, render in (("drain", _drain_rows), ("latency", _latency_rows), ("publish", _publish_rows),
-                        ("backlog", _backlog_rows), ("slow_receivers", _slow_rows), ("fan_out", _fan_out_rows)):
+                        ("backlog", _backlog_rows), ("slow_receivers", _slow_rows), ("fan_out", _fan_out_rows),
+                        ("hot", _hot_rows), ("peers", _peers_rows), ("floor", _floor_rows), ("mix", _mix_rows),
+                        ("wakeups", _wakeups_rows)):
         if key in results:
             rows += render(results[key])
     width = max(len(r[0]) for r in rows) + 2

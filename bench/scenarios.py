@@ -127,7 +127,7 @@ async def measure_drain(bench: Bench, dsn: str, processes: int, expected: int, *
             await bench.sink.reset()
             async with _WaitSampler(bench.server, dbname) as sampler:
                 own_before = machine.process_cpu(own_pid) + machine.process_cpu(sampler.backend_pid)
-                pg_before, backends_before = machine.postgres_cpu(), [machine.process_cpu(p) for p in backends]
+                pg_before = machine.postgres_cpu()
                 deliverers_before, sink_before = deliverers.cpu(), machine.process_cpu(bench.sink.pid)
                 released = time.monotonic()
                 database.release(conn)
@@ -139,8 +139,14 @@ async def measure_drain(bench: Bench, dsn: str, processes: int, expected: int, *
                 while fetch_one(conn, "staged_unrecorded") and time.monotonic() < deadline:  # noqa: ASYNC110
                     await asyncio.sleep(0.05)  # the outcomes are in another process's hands: poll
                 recorded = time.monotonic()
-                pg_after, backends_after = machine.postgres_cpu(), [machine.process_cpu(p) for p in backends]
+                pg_after = machine.postgres_cpu()
+                # Their connections then, and any opened since the start (the outcomes' one opens
+                # at the first outcome, after the release): counted from 0 if new.
+                backends = sorted(set(backends) | set(deliverers.backends(conn)))
+                roles = {pid: _role(query) for pid, query in conn.execute(
+                    QUERIES["deliverer_connections"], {"dbname": dbname})}
                 deliverers_cpu = deliverers.cpu() - deliverers_before
+                by_kind = machine.cpu_delta_by_kind(pg_before, pg_after)
                 sink_cpu = machine.process_cpu(bench.sink.pid) - sink_before
                 own_cpu = machine.process_cpu(own_pid) + machine.process_cpu(sampler.backend_pid) - own_before
             records = await bench.sink.dump()
@@ -166,8 +172,15 @@ async def measure_drain(bench: Bench, dsn: str, processes: int, expected: int, *
         "release_to_recorded_s": recorded - released,
         "deliverer_cpu_ms_per_1000": deliverers_cpu * per_1000,
         "postgres_cpu_ms_per_1000": (machine.cpu_delta(pg_before, pg_after) - own_cpu) * per_1000,
+        # Where PostgreSQL's CPU went: backends (less this harness's), WAL writer, autovacuum, I/O workers…
+        "postgres_cpu_by_kind_ms_per_1000": {
+            kind: (cpu - (own_cpu if kind == "backend" else 0)) * per_1000 for kind, cpu in sorted(by_kind.items())},
+        # The deliverers' backends by the role of their connection: where the database work per delivery goes.
+        "postgres_cpu_by_connection_ms_per_1000": {
+            role: sum(pg_after[p] - pg_before.get(p, 0.0) for p, r in roles.items() if r == role and p in pg_after)
+            * per_1000 for role in sorted(set(roles.values()))},
         "postgres_deliverer_backends_cpu_ms_per_1000": sum(
-            a - b for a, b in zip(backends_after, backends_before, strict=True)) * per_1000,
+            pg_after[p] - pg_before.get(p, 0.0) for p in backends if p in pg_after) * per_1000,
         "sink_cpu_ms_per_1000": sink_cpu * per_1000,
         "duplicates": sum(n - 1 for n in keys.values()),
         "lost": expected - len(keys),
@@ -183,6 +196,19 @@ async def measure_drain(bench: Bench, dsn: str, processes: int, expected: int, *
         "backend_wait_shares": shares,
         "backend_samples": sampler.samples,
     }
+
+
+def _role(statement: str) -> str:
+    """What a deliverer connection is for, from the last statement it ran."""
+    if statement.startswith("LISTEN"):
+        return "listen"
+    if "candidates AS MATERIALIZED" in statement:
+        return "claims"
+    if "jsonb_to_recordset" in statement or "failing_since" in statement or "outbox_event" in statement:
+        return "outcomes"
+    if "LIMIT" in statement and "count(*)" in statement:
+        return "backlog gauges"
+    return "other"
 
 
 # 1. Drain ---------------------------------------------------------------------
@@ -211,26 +237,36 @@ async def drain(bench: Bench, *, events: int, processes: Sequence[int], repeat: 
 # 2. Latency --------------------------------------------------------------------
 
 
-async def _produce(dsn: str, rate: float, seconds: float) -> tuple[dict[str, float], float, int]:
-    """Commit one event per transaction at ``rate`` for ``seconds``: commit times by event id, lag, processes.
+@dataclass
+class Produced:
+    committed: dict[str, float]  # event id -> monotonic time its COMMIT returned
+    orgs: dict[str, int]  # event id -> index of its org (and endpoint)
+    worst_lag: float
+    processes: int
 
-    The schedule is shared by ceil(rate / 150) producer processes (see bench.producer).
+
+async def produce(dsn: str, rate: float, seconds: float, zipf: tuple[int, float] | None = None) -> Produced:
+    """Commit one event per transaction at ``rate`` for ``seconds``.
+
+    The schedule is shared by ceil(rate / 150) producer processes (see bench.producer); ``zipf``
+    (orgs, s) spreads the events over that many orgs by a Zipf distribution instead of round-robin.
     """
     count = max(1, math.ceil(rate / 150))
     start = time.monotonic() + 1.0 + 0.3 * count  # after every process has imported and connected
     processes = [await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.producer", dsn, str(rate), str(seconds), repr(start), str(index), str(count),
+        *([] if zipf is None else [str(zipf[0]), str(zipf[1])]),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE) for index in range(count)]
-    committed: dict[str, float] = {}
-    worst_lag = 0.0
+    produced = Produced({}, {}, 0.0, count)
     for process in processes:
         out, _ = await process.communicate()
         if process.returncode:
             raise RuntimeError(f"a producer failed with exit status {process.returncode}")
         result = json.loads(out)
-        committed.update(result["committed"])
-        worst_lag = max(worst_lag, result["worst_lag"])
-    return committed, worst_lag, count
+        produced.committed.update(result["committed"])
+        produced.orgs.update(result["orgs"])
+        produced.worst_lag = max(produced.worst_lag, result["worst_lag"])
+    return produced
 
 
 async def latency(bench: Bench, *, rates: Sequence[float], seconds: float, processes: int,
@@ -244,7 +280,8 @@ async def latency(bench: Bench, *, rates: Sequence[float], seconds: float, proce
                 for rate in rates:
                     await bench.sink.reset()
                     deliverers_before, pg_before = deliverers.cpu(), machine.postgres_cpu()
-                    committed, lag, connections = await _produce(dsn, rate, seconds)
+                    produced = await produce(dsn, rate, seconds)
+                    committed, lag, connections = produced.committed, produced.worst_lag, produced.processes
                     await bench.sink.wait_for(len(committed), 30)
                     deliverers_cpu, pg_after = deliverers.cpu() - deliverers_before, machine.postgres_cpu()
                     received: dict[str, float] = {}

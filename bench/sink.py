@@ -11,15 +11,26 @@ benchmark process reads when a producer's COMMIT returns, so commit-to-receipt
 latencies can be taken across the two processes. The time is read once per
 ``data_received`` call, i.e. when the bytes reach the sink's event loop.
 
-Paths:
+Paths (the path is the endpoint: everything below is kept per path):
 
 - ``/slow/<seconds>/...`` records the request, then answers only after
   ``<seconds>`` (a receiver that hangs; the deliverer's timeout cuts it off).
+- ``/lognormal/<median ms>/<sigma>/...`` answers after a delay drawn for each
+  request from a log-normal distribution (sigma 1.68 puts p99 at 50 times the median).
+- ``/status/<code>/...`` answers ``<code>`` at once (``/status/500/...``: a failing receiver).
 - ``/_count`` answers the number of requests recorded (``/_count/hook/`` of
   those whose path starts with ``/hook/``); ``/_reset`` forgets
-  them; ``/_dump`` answers them all as JSON ``[[path, event_id, time], ...]``.
+  them; ``/_dump`` answers them all as JSON ``[[path, event_id, time], ...]``;
+  ``/_stats`` answers, per path, the requests open now (received, not yet
+  answered), the most open at once since the reset, and the arrivals in each
+  second since the reset (:meth:`SinkProcess.stats`).
   These control paths are not recorded.
 - Anything else is recorded and answered at once.
+
+Delays never block the sink: a delayed answer is a timer on its connection
+(HTTP/1.1 clients send the next request on a connection only after the
+answer), so open requests are counted from receipt to answer, or to the
+client giving up and closing the connection.
 
 Run it as ``python -m bench.sink``: it prints ``port <n>`` once listening on
 127.0.0.1 and serves until SIGTERM. :class:`SinkProcess` does that for the
@@ -28,16 +39,21 @@ take on its own.
 """
 
 import asyncio
+import bisect
 import contextlib
 import json
+import math
+import random
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from bench import machine
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nOK"
+_STATUS = {500: b"Internal Server Error", 503: b"Service Unavailable", 429: b"Too Many Requests"}
 _CONTENT_LENGTH = b"\r\ncontent-length:"
 _EVENT_ID = b"\r\nx-docextract-event-id:"
 
@@ -53,10 +69,33 @@ def _header(head: bytes, lower: bytes, name: bytes) -> bytes:
 
 
 class Recorder:
-    """What the sink has received: (path, event id, monotonic time) per request."""
+    """What the sink has received: (path, event id, monotonic time) per request, and per path the
+    requests open now, the peak of open requests and the arrivals per second since the last reset."""
 
     def __init__(self) -> None:
         self.records: list[tuple[str, str, float]] = []
+        self.open: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+        self.arrivals: dict[str, dict[int, int]] = {}
+        self.since = time.monotonic()
+
+    def received(self, path: str, event_id: str, now: float) -> None:
+        self.records.append((path, event_id, now))
+        open_now = self.open.get(path, 0) + 1
+        self.open[path] = open_now
+        if open_now > self.peak.get(path, 0):
+            self.peak[path] = open_now
+        second = int(now - self.since)
+        per_second = self.arrivals.setdefault(path, {})
+        per_second[second] = per_second.get(second, 0) + 1
+
+    def answered(self, path: str) -> None:
+        self.open[path] -= 1
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        return {path: {"open": self.open.get(path, 0), "peak": peak,
+                       "arrivals_per_second": sorted(self.arrivals.get(path, {}).items())}
+                for path, peak in self.peak.items()}
 
     def control(self, path: bytes) -> bytes:
         if path == b"/_count":
@@ -66,10 +105,32 @@ class Recorder:
             body = str(sum(1 for record in self.records if record[0].startswith(prefix))).encode()
         elif path == b"/_reset":
             self.records = []
+            self.peak = {p: n for p, n in self.open.items() if n}  # what is still open counts on
+            self.arrivals = {}
+            self.since = time.monotonic()
             body = b"0"
+        elif path == b"/_stats":
+            body = json.dumps(self.stats()).encode()
         else:
             body = json.dumps(self.records).encode()
         return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+def _delay(path: bytes) -> float | None:
+    """Seconds to wait before answering a request to ``path``, or None to answer at once."""
+    if path.startswith(b"/slow/"):
+        return float(path.split(b"/")[2])
+    if path.startswith(b"/lognormal/"):
+        _, _, median_ms, sigma = path.split(b"/")[:4]
+        return random.lognormvariate(math.log(float(median_ms) / 1000), float(sigma))
+    return None
+
+
+def _response(path: bytes) -> bytes:
+    if path.startswith(b"/status/"):
+        code = int(path.split(b"/")[2])
+        return b"HTTP/1.1 %d %s\r\nContent-Length: 2\r\n\r\nNO" % (code, _STATUS.get(code, b"Status"))
+    return RESPONSE
 
 
 class _Connection(asyncio.Protocol):
@@ -78,6 +139,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.hanging: asyncio.TimerHandle | None = None
+        self.open_path = ""  # the path of the request waiting for its delayed answer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -86,6 +148,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.hanging is not None:
             self.hanging.cancel()
+            self.hanging = None
+            self.recorder.answered(self.open_path)  # the client gave up: no longer open
 
     def data_received(self, data: bytes) -> None:
         now = time.monotonic()
@@ -109,17 +173,21 @@ class _Connection(asyncio.Protocol):
                 self.transport.write(self.recorder.control(path))
                 continue
             event_id = _header(head, lower, _EVENT_ID).decode()
-            self.recorder.records.append((path.decode(), event_id, now))
-            if path.startswith(b"/slow/"):
-                seconds = float(path.split(b"/")[2])
-                self.hanging = asyncio.get_running_loop().call_later(seconds, self._answer_late)
+            text = path.decode()
+            self.recorder.received(text, event_id, now)
+            delay = _delay(path)
+            if delay is not None:
+                self.open_path = text
+                self.hanging = asyncio.get_running_loop().call_later(delay, self._answer_late)
                 return
-            self.transport.write(RESPONSE)
+            self.transport.write(_response(path))
+            self.recorder.answered(text)
 
     def _answer_late(self) -> None:
         self.hanging = None
+        self.recorder.answered(self.open_path)
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(RESPONSE)
+            self.transport.write(_response(self.open_path.encode()))
             if self.buffer:
                 self.data_received(b"")
 
@@ -187,6 +255,12 @@ class SinkProcess:
     async def dump(self) -> list[tuple[str, str, float]]:
         return [tuple(r) for r in json.loads(await self._get("/_dump"))]  # type: ignore[misc]
 
+    async def stats(self) -> dict[str, "EndpointStats"]:
+        """Per path (endpoint), since the last reset: requests open now, the peak, arrivals per second."""
+        raw = json.loads(await self._get("/_stats"))
+        return {path: EndpointStats(s["open"], s["peak"], {int(k): n for k, n in s["arrivals_per_second"]})
+                for path, s in raw.items()}
+
     async def wait_for(self, count: int, timeout: float, interval: float = 0.02, prefix: str = "") -> int:
         """Wait until at least ``count`` requests (to paths starting with ``prefix``) arrived or
         ``timeout`` passed; the count reached."""
@@ -196,6 +270,26 @@ class SinkProcess:
             await asyncio.sleep(interval)
             seen = await self.count(prefix)
         return seen
+
+
+@dataclass(frozen=True)
+class EndpointStats:
+    """What the sink saw at one endpoint (path): for checks like "peak concurrency <= max_in_flight"."""
+
+    open: int  # requests received and not answered yet
+    peak: int  # the most requests open at once
+    arrivals_per_second: dict[int, int]  # second since the reset -> requests that arrived in it
+
+    def most_in_window(self, seconds: int) -> int:
+        """The most arrivals in any ``seconds`` consecutive whole seconds (e.g. 10 for a rate limit)."""
+        counts = self.arrivals_per_second
+        return max((sum(counts.get(s + i, 0) for i in range(seconds)) for s in counts), default=0)
+
+
+def most_in_window(times: list[float], seconds: float) -> int:
+    """The most of ``times`` (receipt times, any order) in any window of ``seconds``, exactly."""
+    ordered = sorted(times)
+    return max((bisect.bisect_left(ordered, t + seconds) - i for i, t in enumerate(ordered)), default=0)
 
 
 class _LoadConnection(asyncio.Protocol):
