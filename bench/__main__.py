@@ -24,7 +24,8 @@ from bench.sink import SinkProcess, capacity
 from deliverer.dev import database as devdb
 from deliverer.security import sealing
 
-SCENARIOS = ("drain", "latency", "publish", "backlog", "slow", "fanout", "hot", "peers", "floor", "mix", "wakeups")
+SCENARIOS = ("drain", "latency", "publish", "backlog", "slow", "fanout", "hot", "peers", "floor", "mix", "wakeups",
+             "limits")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,6 +97,8 @@ async def run(args: argparse.Namespace, server: database.Server) -> dict[str, An
                                          endpoints=100 if quick else scale.MIX_ENDPOINTS)),
         ("wakeups", "wakeups", lambda: scale.wakeups(bench, rate=200, seconds=args.wakeup_seconds,
                                                      process_counts=(2, 4) if quick else (2, 8))),
+        ("limits", "limits", lambda: scale.limits(bench, slow_events=40 if quick else 200,
+                                                  rated_events=100 if quick else 1000)),
     ]
     try:
         for name, key, step in steps:
@@ -131,6 +134,12 @@ def problems(results: dict[str, Any]) -> list[str]:
     for count, r in results.get("wakeups", {}).get("by_processes", {}).items():
         if r["lost"]:
             found.append(f"wakeups with {count} processes: {r['lost']} lost")
+    lim = results.get("limits")
+    if lim and (lim["duplicates"] or lim["lost"] or lim["peak_concurrency"] > lim["max_in_flight"]
+                or lim["rated_most_in_10s"] > 1.1 * lim["rate_limit"] * 10):
+        found.append(f"limits: peak {lim['peak_concurrency']} of max_in_flight {lim['max_in_flight']}, "
+                     f"{lim['rated_most_in_10s']} in 10 s at rate_limit {lim['rate_limit']:g}, "
+                     f"{lim['duplicates']} duplicates, {lim['lost']} lost")
     if results.get("fan_out", {}).get("lost_events"):
         found.append(f"fan-out: {results['fan_out']['lost_events']} events missed an endpoint")
     return found

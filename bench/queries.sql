@@ -97,3 +97,6 @@ SELECT * FROM unnest(%(ids)s::uuid[], %(org_ids)s::text[], %(event_types)s::text
 -- Each deliverer connection and the last statement it ran, which tells its role
 -- (claims, outcomes, backlog gauges, LISTEN): each role has a connection of its own.
 SELECT pid, query FROM pg_stat_activity WHERE datname = %(dbname)s AND application_name LIKE 'deliverer %%'
+
+-- name: set_endpoint_limits
+UPDATE webhook_endpoint SET max_in_flight = %(max_in_flight)s, rate_limit = %(rate_limit)s WHERE id = %(id)s

@@ -250,6 +250,18 @@ def _wakeups_rows(w: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _limits_rows(lim: dict[str, Any]) -> list[Row]:
+    bound = 1.1 * lim["rate_limit"] * 10
+    return [
+        (f"12. endpoint limits, {lim['processes']} processes", "", ""),
+        (f"  max_in_flight {lim['max_in_flight']}, receiver 300 ms: peak concurrency the sink saw",
+         _n(lim["peak_concurrency"]), f"<= {lim['max_in_flight']}"),
+        (f"  rate_limit {lim['rate_limit']:g}/s: most deliveries in any 10 s / overall rate",
+         f"{lim['rated_most_in_10s']} / {lim['rated_rate_per_s']:.1f}/s", f"<= {bound:.0f}"),
+        ("  duplicates / lost", f"{lim['duplicates']} / {lim['lost']}", "0 / 0"),
+    ]
+
+
 def table(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [f"machine: {m['cores']} cores, {m['cpu_model']}, Python {m['python']}, PostgreSQL {m['postgresql']}; "
@@ -264,7 +276,7 @@ def table(results: dict[str, Any]) -> str:
     for key, render in (("drain", _drain_rows), ("latency", _latency_rows), ("publish", _publish_rows),
                         ("backlog", _backlog_rows), ("slow_receivers", _slow_rows), ("fan_out", _fan_out_rows),
                         ("hot", _hot_rows), ("peers", _peers_rows), ("floor", _floor_rows), ("mix", _mix_rows),
-                        ("wakeups", _wakeups_rows)):
+                        ("wakeups", _wakeups_rows), ("limits", _limits_rows)):
         if key in results:
             rows += render(results[key])
     width = max(len(r[0]) for r in rows) + 2

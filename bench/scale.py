@@ -6,6 +6,7 @@ floor, a realistic mix of receivers, and idle wake-ups. Each returns plain dicts
 - :func:`floor`: a minimal lease-and-delete queue, the floor of PostgreSQL CPU per delivery.
 - :func:`mix`: 1,000 endpoints, Zipf traffic, log-normal receivers, 5% hanging and 5% failing.
 - :func:`wakeups`: a paced producer with 8 deliverer processes against 2: empty claims per event.
+- :func:`limits`: endpoints with max_in_flight and rate_limit set, 4 processes: what the sink saw.
 
 The first three share one set of drains (:class:`Drains`): every system drains the same
 N events once per repeat, with DRAIN_PROCESSES processes, so their figures and ratios
@@ -20,7 +21,9 @@ from typing import Any
 
 import psycopg
 
+import outbox
 from bench import database, machine, queues, scenarios
+from bench import sink as sink_module
 from bench.database import ORGS, Zipf
 from bench.deliverers import Deliverers
 from bench.scenarios import Bench, medians, percentile
@@ -295,3 +298,43 @@ async def _transactions(conn: psycopg.AsyncConnection[Any]) -> int:
 async def _settle() -> None:
     """Let the last outcomes be recorded (RECORD_LINGER) and the claims they wake return."""
     await asyncio.sleep(0.5)
+
+
+# 12. Endpoint limits across processes ----------------------------------------------
+
+LIMITS_PROCESSES = 4
+LIMITED_MAX_IN_FLIGHT = 4
+LIMITED_RATE = 50.0
+
+
+async def limits(bench: Bench, *, slow_events: int, rated_events: int) -> dict[str, Any]:
+    """An endpoint answering in 300 ms with max_in_flight 4, and a fast one with rate_limit 50/s, drained
+    together by 4 processes: the sink's peak concurrency at the first, its busiest 10 s at the second."""
+    with bench.server.database("limits") as dsn:
+        slow_id, rated_id = database.add_endpoints(dsn, [bench.sink.url("/slow/0.3/limited"),
+                                                         bench.sink.url("/hook/rated")])
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(database.QUERIES["set_endpoint_limits"],
+                         {"id": slow_id, "max_in_flight": LIMITED_MAX_IN_FLIGHT, "rate_limit": None})
+            conn.execute(database.QUERIES["set_endpoint_limits"],
+                         {"id": rated_id, "max_in_flight": None, "rate_limit": LIMITED_RATE})
+        async with Deliverers(dsn, LIMITS_PROCESSES):
+            await bench.sink.reset()
+            database.publish(dsn, slow_events, 1)  # all to org 0: the slow endpoint
+            with psycopg.connect(dsn) as conn:  # and to org 1: the rate-limited one
+                outbox.publish_many(conn, [database.event_for(i, 1) for i in range(rated_events)])
+                conn.commit()
+            await bench.sink.wait_for(slow_events + rated_events, 120 + rated_events / LIMITED_RATE)
+            records, stats = await bench.sink.dump(), await bench.sink.stats()
+    rated = sorted(at for path, _, at in records if path.startswith("/hook/rated"))
+    slow_stats = stats["/slow/0.3/limited"]
+    keys = {(path, event_id) for path, event_id, _ in records}
+    return {
+        "processes": LIMITS_PROCESSES,
+        "max_in_flight": LIMITED_MAX_IN_FLIGHT, "peak_concurrency": slow_stats.peak,
+        "rate_limit": LIMITED_RATE, "rated_deliveries": len(rated),
+        "rated_most_in_10s": sink_module.most_in_window(rated, 10.0),
+        "rated_rate_per_s": (len(rated) - 1) / (rated[-1] - rated[0]) if len(rated) > 1 else 0.0,
+        "duplicates": len(records) - len(keys),
+        "lost": slow_events + rated_events - len(keys),
+    }

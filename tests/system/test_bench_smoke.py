@@ -31,11 +31,13 @@ def test_bench_quick_scale(pg_server: str, tmp_path: Path) -> None:
     """
     output = tmp_path / "bench.json"
     env = {**os.environ, "BENCH_DATABASE_URL": pg_server}
-    result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "hot,peers,floor,mix,wakeups",
-                             "--output", str(output)], env=env, capture_output=True, text=True, timeout=180)
+    result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only",
+                             "hot,peers,floor,mix,wakeups,limits", "--output", str(output)],
+                            env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     results = json.loads(output.read_text())
-    assert {"hot", "peers", "floor", "mix", "wakeups"} <= results.keys()
+    assert {"hot", "peers", "floor", "mix", "wakeups", "limits"} <= results.keys()
+    assert results["limits"]["peak_concurrency"] <= results["limits"]["max_in_flight"]
     for system, run in results["peers"]["by_system"].items():
         if "unavailable" not in run:
             assert (run["lost"], run["duplicates"]) == (0, 0), system
