@@ -234,10 +234,19 @@ settled AS (
 ),
 -- Locked in one order, so that two workers' batches never deadlock on each other.
 flow AS MATERIALIZED (
-    SELECT f.endpoint_id FROM endpoint_flow f
+    SELECT f.endpoint_id, f.in_flight, f.allowance FROM endpoint_flow f
     WHERE f.endpoint_id = ANY (ARRAY(SELECT endpoint_id FROM settled))
     ORDER BY f.endpoint_id
     FOR UPDATE
+),
+-- A recording worker with no room of its own to send more (share_room) hands the room
+-- its outcomes give back to a full endpoint to another worker: the one the payload
+-- hashes to among the others (deliverer.delivery.wakeups). One with room refills it
+-- itself, with no notification.
+room AS (
+    SELECT pg_notify('outbox_delivery', 'room ' || f.endpoint_id || ' ' || %(worker_id)s || ' ' || txid_current())
+    FROM flow f JOIN settled s USING (endpoint_id)
+    WHERE %(share_room)s AND f.in_flight >= f.allowance
 ),
 paced AS (
     UPDATE endpoint_flow f
@@ -264,6 +273,8 @@ SELECT CASE WHEN a.delivery_id IS NULL THEN 'late_result'::delivery_fact_kind
        a.next_attempt_at, %(worker_id)s, r.started_at, r.duration_ms, r.http_status,
        r.error_class, r.error_message, r.response_excerpt
 FROM r LEFT JOIN applied a ON a.delivery_id = r.delivery_id
+-- Reading `room` sends its notifications (a plain SELECT in WITH runs only when read).
+WHERE (SELECT count(*) FROM room) >= 0
 RETURNING delivery_id, kind, next_attempt_at
 
 -- name: update_endpoint_health
@@ -333,6 +344,10 @@ SELECT ARRAY(SELECT worker_id FROM deliverer_presence
              WHERE seen_at >= now() - make_interval(secs => %(alive_for)s) AND worker_id <> %(worker_id)s
              UNION ALL SELECT %(worker_id)s
              ORDER BY 1)
+
+-- name: pass_on_wake_up
+-- Wake another worker: this one is full and more is due (see deliverer.delivery.wakeups).
+SELECT pg_notify('outbox_delivery', %(payload)s)
 
 -- name: presence_leave
 DELETE FROM deliverer_presence WHERE worker_id = %(worker_id)s

@@ -46,11 +46,14 @@ class Recorded(NamedTuple):
 
 
 async def write(conn: psycopg.AsyncConnection[Any], results: list[Result], *, worker_id: str,
-                default_max_in_flight: int, now: datetime | None = None, paced: bool = True) -> list[Recorded]:
+                default_max_in_flight: int, now: datetime | None = None, paced: bool = True,
+                share_room: bool = False) -> list[Recorded]:
     """Write a batch of outcomes in one statement (its own transaction).
 
     ``paced``: the deliveries were claimed within their endpoints' limits, so their
     outcomes close requests and adapt the allowance. Test events are not.
+    ``share_room``: the caller cannot send more now, so room given back to full endpoints
+    is announced to the other workers.
     """
     if not results:
         return []
@@ -66,7 +69,7 @@ async def write(conn: psycopg.AsyncConnection[Any], results: list[Result], *, wo
             "error_message": r.outcome.error_message, "response_excerpt": r.outcome.response_excerpt,
             "lease_until": r.claimed.lease_until, "pause": r.pause,
         } for r in results]).decode(),
-        "default_max_in_flight": default_max_in_flight, "paced": paced,
+        "default_max_in_flight": default_max_in_flight, "paced": paced, "share_room": share_room,
     })
     return [Recorded(delivery_id, FactKind(kind), due) for delivery_id, kind, due in await cur.fetchall()]
 
@@ -77,13 +80,15 @@ class Recorder:
     def __init__(self, settings: Settings, worker_id: str, health: EndpointHealth, *,
                  clock: Callable[[], datetime] | None = None,
                  on_ready: Callable[[bool], None] = lambda ready: None,
-                 on_recorded: Callable[[list[Result]], None] = lambda results: None) -> None:
+                 on_recorded: Callable[[list[Result]], None] = lambda results: None,
+                 saturated: Callable[[], bool] = lambda: False) -> None:
         self.worker_id = worker_id
         self.default_max_in_flight = settings.endpoint_max_in_flight
         self.health = health
         self.clock = clock
         self.on_ready = on_ready
         self.on_recorded = on_recorded
+        self.saturated = saturated  # the worker has no room to send more: share what its outcomes free
         self.db = Reopening(settings, f"deliverer {worker_id}")
         self.pending: list[Result] = []
         self._arrived = asyncio.Event()
@@ -108,7 +113,7 @@ class Recorder:
             return []
         conn = await self.db.get()
         recorded = await write(conn, results, worker_id=self.worker_id, now=self.clock() if self.clock else None,
-                               default_max_in_flight=self.default_max_in_flight)
+                               default_max_in_flight=self.default_max_in_flight, share_room=self.saturated())
         await self.health.update(conn, results)
         self.on_recorded(results)
         return recorded

@@ -1,10 +1,15 @@
-"""Whose turn a producer's commit is: wake-ups that scale with the number of workers.
+"""Whose turn a notification is: wake-ups that scale with the number of workers.
 
 Every producer transaction that queues a delivery sends one NOTIFY, and every
 worker LISTENs. Were each to claim on every notification, N workers would run N
 claims per commit, N-1 of them empty. Instead each worker keeps the list of live
 workers (``deliverer_presence``, refreshed every ``BEAT`` seconds) and acts only
 on notifications whose payload, the producer's transaction id, hashes to itself.
+
+Busy workers pass work on the same way, to the others: one that claimed all it
+can while more is due wakes another ("more <worker> <n>"), and one with no room to
+send more hands on the room its outcomes give back to a full endpoint ("room
+<endpoint> <worker> <txid>"), so processes share what one of them cannot take alone.
 
 Nothing depends on the choice being right: a busy worker claims again as soon as
 it has room, and every worker still polls (at most ``DELIVERER_POLL_INTERVAL``
@@ -14,6 +19,7 @@ apart), so a notification whose chosen worker just died waits at most that long.
 import asyncio
 import contextlib
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -45,10 +51,12 @@ class Listener:
     """One worker's LISTEN connection: sets ``wake`` for the notifications that are its turn, beats
     its presence between them, and reconnects with backoff, whatever the database does."""
 
-    def __init__(self, settings: Settings, worker_id: str, wake: asyncio.Event) -> None:
+    def __init__(self, settings: Settings, worker_id: str, wake: asyncio.Event,
+                 on_room: Callable[[str], None] = lambda endpoint_id: None) -> None:
         self.settings = settings
         self.worker_id = worker_id
         self.wake = wake
+        self.on_room = on_room  # a busy worker hands on room at a full endpoint, and it is this one's turn
         self.peers: list[str] = []  # the live workers, this one included, as of the last heartbeat
 
     async def run(self) -> None:
@@ -76,8 +84,27 @@ class Listener:
             row = await cur.fetchone()
             self.peers = row[0] if row else []
             async for note in conn.notifies(timeout=BEAT):
-                if chosen(note.payload, self.peers) in (None, self.worker_id):
-                    self.wake.set()
+                self._heard(note.payload)
+
+    def _heard(self, payload: str) -> None:
+        """Wake for the notifications that are this worker's turn. A producer's (its transaction id)
+        is chosen among all workers; one a busy worker passes on ("more <sender> <n>", or "room
+        <endpoint> <sender> <n>" for room at a full endpoint) among the workers other than the sender."""
+        kind, _, rest = payload.partition(" ")
+        if kind == "more" or kind == "room":
+            *endpoint, sender, _ = rest.split(" ")
+            others = [w for w in self.peers if w != sender]
+            if sender == self.worker_id or chosen(payload, others) not in (None, self.worker_id):
+                return
+            if endpoint:
+                self.on_room(endpoint[0])
+        elif chosen(payload, self.peers) not in (None, self.worker_id):
+            return
+        self.wake.set()
+
+    async def pass_on(self, conn: psycopg.AsyncConnection[Any], sequence: int) -> None:
+        """This worker cannot take all that is due: wake another one to claim the rest."""
+        await conn.execute(QUERIES["pass_on_wake_up"], {"payload": f"more {self.worker_id} {sequence}"})
 
     async def leave(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Leave the list of live workers, so notifications stop choosing this one."""

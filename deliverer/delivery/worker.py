@@ -75,14 +75,18 @@ class Worker:
         self.attempter = Attempter(settings, clock=clock)
         self.recorder = Recorder(settings, self.worker_id, EndpointHealth(settings, clock=clock), clock=clock,
                                  on_ready=lambda ready: self._set_ready(ready, "record"),
-                                 on_recorded=self._recorded)
+                                 on_recorded=self._recorded, saturated=self._saturated)
         self._in_flight: set[asyncio.Task[None]] = set()
+        # Claim in batches: at least this much room in this process before claiming again.
+        self._smallest_claim = max(1, min(settings.batch_size, settings.max_in_flight) // 2)
+        self._passed = 0  # wake-ups passed on to other workers
         self._unsent: dict[uuid.UUID, Claimed] = {}  # claimed, no outcome yet: what shutdown hands back
         self._wake = asyncio.Event()  # a producer committed, or the listener reconnected
         self._room = asyncio.Event()  # a send finished: room in this process
         self._looking_beyond = False  # this claim looks past endpoints the last one found full
         self._nothing_beyond_until = 0.0  # until then, nothing was due past the skipped endpoints
-        self.listener = wakeups.Listener(settings, self.worker_id, self._wake)
+        self.listener = wakeups.Listener(settings, self.worker_id, self._wake,
+                                         on_room=lambda endpoint_id: self.claimer.skips.recorded([endpoint_id]))
         self._closed = asyncio.Event()  # outcomes were recorded: requests closed, room at their endpoints
 
     async def __aenter__(self) -> "Worker":
@@ -165,7 +169,7 @@ class Worker:
     async def _claim_loop(self, stop: asyncio.Event) -> None:
         backoff = Backoff()
         settings = self.settings
-        smallest_claim = max(1, min(settings.batch_size, settings.max_in_flight) // 2)
+        smallest_claim = self._smallest_claim
         log.info("worker started", worker_id=self.worker_id, max_in_flight=settings.max_in_flight)
         while not stop.is_set():
             room = settings.max_in_flight - len(self._in_flight)
@@ -195,6 +199,8 @@ class Worker:
             # unstarted by a failure there would sit out a whole lease.
             for item in claimed:
                 self._start(item)
+            if len(claimed) == limit and self._saturated():
+                await self._pass_on()
             if looked_beyond and not claimed:
                 # Nothing is due past the endpoints skipped: a hot endpoint that fills its room
                 # every round need not cost a second, empty claim (a scan of its backlog) each time.
@@ -221,6 +227,16 @@ class Worker:
             return
         interval = min(x for x in (wait, poll, skips_end) if x is not None)
         await self._sleep(stop, self._wake, max(interval, MIN_SLEEP))
+
+    async def _pass_on(self) -> None:
+        """More may be due than this worker can take now: another worker is woken to claim it."""
+        self._passed += 1
+        with contextlib.suppress(psycopg.Error):  # best effort: the others poll anyway
+            await self.listener.pass_on(await self.claimer.db.get(), self._passed)
+
+    def _saturated(self) -> bool:
+        """No room to claim more here now (see _claim_loop): room freed at full endpoints goes to others."""
+        return self.settings.max_in_flight - len(self._in_flight) < self._smallest_claim
 
     def _recorded(self, results: list[Result]) -> None:
         self.claimer.skips.recorded({r.claimed.endpoint_id for r in results})

@@ -15,9 +15,16 @@ EVENTS = 2000
 @pytest.mark.parametrize("workers", [2, 4])
 async def test_concurrent_workers_deliver_every_event_exactly_once(
         workers: int, dsn: str, db: psycopg.Connection, receiver: Receiver, tmp_path: Path) -> None:
-    """2 and 4 processes competing with SKIP LOCKED over 2,000 events: the received set equals the published set."""
-    add_endpoint(db, receiver, "/hook")
-    procs = [WorkerProcess(dsn, f"w{i}", tmp_path) for i in range(workers)]
+    """2 and 4 processes competing with SKIP LOCKED over 2,000 events: the received set equals the published set.
+
+    The endpoint's limits are the cluster's: it may have more requests open (max_in_flight 1,000) than one
+    process sends at once (20), so the processes share it rather than one of them holding its whole allowance.
+    """
+    endpoint = add_endpoint(db, receiver, "/hook")
+    db.execute("UPDATE webhook_endpoint SET max_in_flight = 1000 WHERE id = %s", [endpoint.id])
+    db.commit()
+    procs = [WorkerProcess(dsn, f"w{i}", tmp_path, DELIVERER_MAX_IN_FLIGHT="20", DELIVERER_BATCH_SIZE="20")
+             for i in range(workers)]
     published: list[str] = []
     try:
         for proc in procs:
