@@ -189,25 +189,73 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # Endpoints and keys -----------------------------------------------------------
 
 
+_DEFAULT_WORDS = ("default", "none", "null")  # null: what the registry's message, shared with the API, says
+
+
+def _limit(raw: str) -> Any:
+    """A limit flag's value as the registry checks it: a number, None for the default, or the text itself,
+    which the registry then refuses with the message the API gives."""
+    if raw.strip().lower() in _DEFAULT_WORDS:
+        return None
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def _limit_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The limit flags given (a flag left out keeps the endpoint's limit)."""
+    given = {"max_in_flight": args.limit_max_in_flight, "rate_limit": args.limit_rate_limit}
+    return {name: _limit(raw) for name, raw in given.items() if raw is not None}
+
+
 def cmd_endpoints_add(args: argparse.Namespace) -> int:
     settings = _settings(args)
     events = args.events.split(",") if args.events else None
     with _connect(settings) as conn:
         endpoint = endpoints.add(
             conn, org_id=args.org, url=args.url, event_types=events, secret=args.secret,
-            description=args.description or "", allow_insecure=settings.allow_insecure_urls,
-            allowed=settings.networks,
+            description=args.description or "", limits=endpoints.Limits(**_limit_changes(args)),
+            allow_insecure=settings.allow_insecure_urls, allowed=settings.networks,
         )
     if args.json:
         output.print_json(endpoint.as_json())
     else:
-        output.print_new_endpoint(endpoint)
+        output.print_new_endpoint(endpoint, settings)
+    return 0
+
+
+def cmd_endpoints_update(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    changes: dict[str, Any] = {"url": args.url, "description": args.description, **_limit_changes(args)}
+    if args.events is not None:
+        changes["event_types"] = args.events.split(",")
+    if not any(v is not None for v in (args.url, args.description, args.events, args.limit_max_in_flight,
+                                       args.limit_rate_limit)):
+        raise config.ConfigError("nothing to change: give --url, --events, --description, --max-in-flight "
+                                 "or --rate-limit")
+
+    async def run() -> endpoints.Endpoint | None:
+        async with await _aconnect(settings) as conn:
+            return await endpoints.update(conn, args.endpoint_id, None, allow_insecure=settings.allow_insecure_urls,
+                                          allowed=settings.networks, **changes)
+
+    endpoint = asyncio.run(run())
+    if endpoint is None:
+        raise config.ConfigError(f"no endpoint {args.endpoint_id!r}; `deliverer endpoints list` shows the ids")
+    if args.json:
+        output.print_json(endpoint.as_json())
+    else:
+        output.print_endpoints([endpoint], False, settings)
     return 0
 
 
 def cmd_endpoints_list(args: argparse.Namespace) -> int:
-    with _connect(_settings(args)) as conn:
-        output.print_endpoints(endpoints.list_all(conn, args.org), args.json)
+    settings = _settings(args)
+    with _connect(settings) as conn:
+        output.print_endpoints(endpoints.list_all(conn, args.org), args.json, settings)
     return 0
 
 
@@ -220,8 +268,9 @@ def cmd_endpoints_disable(args: argparse.Namespace) -> int:
 
 
 def _set_enabled(args: argparse.Namespace, enabled: bool) -> int:
-    with _connect(_settings(args)) as conn:
-        output.print_endpoints([endpoints.set_enabled(conn, args.endpoint_id, enabled)], args.json)
+    settings = _settings(args)
+    with _connect(settings) as conn:
+        output.print_endpoints([endpoints.set_enabled(conn, args.endpoint_id, enabled)], args.json, settings)
     return 0
 
 
