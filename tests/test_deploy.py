@@ -14,6 +14,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from deliverer.delivery.worker import RECORD_GRACE
+from deliverer.ops import probes
 from deliverer.ops.metrics import Metrics
 from deliverer.settings import Settings
 
@@ -119,6 +120,20 @@ class TestOverlays:
                 ports = [p["name"] for c in deployment["spec"]["template"]["spec"]["containers"] for p in c["ports"]]
                 assert port in ports
         assert sorted(selected) == ["deliverer-api", "deliverer-worker"]
+
+
+    def test_each_metrics_port_is_its_process_default(self, overlay: str) -> None:
+        """The worker's and the API's "metrics" ports are the ports `deliverer run` and `deliverer api`
+        serve their probes on when DELIVERER_METRICS_PORT is not set, and nothing sets it."""
+        objects = render(overlay)
+        [config] = find(objects, "ConfigMap", "docextract-webhooks")
+        assert "DELIVERER_METRICS_PORT" not in config["data"]
+        for name, default in (("docextract-webhooks-deliverer", probes.RUN_PORT),
+                              ("docextract-webhooks-api", probes.API_PORT)):
+            [deployment] = find(objects, "Deployment", name)
+            [container] = deployment["spec"]["template"]["spec"]["containers"]
+            assert not any(e["name"] == "DELIVERER_METRICS_PORT" for e in container.get("env", []))
+            assert {p["name"]: p["containerPort"] for p in container["ports"]}["metrics"] == default
 
 
 @needs_kubectl

@@ -12,6 +12,7 @@ from typing import TypeAlias
 
 from deliverer import settings as config
 from deliverer.cli import commands as cmd
+from deliverer.ops import probes
 
 DESCRIPTION = "The ``deliverer`` command."
 
@@ -64,7 +65,7 @@ def _running(commands: Subcommands) -> None:
     _command(commands, "migrate", "apply schema.sql (idempotent)", cmd.cmd_migrate)
     run = _command(commands, "run", "deliver webhooks until SIGTERM", cmd.cmd_run)
     run.add_argument("--metrics-port", help="port for /metrics, /livez and /readyz (DELIVERER_METRICS_PORT, "
-                     "default 9100; 0 picks a free one)")
+                     f"default {probes.RUN_PORT}; 0 picks a free one)")
 
 
 def _endpoints(commands: Subcommands) -> None:
@@ -130,7 +131,7 @@ def _api(commands: Subcommands) -> None:
     api.add_argument("--host", help="address to listen on (DELIVERER_API_HOST, default 0.0.0.0)")
     api.add_argument("--port", help="port to listen on (DELIVERER_API_PORT, default 8080)")
     api.add_argument("--metrics-port", help="port for /metrics, /livez and /readyz (DELIVERER_METRICS_PORT, "
-                     "default 9100)")
+                     f"default {probes.API_PORT}, beside the API's own port)")
 
 
 def _keys(commands: Subcommands) -> None:
