@@ -54,15 +54,19 @@ def _endpoint_json(endpoint: endpoints.Endpoint) -> dict[str, Any]:
     return out
 
 
+_LIMITS = ("max_in_flight", "rate_limit")
+
+
 async def create_webhook(request: web.Request) -> web.Response:
-    body = await json_object(request, {"url", "events", "description"})
+    body = await json_object(request, {"url", "events", "description", *_LIMITS})
     url = typed(body, "url", str, "an https:// URL", required=True)
     events = event_list(body)
     description = typed(body, "description", str, "a string") or ""
+    limits = endpoints.Limits(**{name: body.get(name) for name in _LIMITS})
     async with request.app[POOL].connection() as conn:
         try:
             endpoint = await endpoints.add_async(
-                conn, org_id=request[ORG], url=url, event_types=events, description=description,
+                conn, org_id=request[ORG], url=url, event_types=events, description=description, limits=limits,
                 allow_insecure=request.app[SETTINGS].allow_insecure_urls, allowed=request.app[SETTINGS].networks)
         except EndpointError as exc:
             raise _invalid(exc) from None
@@ -108,12 +112,15 @@ async def _own_endpoint(request: web.Request, conn: psycopg.AsyncConnection[Any]
 
 
 async def get_webhook(request: web.Request) -> web.Response:
+    """The endpoint with its pacing: the live state of its limits, which the listing leaves out (a query each)."""
     async with request.app[POOL].connection() as conn:
-        return web.json_response(_endpoint_json(await _own_endpoint(request, conn)))
+        endpoint = await _own_endpoint(request, conn)
+        pacing = await endpoints.pacing(conn, endpoint.id, request.app[SETTINGS].endpoint_max_in_flight)
+    return web.json_response(_endpoint_json(endpoint) | {"pacing": pacing.as_json()})
 
 
 async def update_webhook(request: web.Request) -> web.Response:
-    changes = webhook_changes(await json_object(request, {"url", "events", "description", "enabled"}))
+    changes = webhook_changes(await json_object(request, {"url", "events", "description", "enabled", *_LIMITS}))
     async with request.app[POOL].connection() as conn:
         try:
             endpoint = await endpoints.update(conn, request.match_info["webhook_id"], request[ORG],

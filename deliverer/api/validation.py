@@ -75,8 +75,9 @@ def event_list(body: dict[str, Any]) -> list[str] | None:
 
 
 def webhook_changes(body: dict[str, Any]) -> dict[str, Any]:
-    """An update's changes as ``registry.endpoints.update`` takes them; events only when sent,
-    since an absent list keeps the endpoint's and an explicit one replaces it."""
+    """An update's changes as ``registry.endpoints.update`` takes them; events and the limits only when
+    sent, since an absent one keeps the endpoint's and an explicit one (null too) replaces it. The
+    limits' values are checked by the registry, as the CLI's are."""
     changes: dict[str, Any] = {
         "url": typed(body, "url", str, "an https:// URL"),
         "description": typed(body, "description", str, "a string"),
@@ -84,6 +85,9 @@ def webhook_changes(body: dict[str, Any]) -> dict[str, Any]:
     }
     if "events" in body:
         changes["event_types"] = event_list(body)
+    for name in ("max_in_flight", "rate_limit"):  # null is the default, so only a field left out is kept
+        if name in body:
+            changes[name] = body[name]
     return changes
 
 

@@ -9,15 +9,17 @@ the demo) are made inside it, so the others start quickly.
 
 import argparse
 import asyncio
+import errno
 import gc
 import getpass
 import json
 import os
 import signal
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import psycopg
@@ -74,11 +76,34 @@ async def _aconnect(settings: config.Settings) -> psycopg.AsyncConnection[Any]:
         raise config.ConfigError(f"cannot connect to the database: {str(exc).strip()}") from None
 
 
-def _metrics_port(args: argparse.Namespace) -> int:
-    raw = args.metrics_port or os.environ.get("DELIVERER_METRICS_PORT", "9100")
-    if not raw.isdigit():
-        raise config.ConfigError(f"DELIVERER_METRICS_PORT must be a port number, got {raw!r}")
+def _port(raw: str, setting: str) -> int:
+    if not raw.isdigit() or int(raw) > 65535:
+        raise config.ConfigError(f"{setting} must be a port number from 0 to 65535, got {raw!r}")
     return int(raw)
+
+
+def _metrics_port(args: argparse.Namespace, default: int) -> int:
+    return _port(args.metrics_port or os.environ.get("DELIVERER_METRICS_PORT", str(default)), "DELIVERER_METRICS_PORT")
+
+
+_PORT_FLAGS = {"DELIVERER_METRICS_PORT": "--metrics-port", "DELIVERER_API_PORT": "--port"}
+# What binding a port can fail with that the setting fixes; other errors are not about the port.
+_BIND_ERRORS = {errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL}
+
+
+def _cannot_listen(exc: OSError, port: int, setting: str) -> config.ConfigError:
+    """A port the process cannot have, as one line naming the setting that moves it."""
+    problem = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be used ({os.strerror(exc.errno or 0)})"
+    return config.ConfigError(f"port {port} {problem}: set {setting} (or {_PORT_FLAGS[setting]}) to a free port")
+
+
+def _serve_probes(port: int, heartbeat: probes.Heartbeat, ready: Callable[[], bool]) -> ThreadingHTTPServer:
+    try:
+        return probes.serve(port, heartbeat=heartbeat, ready=ready)
+    except OSError as exc:
+        if exc.errno not in _BIND_ERRORS:
+            raise
+        raise _cannot_listen(exc, port, "DELIVERER_METRICS_PORT") from None
 
 
 def _actor() -> str:
@@ -119,7 +144,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _require_sealing_keys()
-    run_event_loop(_deliver(settings, args))
+    run_event_loop(_deliver(settings, _metrics_port(args, probes.RUN_PORT)))
     return 0
 
 
@@ -136,29 +161,33 @@ def _stop_signals() -> tuple[asyncio.Event, asyncio.Event]:
     return stop, force
 
 
-async def _deliver(settings: config.Settings, args: argparse.Namespace) -> None:
+async def _deliver(settings: config.Settings, metrics_port: int) -> None:
     from deliverer.delivery.worker import Worker
     from deliverer.storage import partitions
 
     stop, force = _stop_signals()
     heartbeat = probes.Heartbeat()
+    worker = Worker(settings)  # connects nothing until entered
+    # The port first: a taken one stops the process before it claims anything.
+    server = _serve_probes(metrics_port, heartbeat, lambda: worker.ready)
+    structlog.get_logger("deliverer.cli").info("probes listening", port=server.server_address[1])
     # Everything loaded so far lives as long as the process: frozen, the garbage
     # collector stops walking it on every full collection, a pause of several ms
     # at a random delivery.
     gc.collect()
     gc.freeze()
-    async with Worker(settings) as worker:
-        server = probes.serve(_metrics_port(args), heartbeat=heartbeat, ready=lambda: worker.ready)
-        structlog.get_logger("deliverer.cli").info("probes listening", port=server.server_address[1])
-        background = [asyncio.create_task(heartbeat.run()),
-                      asyncio.create_task(backlog.watch(settings)),
-                      asyncio.create_task(partitions.maintain(settings))]
-        try:
-            await worker.run(stop, force)
-        finally:
-            for task in background:
-                task.cancel()
-            server.shutdown()
+    try:
+        async with worker:
+            background = [asyncio.create_task(heartbeat.run()),
+                          asyncio.create_task(backlog.watch(settings)),
+                          asyncio.create_task(partitions.maintain(settings))]
+            try:
+                await worker.run(stop, force)
+            finally:
+                for task in background:
+                    task.cancel()
+    finally:
+        server.shutdown()
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -169,12 +198,17 @@ def cmd_api(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _require_sealing_keys()
     host = args.host or os.environ.get("DELIVERER_API_HOST", "0.0.0.0")
-    port = int(args.port or os.environ.get("DELIVERER_API_PORT", "8080"))
+    port = _port(args.port or os.environ.get("DELIVERER_API_PORT", "8080"), "DELIVERER_API_PORT")
+    metrics_port = _metrics_port(args, probes.API_PORT)
     app = create_app(settings)
     health = app[HEALTH]
-    server = probes.serve(_metrics_port(args), heartbeat=health.heartbeat, ready=lambda: health.ready)
+    server = _serve_probes(metrics_port, health.heartbeat, lambda: health.ready)
     try:
         web.run_app(app, host=host, port=port, access_log=None, print=None)
+    except OSError as exc:
+        if exc.errno not in _BIND_ERRORS:
+            raise
+        raise _cannot_listen(exc, port, "DELIVERER_API_PORT") from None
     finally:
         server.shutdown()
     return 0
@@ -189,25 +223,73 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # Endpoints and keys -----------------------------------------------------------
 
 
+_DEFAULT_WORDS = ("default", "none", "null")  # null: what the registry's message, shared with the API, says
+
+
+def _limit(raw: str) -> Any:
+    """A limit flag's value as the registry checks it: a number, None for the default, or the text itself,
+    which the registry then refuses with the message the API gives."""
+    if raw.strip().lower() in _DEFAULT_WORDS:
+        return None
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def _limit_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The limit flags given (a flag left out keeps the endpoint's limit)."""
+    given = {"max_in_flight": args.limit_max_in_flight, "rate_limit": args.limit_rate_limit}
+    return {name: _limit(raw) for name, raw in given.items() if raw is not None}
+
+
 def cmd_endpoints_add(args: argparse.Namespace) -> int:
     settings = _settings(args)
     events = args.events.split(",") if args.events else None
     with _connect(settings) as conn:
         endpoint = endpoints.add(
             conn, org_id=args.org, url=args.url, event_types=events, secret=args.secret,
-            description=args.description or "", allow_insecure=settings.allow_insecure_urls,
-            allowed=settings.networks,
+            description=args.description or "", limits=endpoints.Limits(**_limit_changes(args)),
+            allow_insecure=settings.allow_insecure_urls, allowed=settings.networks,
         )
     if args.json:
         output.print_json(endpoint.as_json())
     else:
-        output.print_new_endpoint(endpoint)
+        output.print_new_endpoint(endpoint, settings)
+    return 0
+
+
+def cmd_endpoints_update(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    changes: dict[str, Any] = {"url": args.url, "description": args.description, **_limit_changes(args)}
+    if args.events is not None:
+        changes["event_types"] = args.events.split(",")
+    if not any(v is not None for v in (args.url, args.description, args.events, args.limit_max_in_flight,
+                                       args.limit_rate_limit)):
+        raise config.ConfigError("nothing to change: give --url, --events, --description, --max-in-flight "
+                                 "or --rate-limit")
+
+    async def run() -> endpoints.Endpoint | None:
+        async with await _aconnect(settings) as conn:
+            return await endpoints.update(conn, args.endpoint_id, None, allow_insecure=settings.allow_insecure_urls,
+                                          allowed=settings.networks, **changes)
+
+    endpoint = asyncio.run(run())
+    if endpoint is None:
+        raise config.ConfigError(f"no endpoint {args.endpoint_id!r}; `deliverer endpoints list` shows the ids")
+    if args.json:
+        output.print_json(endpoint.as_json())
+    else:
+        output.print_endpoints([endpoint], False, settings)
     return 0
 
 
 def cmd_endpoints_list(args: argparse.Namespace) -> int:
-    with _connect(_settings(args)) as conn:
-        output.print_endpoints(endpoints.list_all(conn, args.org), args.json)
+    settings = _settings(args)
+    with _connect(settings) as conn:
+        output.print_endpoints(endpoints.list_all(conn, args.org), args.json, settings)
     return 0
 
 
@@ -220,8 +302,9 @@ def cmd_endpoints_disable(args: argparse.Namespace) -> int:
 
 
 def _set_enabled(args: argparse.Namespace, enabled: bool) -> int:
-    with _connect(_settings(args)) as conn:
-        output.print_endpoints([endpoints.set_enabled(conn, args.endpoint_id, enabled)], args.json)
+    settings = _settings(args)
+    with _connect(settings) as conn:
+        output.print_endpoints([endpoints.set_enabled(conn, args.endpoint_id, enabled)], args.json, settings)
     return 0
 
 

@@ -14,13 +14,14 @@ import psycopg
 from deliverer.history import logs as history
 from deliverer.history.projection import Difference
 from deliverer.registry.endpoints import Endpoint
+from deliverer.settings import Settings
 from outbox.ids import delivery_public_id, event_public_id
 
 DELIVERY_HEADERS = ["delivery", "event", "type", "endpoint", "url", "state", "series", "attempts", "due",
                     "updated"]
 ATTEMPT_HEADERS = ["time", "type", "delivery", "attempt", "kind", "outcome", "status", "ms", "error"]
 LOG_HEADERS = ["time", "event type", "event", "delivery", "attempt", "outcome", "status", "ms", "error"]
-ENDPOINT_HEADERS = ["id", "org", "url", "events", "enabled"]
+ENDPOINT_HEADERS = ["id", "org", "url", "events", "enabled", "max in flight", "rate limit/s"]
 
 
 def _cell(value: Any) -> str:
@@ -65,17 +66,29 @@ def log_rows(items: list[dict[str, Any]]) -> list[list[Any]]:
              i["http_status"], i["response_time_ms"], i["error_message"]] for i in items]
 
 
-def print_endpoints(items: list[Endpoint], as_json: bool) -> None:
+def print_endpoints(items: list[Endpoint], as_json: bool, settings: Settings) -> None:
+    """A table, or JSON (where a limit that is the default is null); ``settings`` give the defaults shown."""
     if as_json:
         print_json([e.as_json() for e in items])
         return
     print(format_table(ENDPOINT_HEADERS, [
-        [e.id, e.org_id, e.url, ",".join(e.event_types or ["*"]), e.enabled] for e in items]))
+        [e.id, e.org_id, e.url, ",".join(e.event_types or ["*"]), e.enabled, *limit_cells(e, settings)]
+        for e in items]))
 
 
-def print_new_endpoint(endpoint: Endpoint) -> None:
+def limit_cells(endpoint: Endpoint, settings: Settings) -> list[str]:
+    """The endpoint's limits, a default one as what it is now, e.g. "50 (default)"."""
+    default_rate = f"{settings.endpoint_rate_limit:g}" if settings.endpoint_rate_limit else "none"
+    return [f"{endpoint.max_in_flight}" if endpoint.max_in_flight is not None
+            else f"{settings.endpoint_max_in_flight} (default)",
+            f"{endpoint.rate_limit:g}" if endpoint.rate_limit is not None else f"{default_rate} (default)"]
+
+
+def print_new_endpoint(endpoint: Endpoint, settings: Settings) -> None:
     print(f"endpoint {endpoint.id} registered for {endpoint.org_id}: {endpoint.url}")
     print(f"events: {','.join(endpoint.event_types or ['*'])}")
+    most, rate = limit_cells(endpoint, settings)
+    print(f"max in flight: {most}; rate limit/s: {rate}")
     print(f"secret: {endpoint.secret}")
     print("Copy the secret now: it is not shown again.")
 

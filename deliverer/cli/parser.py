@@ -12,6 +12,7 @@ from typing import TypeAlias
 
 from deliverer import settings as config
 from deliverer.cli import commands as cmd
+from deliverer.ops import probes
 
 DESCRIPTION = "The ``deliverer`` command."
 
@@ -40,9 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setting_flags(parser: argparse.ArgumentParser) -> None:
+def setting_flags(parser: argparse.ArgumentParser, skip: frozenset[str] = frozenset()) -> None:
     group = parser.add_argument_group("settings (each defaults to its environment variable)")
     for f in fields(config.Settings):
+        if f.name in skip:
+            continue
         flag = "--" + f.name.replace("_", "-")
         if f.name == "allow_insecure_urls":
             group.add_argument(flag, action="store_const", const="1", default=None,
@@ -62,18 +65,25 @@ def _running(commands: Subcommands) -> None:
     _command(commands, "migrate", "apply schema.sql (idempotent)", cmd.cmd_migrate)
     run = _command(commands, "run", "deliver webhooks until SIGTERM", cmd.cmd_run)
     run.add_argument("--metrics-port", help="port for /metrics, /livez and /readyz (DELIVERER_METRICS_PORT, "
-                     "default 9100; 0 picks a free one)")
+                     f"default {probes.RUN_PORT}; 0 picks a free one)")
 
 
 def _endpoints(commands: Subcommands) -> None:
     eps = commands.add_parser("endpoints", help="register and manage webhook endpoints")
     actions = eps.add_subparsers(dest="endpoints_command", required=True, metavar="ACTION")
-    add = _endpoint_action(actions, "add", "register an endpoint; prints its id and secret", cmd.cmd_endpoints_add)
+    add = _endpoint_action(actions, "add", "register an endpoint; prints its id and secret", cmd.cmd_endpoints_add,
+                           limits=True)
     add.add_argument("--org", required=True, help="the org whose events go to this endpoint")
     add.add_argument("--url", required=True, help="https:// URL that accepts POST")
     add.add_argument("--events", help="comma-separated event types (default: all)")
     add.add_argument("--secret", help="import an existing signing secret instead of generating one")
     add.add_argument("--description", help="free text shown in listings")
+    update = _endpoint_action(actions, "update", "change an endpoint's URL, events, description or limits; "
+                              "what is not given stays as it is", cmd.cmd_endpoints_update, limits=True)
+    update.add_argument("endpoint_id")
+    update.add_argument("--url", help="new https:// URL")
+    update.add_argument("--events", help="comma-separated event types, or * for all")
+    update.add_argument("--description", help="free text shown in listings")
     listing = _endpoint_action(actions, "list", "list endpoints", cmd.cmd_endpoints_list)
     listing.add_argument("--org", help="only this org's endpoints")
     for name, help_text, func in (("disable", "stop delivering to an endpoint", cmd.cmd_endpoints_disable),
@@ -81,12 +91,26 @@ def _endpoints(commands: Subcommands) -> None:
         _endpoint_action(actions, name, help_text, func).add_argument("endpoint_id")
 
 
-def _endpoint_action(actions: Subcommands, name: str, help_text: str, func: Command) -> argparse.ArgumentParser:
+def _endpoint_action(actions: Subcommands, name: str, help_text: str, func: Command, *,
+                     limits: bool = False) -> argparse.ArgumentParser:
     sub = actions.add_parser(name, help=help_text, description=help_text)
     sub.set_defaults(func=func)
     sub.add_argument("--json", action="store_true", help="print JSON for scripts")
-    setting_flags(sub)
+    if limits:
+        _limit_flags(sub)
+    # --max-in-flight is the endpoint's limit here; the process setting of that name only matters to `run`.
+    setting_flags(sub, frozenset({"max_in_flight"} if limits else ()))
     return sub
+
+
+def _limit_flags(sub: argparse.ArgumentParser) -> None:
+    """The endpoint's own limits, under dests of their own: settings are read from the flags named as they are."""
+    sub.add_argument("--max-in-flight", dest="limit_max_in_flight", metavar="N|default",
+                     help="most requests open to it at once across every deliverer, 1 to 1000; default: "
+                          "DELIVERER_ENDPOINT_MAX_IN_FLIGHT (50 unless set)")
+    sub.add_argument("--rate-limit", dest="limit_rate_limit", metavar="R|none",
+                     help="most deliveries a second to it across every deliverer, above 0 and at most 10000 "
+                          "(e.g. 0.5); none or default: DELIVERER_ENDPOINT_RATE_LIMIT, no limit unless set")
 
 
 def _maintenance(commands: Subcommands) -> None:
@@ -107,7 +131,7 @@ def _api(commands: Subcommands) -> None:
     api.add_argument("--host", help="address to listen on (DELIVERER_API_HOST, default 0.0.0.0)")
     api.add_argument("--port", help="port to listen on (DELIVERER_API_PORT, default 8080)")
     api.add_argument("--metrics-port", help="port for /metrics, /livez and /readyz (DELIVERER_METRICS_PORT, "
-                     "default 9100)")
+                     f"default {probes.API_PORT}, beside the API's own port)")
 
 
 def _keys(commands: Subcommands) -> None:

@@ -21,6 +21,12 @@ from deliverer.ops.metrics import METRICS
 
 STALE_AFTER = 10.0  # seconds without a heartbeat before the process counts as stuck
 
+# Default probe ports (DELIVERER_METRICS_PORT overrides them): one per process, so a worker and an
+# API on one host do not collide, and outside 9100-9999, which Prometheus's port allocations give to
+# exporters (node_exporter has 9100). The API itself listens on 8080.
+RUN_PORT = 8091
+API_PORT = 8092
+
 
 class Heartbeat:
     """Ticks from inside the event loop; read from the probe thread."""

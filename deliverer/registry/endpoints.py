@@ -2,7 +2,8 @@
 
 An endpoint is where one org wants its events: an HTTPS URL, the event types it
 subscribes to (all of them when none are given) and the secret its requests are
-signed with. New secrets follow the Standard Webhooks format: ``whsec_`` and
+signed with, and its limits (``max_in_flight``, ``rate_limit``; None: the deployment's
+settings). New secrets follow the Standard Webhooks format: ``whsec_`` and
 the base64 of 32 random bytes. An existing secret can be imported instead, so
 customers moving from another sender keep theirs.
 
@@ -13,7 +14,7 @@ them again after a key rotation. ``Target`` is an endpoint as sending to it need
 import asyncio
 import base64
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -29,6 +30,11 @@ from outbox.ids import iso
 
 MAX_URL_LENGTH = 2048
 MAX_ENDPOINTS_PER_ORG = 100
+# An endpoint's own limits may not exceed these: beyond them one customer's setting
+# would take a large share of every deliverer's sends (DELIVERER_MAX_IN_FLIGHT, 200
+# a process) or ask more of the queue than it drains.
+MAX_IN_FLIGHT_CEILING = 1000
+MAX_RATE_LIMIT = 10_000.0
 ROTATION_GRACE_SECONDS = 24 * 3600
 SECRET_BYTES = 32
 
@@ -55,6 +61,8 @@ class Endpoint:
     created_at: datetime
     updated_at: datetime
     disabled_reason: str | None = None  # why it was disabled automatically (410 Gone, failing for days)
+    max_in_flight: int | None = None  # None: DELIVERER_ENDPOINT_MAX_IN_FLIGHT
+    rate_limit: float | None = None  # deliveries a second; None: DELIVERER_ENDPOINT_RATE_LIMIT
     secret: str | None = None  # only filled in right after creation or rotation
 
     def as_json(self) -> dict[str, Any]:
@@ -63,6 +71,7 @@ class Endpoint:
             "events": self.event_types or ["*"], "description": self.description,
             "enabled": self.enabled, "disabled_reason": self.disabled_reason,
             "created_at": iso(self.created_at), "updated_at": iso(self.updated_at),
+            "max_in_flight": self.max_in_flight, "rate_limit": self.rate_limit,
         }
         if self.secret is not None:
             out["secret"] = self.secret
@@ -150,6 +159,29 @@ def check_event_types(event_types: Iterable[str] | None) -> list[str] | None:
     return sorted(set(chosen), key=EVENT_TYPES.index)
 
 
+def check_max_in_flight(value: Any) -> int | None:
+    """Requests the endpoint may have open at once across every deliverer; None: the deployment's default.
+    A whole number may come as 5.0: JSON does not tell the two apart."""
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_IN_FLIGHT_CEILING:
+        raise EndpointError(f"max_in_flight must be a whole number from 1 to {MAX_IN_FLIGHT_CEILING} (requests "
+                            "open at once), or null for the deployment's default", "max_in_flight")
+    return value
+
+
+def check_rate_limit(value: Any) -> float | None:
+    """Deliveries a second the endpoint may get; None: the deployment's default. NaN fails the comparison too."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_RATE_LIMIT:
+        raise EndpointError(f"rate_limit must be a number of deliveries per second above 0 and at most "
+                            f"{MAX_RATE_LIMIT:g}, or null for the deployment's default", "rate_limit")
+    return float(value)
+
+
 _AS_ENDPOINT = class_row(Endpoint)  # the queries return exactly Endpoint's columns, secret aside
 
 
@@ -173,8 +205,20 @@ def check_description(description: str) -> str:
     return description
 
 
+@dataclass(frozen=True)
+class Limits:
+    """An endpoint's own limits as given; None is the deployment's default."""
+
+    max_in_flight: Any = None
+    rate_limit: Any = None
+
+    def checked(self) -> dict[str, Any]:
+        return {"max_in_flight": check_max_in_flight(self.max_in_flight),
+                "rate_limit": check_rate_limit(self.rate_limit)}
+
+
 def _new_endpoint_params(org_id: str, url: str, event_types: Iterable[str] | None, secret: str | None,
-                         description: str, allow_insecure: bool,
+                         description: str, limits: Limits | None, allow_insecure: bool,
                          allowed: Sequence[ssrf.Network] | None) -> dict[str, Any]:
     _check_org(org_id)
     return {
@@ -182,7 +226,7 @@ def _new_endpoint_params(org_id: str, url: str, event_types: Iterable[str] | Non
         "url": check_url(url, allow_insecure=allow_insecure, allowed=allowed),
         "plain_secret": new_secret() if secret is None else check_secret(secret),
         "event_types": check_event_types(event_types), "description": check_description(description),
-        "max_endpoints": MAX_ENDPOINTS_PER_ORG,
+        "max_endpoints": MAX_ENDPOINTS_PER_ORG, **(limits or Limits()).checked(),
     }
 
 
@@ -198,12 +242,12 @@ def _too_many(org_id: str) -> EndpointError:
 
 
 def add(conn: psycopg.Connection, *, org_id: str, url: str, event_types: Iterable[str] | None = None,
-        secret: str | None = None, description: str = "", allow_insecure: bool = False,
+        secret: str | None = None, description: str = "", limits: Limits | None = None, allow_insecure: bool = False,
         allowed: Sequence[ssrf.Network] | None = None) -> Endpoint:
     """Register an endpoint; the returned Endpoint carries the secret (shown once).
 
     ``allow_insecure`` and ``allowed`` are the URL rules of :func:`check_url`."""
-    params = _new_endpoint_params(org_id, url, event_types, secret, description, allow_insecure, allowed)
+    params = _new_endpoint_params(org_id, url, event_types, secret, description, limits, allow_insecure, allowed)
     endpoint = _one(conn, "insert_endpoint", _sealed(params))
     if endpoint is None:
         raise _too_many(org_id)
@@ -212,11 +256,11 @@ def add(conn: psycopg.Connection, *, org_id: str, url: str, event_types: Iterabl
 
 async def add_async(conn: psycopg.AsyncConnection[Any], *, org_id: str, url: str,
                     event_types: Iterable[str] | None = None, secret: str | None = None,
-                    description: str = "", allow_insecure: bool = False,
+                    description: str = "", limits: Limits | None = None, allow_insecure: bool = False,
                     allowed: Sequence[ssrf.Network] | None = None) -> Endpoint:
     """:func:`add` on an async connection."""
     # Checking the URL may resolve its host name: not on the event loop.
-    params = await asyncio.to_thread(_new_endpoint_params, org_id, url, event_types, secret, description,
+    params = await asyncio.to_thread(_new_endpoint_params, org_id, url, event_types, secret, description, limits,
                                      allow_insecure, allowed)
     endpoint = await _one_async(conn, "insert_endpoint", _sealed(params))
     if endpoint is None:
@@ -247,20 +291,48 @@ async def get(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: str 
 _UNSET: Any = object()
 
 
-async def update(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: str, *, url: str | None = None,
-                 event_types: Any = _UNSET, description: str | None = None, enabled: bool | None = None,
+def _settable(name: str, value: Any, check: Callable[[Any], Any]) -> dict[str, Any]:
+    """A field whose None is a value of its own: set_<name> says whether it changes."""
+    return {f"set_{name}": value is not _UNSET, name: None if value is _UNSET else check(value)}
+
+
+async def update(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: str | None, *,
+                 url: str | None = None, event_types: Any = _UNSET, description: str | None = None,
+                 enabled: bool | None = None, max_in_flight: Any = _UNSET, rate_limit: Any = _UNSET,
                  allow_insecure: bool = False, allowed: Sequence[ssrf.Network] | None = None) -> Endpoint | None:
-    """Change the given fields; None (or, for event_types, leaving it out) keeps a field as it is."""
-    set_events = event_types is not _UNSET
+    """Change the given fields; None keeps a field as it is, except event_types and the limits, whose None
+    means every type or the default: those change whenever they are given. A None org_id: any org's."""
     return await _one_async(conn, "update_endpoint", {
         "id": endpoint_id, "org_id": org_id,
         "url": None if url is None else await asyncio.to_thread(check_url, url, allow_insecure=allow_insecure,
                                                                 allowed=allowed),
-        "set_events": set_events,
-        "event_types": check_event_types(event_types) if set_events else None,
+        **_settable("event_types", event_types, check_event_types),
+        **_settable("max_in_flight", max_in_flight, check_max_in_flight),
+        **_settable("rate_limit", rate_limit, check_rate_limit),
         "description": None if description is None else check_description(description),
         "enabled": enabled,
     })
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """An endpoint's live limits state, shared by every deliverer: requests open now, how many it may
+    have open (the adaptive allowance, within its max_in_flight) and the end of a Retry-After pause."""
+
+    in_flight: int = 0
+    allowance: int = 0
+    paused_until: datetime | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"in_flight": self.in_flight, "allowance": self.allowance,
+                "paused_until": None if self.paused_until is None else iso(self.paused_until)}
+
+
+async def pacing(conn: psycopg.AsyncConnection[Any], endpoint_id: str, default_max_in_flight: int) -> Pacing:
+    """Zeros for an endpoint nothing has been claimed for yet: it has no state."""
+    cur = await conn.cursor(row_factory=class_row(Pacing)).execute(
+        QUERIES["endpoint_pacing"], {"id": endpoint_id, "default_max_in_flight": default_max_in_flight})
+    return await cur.fetchone() or Pacing()
 
 
 async def delete(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: str) -> bool:

@@ -9,14 +9,17 @@
 
 -- name: insert_endpoint
 -- Registers nothing (no row returned) when the org already has max_endpoints.
-INSERT INTO webhook_endpoint (id, org_id, url, secret, event_types, description)
-SELECT %(id)s, %(org_id)s, %(url)s, %(secret)s, %(event_types)s, %(description)s
+INSERT INTO webhook_endpoint (id, org_id, url, secret, event_types, description, max_in_flight, rate_limit)
+SELECT %(id)s, %(org_id)s, %(url)s, %(secret)s, %(event_types)s, %(description)s,
+       %(max_in_flight)s::integer, %(rate_limit)s::double precision
 WHERE (SELECT count(*) FROM webhook_endpoint
        WHERE org_id = %(org_id)s AND deleted_at IS NULL) < %(max_endpoints)s
-RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason
+RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason,
+          max_in_flight, rate_limit
 
 -- name: list_endpoints
-SELECT id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason
+SELECT id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason,
+       max_in_flight, rate_limit
 FROM webhook_endpoint
 WHERE deleted_at IS NULL AND (%(org_id)s::text IS NULL OR org_id = %(org_id)s)
 ORDER BY created_at, id
@@ -28,7 +31,8 @@ SET enabled = %(enabled)s, updated_at = now(),
     disabled_reason = CASE WHEN %(enabled)s THEN NULL ELSE disabled_reason END,
     failing_since = CASE WHEN %(enabled)s THEN NULL ELSE failing_since END
 WHERE id = %(id)s AND deleted_at IS NULL
-RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason
+RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason,
+          max_in_flight, rate_limit
 
 -- name: insert_api_key
 INSERT INTO api_key (id, org_id, key_hash, prefix) VALUES (%(id)s, %(org_id)s, %(key_hash)s, %(prefix)s)
@@ -38,23 +42,28 @@ RETURNING id, org_id, prefix, created_at
 SELECT org_id, id AS key_id FROM api_key WHERE key_hash = %(key_hash)s AND revoked_at IS NULL
 
 -- name: get_endpoint
-SELECT id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason
+SELECT id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason,
+       max_in_flight, rate_limit
 FROM webhook_endpoint
 WHERE id = %(id)s AND (%(org_id)s::text IS NULL OR org_id = %(org_id)s) AND deleted_at IS NULL
 
 -- name: update_endpoint
--- NULL leaves a field as it is; event_types changes only when set_events is true
--- (NULL event_types means every type).
+-- NULL leaves a field as it is; event_types and the limits change only when their
+-- set_ flag is true, since NULL is a value of theirs (every type; the default).
+-- A NULL org_id (the CLI, an operator) matches the endpoint of any org.
 UPDATE webhook_endpoint
 SET url = coalesce(%(url)s, url),
-    event_types = CASE WHEN %(set_events)s THEN %(event_types)s::text[] ELSE event_types END,
+    event_types = CASE WHEN %(set_event_types)s THEN %(event_types)s::text[] ELSE event_types END,
+    max_in_flight = CASE WHEN %(set_max_in_flight)s THEN %(max_in_flight)s::integer ELSE max_in_flight END,
+    rate_limit = CASE WHEN %(set_rate_limit)s THEN %(rate_limit)s::double precision ELSE rate_limit END,
     description = coalesce(%(description)s, description),
     enabled = coalesce(%(enabled)s, enabled),
     disabled_reason = CASE WHEN %(enabled)s THEN NULL ELSE disabled_reason END,
     failing_since = CASE WHEN %(enabled)s THEN NULL ELSE failing_since END,
     updated_at = now()
-WHERE id = %(id)s AND org_id = %(org_id)s AND deleted_at IS NULL
-RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason
+WHERE id = %(id)s AND (%(org_id)s::text IS NULL OR org_id = %(org_id)s) AND deleted_at IS NULL
+RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason,
+          max_in_flight, rate_limit
 
 -- name: delete_endpoint
 -- Endpoints are kept for the log's sake; deleted ones get nothing more.
@@ -70,7 +79,18 @@ SET previous_secret = secret,
     secret = %(secret)s,
     updated_at = now()
 WHERE id = %(id)s AND org_id = %(org_id)s AND deleted_at IS NULL
-RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason
+RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason,
+          max_in_flight, rate_limit
+
+-- name: endpoint_pacing
+-- The endpoint's live limits state, shared by every deliverer (see deliverer.delivery.limits):
+-- requests open, the allowance within the endpoint's ceiling, a Retry-After pause still running.
+SELECT greatest(0, f.in_flight) AS in_flight,
+       least(f.allowance, coalesce(w.max_in_flight, %(default_max_in_flight)s)) AS allowance,
+       CASE WHEN f.paused_until > now() THEN f.paused_until END AS paused_until
+FROM endpoint_flow f
+JOIN webhook_endpoint w ON w.id = f.endpoint_id
+WHERE f.endpoint_id = %(id)s
 
 -- name: endpoint_secrets
 -- Every stored secret, for re-sealing under the current key. FOR UPDATE: a

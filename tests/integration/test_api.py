@@ -51,6 +51,12 @@ async def deliver(dsn: str, **settings: object) -> list:
         return await worker.run_once()
 
 
+_MAX_IN_FLIGHT = ("max_in_flight must be a whole number from 1 to 1000 (requests open at once), "
+                  "or null for the deployment's default")
+_RATE_LIMIT = ("rate_limit must be a number of deliveries per second above 0 and at most 10000, "
+               "or null for the deployment's default")
+
+
 class TestAuth:
     async def test_missing_and_wrong_keys_are_401(self, api: Api) -> None:
         """No key, a malformed header or an unknown key all get 401 with a JSON error."""
@@ -118,6 +124,63 @@ class TestEndpoints:
         assert reply.body["error"]["field"] == field
         assert text in reply.body["error"]["message"]
 
+
+    async def test_limits_are_set_kept_and_reset_to_the_default(self, api: Api, receiver: Receiver) -> None:
+        """max_in_flight and rate_limit come back on every endpoint JSON; PATCH changes only the ones sent,
+        and null puts one back on the deployment's default."""
+        created = await register(api, receiver, "/hook")
+        assert (created["max_in_flight"], created["rate_limit"]) == (None, None)
+        path = f"/v1/webhooks/{created['id']}"
+        patched = await api.call("PATCH", path, json_body={"max_in_flight": 5, "rate_limit": 2.5})
+        assert patched.status == 200 and (patched.body["max_in_flight"], patched.body["rate_limit"]) == (5, 2.5)
+        kept = await api.call("PATCH", path, json_body={"description": "ops", "rate_limit": None})
+        assert (kept.body["max_in_flight"], kept.body["rate_limit"], kept.body["description"]) == (5, None, "ops")
+        listed = (await api.call("GET", "/v1/webhooks")).body["data"]
+        assert [(e["max_in_flight"], e["rate_limit"]) for e in listed] == [(5, None)]
+        assert "pacing" not in listed[0]
+        body = {"url": receiver.url("/other"), "max_in_flight": 1000.0, "rate_limit": 10000}
+        other = await api.call("POST", "/v1/webhooks", json_body=body)
+        assert other.status == 201 and (other.body["max_in_flight"], other.body["rate_limit"]) == (1000, 10000.0)
+
+    async def test_get_shows_the_live_pacing(self, api: Api, receiver: Receiver, db: psycopg.Connection) -> None:
+        """GET of one endpoint has its shared limits state: zeros before anything was sent, then
+        endpoint_flow's row, the allowance within max_in_flight and only a pause that still runs."""
+        created = await register(api, receiver, "/hook")
+        path = f"/v1/webhooks/{created['id']}"
+        got = await api.call("GET", path)
+        assert got.body["pacing"] == {"in_flight": 0, "allowance": 0, "paused_until": None}
+        db.execute("INSERT INTO endpoint_flow (endpoint_id, in_flight, allowance, paused_until) "
+                   "VALUES (%s, 3, 40, '2999-01-01T00:00:00Z')", [created["id"]])
+        assert (await api.call("GET", path)).body["pacing"] == {
+            "in_flight": 3, "allowance": 40, "paused_until": "2999-01-01T00:00:00Z"}
+        await api.call("PATCH", path, json_body={"max_in_flight": 10})
+        db.execute("UPDATE endpoint_flow SET paused_until = now() - interval '1 s'")
+        assert (await api.call("GET", path)).body["pacing"] == {"in_flight": 3, "allowance": 10, "paused_until": None}
+
+    @pytest.mark.parametrize(("method", "limits", "field", "message"), [
+        ("POST", {"max_in_flight": 0}, "max_in_flight", _MAX_IN_FLIGHT),
+        ("PATCH", {"max_in_flight": 1001}, "max_in_flight", _MAX_IN_FLIGHT),
+        ("POST", {"max_in_flight": 2.5}, "max_in_flight", _MAX_IN_FLIGHT),
+        ("PATCH", {"max_in_flight": "10"}, "max_in_flight", _MAX_IN_FLIGHT),
+        ("POST", {"max_in_flight": True}, "max_in_flight", _MAX_IN_FLIGHT),
+        ("POST", {"rate_limit": 0}, "rate_limit", _RATE_LIMIT),
+        ("PATCH", {"rate_limit": -1}, "rate_limit", _RATE_LIMIT),
+        ("POST", {"rate_limit": 10000.5}, "rate_limit", _RATE_LIMIT),
+        ("PATCH", {"rate_limit": "fast"}, "rate_limit", _RATE_LIMIT),
+        ("PATCH", {"rate_limit": [1]}, "rate_limit", _RATE_LIMIT),
+    ])
+    async def test_invalid_limits_get_422_saying_what_is_allowed(self, api: Api, receiver: Receiver, method: str,
+                                                                 limits: dict, field: str, message: str) -> None:
+        """Each refused limit names its field and the allowed range, on create and on update alike;
+        nothing is stored."""
+        created = await register(api, receiver, "/hook")
+        path = "/v1/webhooks" if method == "POST" else f"/v1/webhooks/{created['id']}"
+        reply = await api.call(method, path, json_body={"url": receiver.url("/new")} | limits)
+        assert reply.status == 422
+        assert reply.body["error"] == {"code": "invalid_request", "message": message, "field": field}
+        stored = (await api.call("GET", "/v1/webhooks")).body["data"]
+        assert [(e["url"], e["max_in_flight"], e["rate_limit"]) for e in stored] == [(receiver.url("/hook"), None,
+                                                                                       None)]
 
     async def test_an_org_has_at_most_100_endpoints(self, api: Api, db: psycopg.Connection) -> None:
         """The 101st endpoint of an org is refused with a way out; other orgs are unaffected."""

@@ -63,6 +63,53 @@ def test_list_disable_enable(dsn: str) -> None:
     assert missing.returncode == 2 and "no endpoint 'ep_nope'" in missing.stderr
 
 
+def test_endpoint_limits_are_set_on_add_changed_by_update_and_listed(dsn: str, db: psycopg.Connection) -> None:
+    """add takes both limits; update changes only the flags given (default/none put a limit back on the
+    deployment's default); list shows a default as the value that applies."""
+    created = json.loads(deliverer(dsn, "endpoints", "add", "--org", "org_a", "--url", "https://example.com/hook",
+                                   "--max-in-flight", "5", "--rate-limit", "0.5", "--json").stdout)
+    assert (created["max_in_flight"], created["rate_limit"]) == (5, 0.5)
+    updated = deliverer(dsn, "endpoints", "update", created["id"], "--rate-limit", "20", "--description", "ops",
+                        "--json")
+    assert updated.returncode == 0, updated.stderr
+    assert (json.loads(updated.stdout)["max_in_flight"], json.loads(updated.stdout)["rate_limit"]) == (5, 20.0)
+    assert db.execute("SELECT max_in_flight, rate_limit, description FROM webhook_endpoint").fetchone() == (
+        5, 20.0, "ops")
+    reset = deliverer(dsn, "endpoints", "update", created["id"], "--max-in-flight", "default", "--rate-limit", "none",
+                      "--events", "job.failed", "--url", "https://example.com/new")
+    assert reset.returncode == 0, reset.stderr
+    assert db.execute("SELECT max_in_flight, rate_limit, event_types, url FROM webhook_endpoint").fetchone() == (
+        None, None, ["job.failed"], "https://example.com/new")
+    deliverer(dsn, "endpoints", "add", "--org", "org_a", "--url", "https://example.com/two", "--max-in-flight", "7")
+    table = deliverer(dsn, "endpoints", "list", DELIVERER_ENDPOINT_RATE_LIMIT="100").stdout.splitlines()
+    assert table[0].split()[-5:] == ["max", "in", "flight", "rate", "limit/s"]
+    assert table[2].split()[-4:] == ["50", "(default)", "100", "(default)"]
+    assert table[3].split()[-3:] == ["7", "100", "(default)"]
+    assert deliverer(dsn, "endpoints", "list").stdout.splitlines()[3].split()[-3:] == ["7", "none", "(default)"]
+
+
+def test_bad_endpoint_limits_are_one_line_naming_what_is_allowed(dsn: str, db: psycopg.Connection) -> None:
+    """The registry's message, the API's too, on stderr with status 2; nothing is stored or changed."""
+    refused = deliverer(dsn, "endpoints", "add", "--org", "org_a", "--url", "https://example.com/hook",
+                        "--max-in-flight", "1001")
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr == ("deliverer: error: max_in_flight must be a whole number from 1 to 1000 (requests open "
+                              "at once), or null for the deployment's default\n")
+    created = json.loads(deliverer(dsn, "endpoints", "add", "--org", "org_a", "--url", "https://example.com/hook",
+                                   "--json").stdout)
+    for value in ("0", "fast", "-2", "inf"):
+        bad = deliverer(dsn, "endpoints", "update", created["id"], "--rate-limit", value)
+        assert bad.returncode == 2 and bad.stderr == (
+            "deliverer: error: rate_limit must be a number of deliveries per second above 0 and at most 10000, "
+            "or null for the deployment's default\n"), value
+    nothing = deliverer(dsn, "endpoints", "update", created["id"])
+    assert nothing.returncode == 2 and "nothing to change" in nothing.stderr
+    missing = deliverer(dsn, "endpoints", "update", "ep_nope", "--max-in-flight", "3")
+    assert missing.returncode == 2 and "no endpoint 'ep_nope'" in missing.stderr
+    assert db.execute("SELECT count(*), max(max_in_flight), max(rate_limit) FROM webhook_endpoint").fetchone() == (
+        1, None, None)
+
+
 def test_rebuild_projections_check_and_repair(dsn: str, db: psycopg.Connection) -> None:
     """--check exits 1 when the queue drifted from the log; rebuild-projections repairs it."""
     assert deliverer(dsn, "rebuild-projections", "--check").returncode == 0

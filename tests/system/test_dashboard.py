@@ -8,6 +8,7 @@ every step waits on a condition of the page, never on time. Set
 import json
 import logging
 import os
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,6 +236,32 @@ class TestDashboard:
         await expect(card.locator("dd").nth(1)).to_have_text("job.failed")
         [stored] = endpoints.list_all(db, "org_a")
         assert stored.event_types == ["job.failed"]
+        assert (stored.max_in_flight, stored.rate_limit) == (None, None), "untouched limits stay the default"
+        await expect(card).to_contain_text("Max in flightDefault")
+
+        await card.get_by_role("button", name="Edit").click()
+        await edit.get_by_label("Max requests in flight").fill("0")
+        await edit.get_by_role("button", name="Save changes").click()
+        await expect(edit.get_by_role("alert")).to_have_text(
+            "max_in_flight must be a whole number from 1 to 1000 (requests open at once), "
+            "or null for the deployment's default")
+        await edit.get_by_label("Max requests in flight").fill("5")
+        await edit.get_by_label("Rate limit").fill("2.5")
+        await edit.get_by_role("button", name="Save changes").click()
+        await expect(edit).to_be_hidden()
+        await expect(card).to_contain_text("5 requests at once")
+        await expect(card).to_contain_text("2.5 per second")
+        [stored] = endpoints.list_all(db, "org_a")
+        assert (stored.max_in_flight, stored.rate_limit, stored.event_types) == (5, 2.5, ["job.failed"])
+        await card.get_by_role("button", name="Edit").click()
+        await expect(edit.get_by_label("Max requests in flight")).to_have_value("5")
+        await edit.get_by_label("Max requests in flight").fill("")  # empty: back to the deployment's default
+        await edit.get_by_label("Rate limit").fill("")
+        await edit.get_by_role("button", name="Save changes").click()
+        await expect(edit).to_be_hidden()
+        await expect(card).to_contain_text("Rate limitDefault")
+        assert (endpoints.list_all(db, "org_a")[0].max_in_flight, endpoints.list_all(db, "org_a")[0].rate_limit) == (
+            None, None)
 
         await card.get_by_role("button", name="Disable").click()
         await expect(card).to_contain_text("Disabled")
@@ -281,6 +308,12 @@ class TestDashboard:
         await page.get_by_role("button", name="Newer").click()
         await expect(page.locator("#logs-page")).to_have_text("Page 1")
         await expect(rows).to_have_count(10)
+        pacing = page.locator("#logs-pacing")
+        await expect(pacing).to_contain_text(re.compile(r"^0 of \d+ requests open"))  # from endpoint_flow, live
+        db.execute("UPDATE endpoint_flow SET paused_until = now() + interval '1 hour'")
+        await page.get_by_role("button", name="Refresh now").click()
+        await expect(pacing).to_contain_text("paused until ")
+        db.execute("UPDATE endpoint_flow SET paused_until = NULL")
 
         await rows.first.get_by_role("button", name="Replay").click()  # the docs' way: replay from the logs
         await expect(page.locator("#status")).to_contain_text("starts attempt series 2")

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from deliverer.delivery.worker import RECORD_GRACE
+from deliverer.ops import probes
 from deliverer.settings import Settings
 from tests.support.deploy import OVERLAYS, dashboard_exprs, find, needs_kubectl, needs_promtool, render
 from tests.support.paths import DEPLOY
@@ -76,6 +77,20 @@ class TestOverlays:
                 ports = [p["name"] for c in deployment["spec"]["template"]["spec"]["containers"] for p in c["ports"]]
                 assert port in ports
         assert sorted(selected) == ["deliverer-api", "deliverer-worker"]
+
+
+    def test_each_metrics_port_is_its_process_default(self, overlay: str) -> None:
+        """The worker's and the API's "metrics" ports are the ports `deliverer run` and `deliverer api`
+        serve their probes on when DELIVERER_METRICS_PORT is not set, and nothing sets it."""
+        objects = render(overlay)
+        [config] = find(objects, "ConfigMap", "docextract-webhooks")
+        assert "DELIVERER_METRICS_PORT" not in config["data"]
+        for name, default in (("docextract-webhooks-deliverer", probes.RUN_PORT),
+                              ("docextract-webhooks-api", probes.API_PORT)):
+            [deployment] = find(objects, "Deployment", name)
+            [container] = deployment["spec"]["template"]["spec"]["containers"]
+            assert not any(e["name"] == "DELIVERER_METRICS_PORT" for e in container.get("env", []))
+            assert {p["name"]: p["containerPort"] for p in container["ports"]}["metrics"] == default
 
 
 @needs_kubectl

@@ -84,3 +84,35 @@ def test_imported_secret_must_be_plausible() -> None:
     """A short or whitespace-containing secret is refused with a way out."""
     with pytest.raises(EndpointError, match="leave it out to have a new whsec_ secret generated"):
         endpoints.check_secret("short")
+
+
+@pytest.mark.parametrize(("value", "stored"), [(None, None), (1, 1), (1000, 1000), (25.0, 25)])
+def test_max_in_flight_is_a_whole_number_up_to_1000_or_the_default(value: object, stored: int | None) -> None:
+    """1..1000 requests open at once; 25.0 is 25 (JSON does not tell them apart); None is the default."""
+    assert endpoints.check_max_in_flight(value) == stored
+
+
+@pytest.mark.parametrize("value", [0, -1, 1001, 2.5, float("nan"), "10", True, [5]])
+def test_other_max_in_flight_values_are_refused_saying_what_is_allowed(value: object) -> None:
+    """Each refusal is the one message the API and the CLI show, about the max_in_flight field."""
+    with pytest.raises(EndpointError) as refused:
+        endpoints.check_max_in_flight(value)
+    assert str(refused.value) == ("max_in_flight must be a whole number from 1 to 1000 (requests open at once), "
+                                  "or null for the deployment's default")
+    assert refused.value.field == "max_in_flight"
+
+
+@pytest.mark.parametrize(("value", "stored"), [(None, None), (0.5, 0.5), (1, 1.0), (10000, 10000.0)])
+def test_rate_limit_is_a_positive_number_up_to_10000_or_the_default(value: object, stored: float | None) -> None:
+    """Deliveries a second, fractions allowed; None is the default."""
+    assert endpoints.check_rate_limit(value) == stored
+
+
+@pytest.mark.parametrize("value", [0, -0.5, 10000.01, float("nan"), float("inf"), "5", False])
+def test_other_rate_limits_are_refused_saying_what_is_allowed(value: object) -> None:
+    """Zero, negatives, NaN, infinity, text and booleans get the one rate_limit message."""
+    with pytest.raises(EndpointError) as refused:
+        endpoints.check_rate_limit(value)
+    assert str(refused.value) == ("rate_limit must be a number of deliveries per second above 0 and at most 10000, "
+                                  "or null for the deployment's default")
+    assert refused.value.field == "rate_limit"

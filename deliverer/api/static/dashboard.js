@@ -265,6 +265,24 @@
     return events.includes("*") ? "All events" : events.join(", ");
   }
 
+  // A null limit is the deployment's default, which only the server knows.
+  function maxInFlightText(endpoint) {
+    return endpoint.max_in_flight === null ? "Default" : `${endpoint.max_in_flight} requests at once`;
+  }
+
+  function rateLimitText(endpoint) {
+    return endpoint.rate_limit === null ? "Default" : `${endpoint.rate_limit} per second`;
+  }
+
+  // Empty is null (the default). Anything that is not a finite number is sent as typed, so the server
+  // refuses it with the message the API and the CLI share (JSON would turn NaN or Infinity into null).
+  function limitValue(input) {
+    const text = input.value.trim();
+    if (!text) return null;
+    const number = Number(text);
+    return Number.isFinite(number) ? number : text;
+  }
+
   function renderEndpoints() {
     const list = $("endpoint-list");
     list.replaceChildren(...state.endpoints.map(endpointCard));
@@ -291,6 +309,8 @@
         h("dt", { text: "Id" }), h("dd", { class: "mono", text: endpoint.id }),
         h("dt", { text: "Events" }), h("dd", { text: eventsText(endpoint.events) }),
         h("dt", { text: "Status" }), status,
+        h("dt", { text: "Max in flight" }), h("dd", { text: maxInFlightText(endpoint) }),
+        h("dt", { text: "Rate limit" }), h("dd", { text: rateLimitText(endpoint) }),
         h("dt", { text: "Recent success rate" }), rate),
       h("div", { class: "actions" },
         button("Send test event", () => sendTest(endpoint, result), "primary"),
@@ -414,6 +434,8 @@
     $("edit-url").value = endpoint.url;
     $("edit-description").value = endpoint.description;
     $("edit-events").replaceChildren(eventsFieldset("edit", endpoint.events));
+    $("edit-max-in-flight").value = endpoint.max_in_flight === null ? "" : String(endpoint.max_in_flight);
+    $("edit-rate-limit").value = endpoint.rate_limit === null ? "" : String(endpoint.rate_limit);
     showFieldError("edit-error", "");
     dialog.showModal();
     $("edit-url").focus();
@@ -428,13 +450,17 @@
       showFieldError("edit-error", "Select at least one event, or All events.");
       return;
     }
-    const body = { url: $("edit-url").value.trim(), description: $("edit-description").value.trim(), events };
+    const body = {
+      url: $("edit-url").value.trim(), description: $("edit-description").value.trim(), events,
+      max_in_flight: limitValue($("edit-max-in-flight")), rate_limit: limitValue($("edit-rate-limit")),
+    };
     const saved = await attempt(() => api("PATCH", `/v1/webhooks/${encodeURIComponent(id)}`, body),
       (m) => showFieldError("edit-error", m));
     if (saved === undefined) return;
     dialog.close();
     await refreshEndpoints();
-    say(`Saved ${saved.url}: ${eventsText(saved.events)}.`);
+    say(`Saved ${saved.url}: ${eventsText(saved.events)}; max in flight ${maxInFlightText(saved).toLowerCase()}, `
+      + `rate limit ${rateLimitText(saved).toLowerCase()}.`);
     focusCard(id, "Edit");
   }
 
@@ -495,6 +521,7 @@
     state.logs.cursors = [null];
     state.logs.next = null;
     $("logs-endpoint").textContent = endpoint.url;
+    $("logs-pacing").textContent = "Loading…";
     $("logs-rows").replaceChildren();
     show("logs");
     startAutoRefresh();
@@ -519,6 +546,7 @@
     const cursor = logs.cursors[logs.cursors.length - 1];
     if (cursor) params.set("cursor", cursor);
     const endpointId = logs.endpoint.id;
+    loadPacing(endpointId);
     try {
       const page = await attempt(() => api("GET", `/v1/webhooks/${encodeURIComponent(endpointId)}/logs?${params}`),
         (message) => showAlert(`The logs could not be loaded: ${message}`, "logs"));
@@ -533,6 +561,24 @@
     } finally {
       logs.loading = false;
     }
+  }
+
+  // The endpoint's live limits state, refreshed with its logs: other deliverers change it at any moment.
+  async function loadPacing(endpointId) {
+    const endpoint = await attempt(() => api("GET", `/v1/webhooks/${encodeURIComponent(endpointId)}`),
+      (message) => { $("logs-pacing").textContent = `Could not be loaded: ${message}`; });
+    if (endpoint === undefined || state.view !== "logs" || state.logs.endpoint.id !== endpointId) return;
+    $("logs-pacing").textContent = pacingText(endpoint.pacing);
+  }
+
+  function pacingText(pacing) {
+    const open = pacing.allowance === 0 && pacing.in_flight === 0
+      ? "nothing sent yet"
+      : `${pacing.in_flight} of ${pacing.allowance} requests open (the allowance grows with successes and `
+        + "halves when the endpoint is overloaded)";
+    return pacing.paused_until
+      ? `${open}; paused until ${fmtTime(pacing.paused_until)}, as the endpoint asked with Retry-After`
+      : open;
   }
 
   function attemptText(row) {
