@@ -26,6 +26,7 @@ import psycopg
 import structlog
 
 from deliverer.delivery.backoff import Backoff
+from deliverer.delivery.connection import Reopening
 from deliverer.delivery.queries import QUERIES
 from deliverer.ops.metrics import METRICS
 from deliverer.settings import Settings
@@ -106,7 +107,8 @@ class Listener:
         """This worker cannot take all that is due: wake another one to claim the rest."""
         await conn.execute(QUERIES["pass_on_wake_up"], {"payload": f"more {self.worker_id} {sequence}"})
 
-    async def leave(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Leave the list of live workers, so notifications stop choosing this one."""
+    async def leave(self, db: Reopening) -> None:
+        """Leave the list of live workers, so notifications stop choosing this one. Best effort: a
+        worker stopping without its database is forgotten when its heartbeats stop."""
         with contextlib.suppress(psycopg.Error):
-            await conn.execute(QUERIES["presence_leave"], {"worker_id": self.worker_id})
+            await (await db.get()).execute(QUERIES["presence_leave"], {"worker_id": self.worker_id})

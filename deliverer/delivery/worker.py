@@ -155,7 +155,7 @@ class Worker:
             await self._claim_loop(stop)
         finally:
             listener.cancel()
-            await self.listener.leave(await self.claimer.db.get())
+            await self.listener.leave(self.claimer.db)
             await self._drain(force)
             self.recorder.close()
             try:
