@@ -22,7 +22,11 @@ from deliverer.dev.receiver import Receiver
 # timeout long enough that a sink slowed by a busy machine never times out: a receiver
 # that answers after the timeout gets the retry too, which is not what this scenario tests.
 WORKER_ENV = {"DELIVERER_HTTP_TIMEOUT": "10", "DELIVERER_LEASE_SECONDS": "15", "DELIVERER_POLL_INTERVAL": "0.5",
-              "DELIVERER_MAX_IN_FLIGHT": "50", "DELIVERER_BATCH_SIZE": "50", "DELIVERER_LOG_LEVEL": "warning"}
+              "DELIVERER_MAX_IN_FLIGHT": "50", "DELIVERER_BATCH_SIZE": "50", "DELIVERER_LOG_LEVEL": "warning",
+              # Endpoint limits are the cluster's: a killed worker's requests hold their slots until its
+              # leases run out (15 s here). At a kill every 2 s the default 50 per endpoint would be all
+              # held by the dead, and the scenario would measure that instead of what crashes lose.
+              "DELIVERER_ENDPOINT_MAX_IN_FLIGHT": "1000"}
 
 
 async def run(dsn: str, workdir: Path, *, events: int = 20_000, endpoints: int = 3, workers: int = 3,
