@@ -236,7 +236,7 @@ CREATE INDEX IF NOT EXISTS delivery_queue_due ON delivery_queue (due_at);
 --                 again from the initial allowance
 -- Soft state, hence UNLOGGED (no WAL for its updates, the hottest rows there are):
 -- after a crash or on a promoted standby the table is empty, and each row is
--- made again on the endpoint's next claim, its in_flight counted from the leases.
+-- made again on the endpoint's next claim (see ensure_endpoint_flow).
 -- The deliverers running now, each seen within the last few seconds: a producer's
 -- notification (its payload, the transaction id) wakes the one whose turn it is,
 -- not every worker. Soft state like endpoint_flow, hence UNLOGGED.

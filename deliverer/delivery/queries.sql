@@ -126,7 +126,7 @@ taken AS (
 ),
 paced AS (
     UPDATE endpoint_flow f
-    SET in_flight = f.in_flight + t.fresh - t.closed,
+    SET in_flight = greatest(0, f.in_flight + t.fresh - t.closed),
         allowance = p.allowance,
         tokens = coalesce(p.tokens - t.sent, 0),
         tokens_at = coalesce(%(now)s::timestamptz, now()),
@@ -318,13 +318,13 @@ SELECT id, org_id, url, disabled_reason, updated_at FROM updated WHERE NOT enabl
 -- name: ensure_endpoint_flow
 -- Make the endpoint_flow rows a claim found missing: for endpoints never claimed
 -- before, and for all of them after a crash or a failover emptied the unlogged
--- table. in_flight starts from the leases that have not run out.
+-- table. in_flight starts at 0, not at the leases open: an outcome recorded while
+-- this runs would close a request this count includes on a row that does not exist
+-- yet, and the row would stay full for good. Starting low errs the other way, and
+-- only once: the requests open across a crash may briefly exceed max_in_flight, and
+-- their outcomes, closing what was never counted, stop at 0 (record_results).
 INSERT INTO endpoint_flow (endpoint_id, in_flight, allowance, tokens, tokens_at, active_at)
-SELECT e.endpoint_id,
-       (SELECT count(*) FROM delivery_queue q
-        WHERE q.endpoint_id = e.endpoint_id AND q.leased_by IS NOT NULL
-          AND q.due_at > coalesce(%(now)s::timestamptz, now())),
-       %(initial_allowance)s, 0,
+SELECT e.endpoint_id, 0, %(initial_allowance)s, 0,
        -- an hour ago: the rate limit's bucket starts full
        coalesce(%(now)s::timestamptz, now()) - interval '1 hour', coalesce(%(now)s::timestamptz, now())
 FROM unnest(%(endpoint_ids)s::text[]) AS e (endpoint_id)
