@@ -68,15 +68,7 @@ class Deliverers:
         return [row[0] for row in conn.execute(QUERIES["deliverer_backends"], {"dbname": dbname(self.dsn)})]
 
     async def stop(self) -> None:
-        for process in self.processes:
-            if process.returncode is None:
-                process.terminate()
-        for process in self.processes:
-            try:
-                await asyncio.wait_for(process.wait(), 30)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await stop_processes(self.processes, grace=30)
 
     def peak_rss_mib(self) -> list[float]:
         return [machine.peak_rss_mib(pid) for pid in self.pids]
@@ -117,3 +109,16 @@ def _metric(text: str, name: str) -> str:
     if match is None:
         raise RuntimeError(f"no {name} in a deliverer's /metrics")
     return match.group(1)
+
+
+async def stop_processes(processes: list[asyncio.subprocess.Process], *, grace: float) -> None:
+    """SIGTERM every process, then SIGKILL whichever has not exited within ``grace`` seconds."""
+    for process in processes:
+        if process.returncode is None:
+            process.terminate()
+    for process in processes:
+        try:
+            await asyncio.wait_for(process.wait(), grace)
+        except TimeoutError:
+            process.kill()
+            await process.wait()

@@ -36,6 +36,7 @@ from psycopg import sql
 
 from bench import database, machine
 from bench.database import ORGS
+from bench.deliverers import stop_processes
 from bench.sink import SinkProcess
 from deliverer.registry import endpoints
 from outbox import sqlfile
@@ -257,15 +258,7 @@ class Workers:
             self.log.unlink(missing_ok=True)
 
     async def stop(self) -> None:
-        for process in self.processes:
-            if process.returncode is None:
-                process.terminate()
-        for process in self.processes:
-            try:
-                await asyncio.wait_for(process.wait(), 15)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await stop_processes(self.processes, grace=15)
 
     def tail(self, lines: int = 20) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])

@@ -22,7 +22,7 @@ from tests.support import (
     add_endpoint,
     aeventually,
     count,
-    hold_until,
+    hanging_and_healthy,
     settings_for,
     webhook_test,
     worker_asleep,
@@ -143,13 +143,6 @@ class TestEndpointHealth:
         assert (enabled.enabled, enabled.disabled_reason) == (True, None)
 
 
-def _hanging_and_healthy(db: psycopg.Connection, receiver: Receiver) -> asyncio.Event:
-    """Endpoints /hang (org_slow), which answers once the returned event is set, and /ok (org_ok)."""
-    add_endpoint(db, receiver, "/hang", org_id="org_slow")
-    add_endpoint(db, receiver, "/ok", org_id="org_ok")
-    release = asyncio.Event()
-    receiver.behave("/hang", hold_until(release))
-    return release
 
 
 class TestFairSharing:
@@ -157,7 +150,7 @@ class TestFairSharing:
             self, dsn: str, db: psycopg.Connection, receiver: Receiver) -> None:
         """A claim window filled by a capped endpoint's older deliveries is looked past at once, not
         after the poll interval: healthy endpoints behind a dead one's backlog are not kept waiting."""
-        release = _hanging_and_healthy(db, receiver)
+        release = hanging_and_healthy(db, receiver)
         settings = settings_for(dsn, poll_interval=60.0, batch_size=10, max_in_flight=20, http_timeout=30.0,
                                 lease_seconds=60.0)
         stop = asyncio.Event()

@@ -7,6 +7,7 @@ schema, and dropped afterwards. Nothing here connects until a fixture asks for
 it, which tests/unit never does.
 """
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -18,7 +19,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from deliverer.dev import database as devdb
-from deliverer.dev.receiver import Receiver
+from deliverer.dev.receiver import Receiver, hold_until
 from deliverer.registry import endpoints
 from deliverer.settings import Settings
 from deliverer.storage import schema
@@ -88,6 +89,15 @@ SELECT EXISTS (SELECT FROM listener l WHERE l.state = 'idle'
                                                 AND c.query_start > l.backend_start))
    AND NOT EXISTS (SELECT FROM mine WHERE state <> 'idle')
 """
+
+
+def hanging_and_healthy(db: psycopg.Connection, receiver: Receiver) -> asyncio.Event:
+    """Endpoints /hang (org_slow), which answers once the returned event is set, and /ok (org_ok)."""
+    add_endpoint(db, receiver, "/hang", org_id="org_slow")
+    add_endpoint(db, receiver, "/ok", org_id="org_ok")
+    release = asyncio.Event()
+    receiver.behave("/hang", hold_until(release))
+    return release
 
 
 def worker_asleep(db: psycopg.Connection, worker_id: str) -> bool:

@@ -3,13 +3,12 @@
 The same properties of an in-process worker are in tests/integration/test_security.py.
 """
 
-import asyncio
 from pathlib import Path
 
 import psycopg
 
 import outbox
-from tests.support import Receiver, add_endpoint, count, hold_until, webhook_test
+from tests.support import Receiver, add_endpoint, count, hanging_and_healthy, webhook_test
 from tests.support.processes import WorkerProcess
 
 
@@ -41,20 +40,13 @@ class TestSecretsAtRest:
         assert endpoint.secret not in worker.log() and "whsec_" not in worker.log()
 
 
-def _hanging_and_healthy(db: psycopg.Connection, receiver: Receiver) -> asyncio.Event:
-    """Endpoints /hang (org_slow), which answers once the returned event is set, and /ok (org_ok)."""
-    add_endpoint(db, receiver, "/hang", org_id="org_slow")
-    add_endpoint(db, receiver, "/ok", org_id="org_ok")
-    release = asyncio.Event()
-    receiver.behave("/hang", hold_until(release))
-    return release
 
 
 class TestFairSharing:
     async def test_a_hanging_endpoint_cannot_take_every_send(
             self, dsn: str, db: psycopg.Connection, receiver: Receiver, tmp_path: Path) -> None:
         """With a hanging endpoint holding its cap, a healthy endpoint's events are delivered meanwhile."""
-        release = _hanging_and_healthy(db, receiver)
+        release = hanging_and_healthy(db, receiver)
         slow = [publish(dsn, "org_slow") for _ in range(20)]  # first in line
         healthy = [publish(dsn, "org_ok") for _ in range(20)]
         worker = WorkerProcess(dsn, "w", tmp_path, DELIVERER_MAX_IN_FLIGHT="8", DELIVERER_BATCH_SIZE="8",
