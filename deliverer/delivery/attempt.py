@@ -8,14 +8,13 @@ receiver's Retry-After, within bounds) decides when the next attempt is due.
 
 import logging
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import structlog
 
 from deliverer.delivery import send, sign
-from deliverer.delivery.claim import Claimed
+from deliverer.delivery.claim import Claimed, Clock
 from deliverer.delivery.schedule import RETRY_AFTER_CAP, honour_retry_after, retry_delay
 from deliverer.facts import ErrorClass, Outcome
 from deliverer.ops.metrics import METRICS, outcome_class
@@ -25,7 +24,6 @@ from outbox.ids import delivery_public_id, event_public_id
 
 log = structlog.get_logger("deliverer.worker")
 
-Clock = Callable[[], datetime]
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import structlog
 
 import outbox
 from deliverer.delivery.attempt import Result
+from deliverer.delivery.claim import Clock
 from deliverer.delivery.queries import QUERIES
 from deliverer.facts import ErrorClass
 from deliverer.ops.metrics import METRICS
@@ -37,7 +38,7 @@ class _Seen:
 class EndpointHealth:
     """Keeps endpoints' failing_since in step with the outcomes this worker records."""
 
-    def __init__(self, settings: Settings, *, clock: Any = None) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock
         self.failing: set[str] = set()  # endpoints whose last outcome here was a failure

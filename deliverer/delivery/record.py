@@ -20,6 +20,7 @@ import structlog
 
 from deliverer.delivery.attempt import Result
 from deliverer.delivery.backoff import Backoff
+from deliverer.delivery.claim import Clock
 from deliverer.delivery.connection import Reopening
 from deliverer.delivery.health import EndpointHealth
 from deliverer.delivery.queries import QUERIES
@@ -78,7 +79,7 @@ class Recorder:
     """The worker's outcomes on their way to the log."""
 
     def __init__(self, settings: Settings, worker_id: str, health: EndpointHealth, *,
-                 clock: Callable[[], datetime] | None = None,
+                 clock: Clock | None = None,
                  on_ready: Callable[[bool], None] = lambda ready: None,
                  on_recorded: Callable[[list[Result]], None] = lambda results: None,
                  saturated: Callable[[], bool] = lambda: False) -> None:
