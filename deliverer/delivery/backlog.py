@@ -12,10 +12,10 @@ from typing import Any
 import psycopg
 import structlog
 
+from deliverer.delivery.connection import Reopening
 from deliverer.delivery.queries import QUERIES
 from deliverer.ops.metrics import METRICS
 from deliverer.settings import Settings
-from deliverer.storage import connections
 
 log = structlog.get_logger("deliverer.backlog")
 COUNT_CAP = 100_000
@@ -32,21 +32,16 @@ async def measure(conn: psycopg.AsyncConnection[Any]) -> tuple[int, float]:
 
 async def watch(settings: Settings, interval: float = 5.0) -> None:
     """Refresh the gauges every ``interval`` seconds until cancelled, through database outages."""
-    conn: psycopg.AsyncConnection[Any] | None = None
-    while True:
-        try:
-            if conn is None or conn.closed:
-                conn = await connections.aconnect(settings, "deliverer backlog")
-            await measure(conn)
-        except psycopg.Error as exc:
-            METRICS.db_errors.labels("backlog").inc()
-            log.warning("could not measure the backlog", error=str(exc).strip())
-            if conn is not None:
-                await conn.close()
-            conn = None
-        except asyncio.CancelledError:
-            if conn is not None:
-                with contextlib.suppress(psycopg.Error):
-                    await conn.close()
-            raise
-        await asyncio.sleep(interval)
+    db = Reopening(settings, "deliverer backlog")
+    try:
+        while True:
+            try:
+                await measure(await db.get())
+            except psycopg.Error as exc:
+                METRICS.db_errors.labels("backlog").inc()
+                log.warning("could not measure the backlog", error=str(exc).strip())
+                await db.close()
+            await asyncio.sleep(interval)
+    finally:
+        with contextlib.suppress(psycopg.Error):
+            await db.close()
