@@ -8,6 +8,7 @@ Each test is marked with its layer from the directory it lives in, so
 ``pytest -m "not system"`` and ``pytest tests/unit`` select by layer.
 """
 
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -36,6 +37,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if layer not in LAYERS:
             raise pytest.UsageError(f"{item.nodeid}: tests live in tests/unit, tests/integration or tests/system")
         item.add_marker(getattr(pytest.mark, layer))
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """Puts the root logger back after each test.
+
+    A command run in-process (``cli.main``) points the root logger at the test's
+    captured stderr, which closes when the test ends; left there, every later
+    record, down to the embedded server's own cleanup at exit, is a "Logging error".
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
