@@ -8,10 +8,10 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[deliverer,sqlalchemy,dev]'
 	touch $@
 
-install: $(VENV)/.installed ## create .venv and install the project with its dev tools
+install: $(VENV)/.installed ## create .venv: the package with its deliverer and sqlalchemy extras, and the dev tools
 
 demo: install ## run the end-to-end demo (embedded PostgreSQL unless DATABASE_URL is set)
 	$(PY) -m deliverer demo
@@ -30,6 +30,11 @@ lint: install ## ruff over the code and the tests, mypy over the packages, the i
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+package: install ## build the wheel and the sdist into dist/ and check their metadata
+	rm -rf dist
+	$(PY) -m build --no-isolation --outdir dist . >/dev/null
+	$(VENV)/bin/twine check --strict dist/*
+
 bench: install ## measure drain rate and publish-to-receipt latency
 	$(PY) -m bench
 
@@ -37,6 +42,6 @@ chaos: install ## fault suite: kills, outages, bad receivers, shutdowns; prints 
 	$(PY) -m chaos
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-.PHONY: install demo test test-unit test-fast lint bench chaos help
+.PHONY: install demo test test-unit test-fast lint package bench chaos help

@@ -66,3 +66,9 @@ def test_dockerfile_is_multi_stage_non_root_exec_form() -> None:
     assert user.split()[1].isdigit() and user.split()[1] != "0"
     [entrypoint] = [line for line in lines if line.startswith("ENTRYPOINT ")]
     assert json.loads(entrypoint.removeprefix("ENTRYPOINT ")) == ["deliverer"]
+
+
+def test_image_installs_the_deliverer_extra() -> None:
+    """The image builds and installs the package with its [deliverer] extra, which the worker and the API need."""
+    runs = [line for line in (DEPLOY / "Dockerfile").read_text().splitlines() if line.startswith("RUN pip ")]
+    assert len(runs) == 2 and all("[deliverer]" in line for line in runs), runs
