@@ -30,6 +30,13 @@ lint: install ## ruff over the code and the tests, mypy over the packages, the i
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+docs: install ## build the documentation site into site/; a broken link or a page missing from the nav fails
+	@# Not --quiet: mkdocs 1.6 then stops counting warnings, and --strict passes whatever they are.
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-tables: install ## rewrite the generated tables in docs/ (settings, metrics) from the code
+	$(PY) -m deliverer.dev.docs
+
 package: install ## build the wheel and the sdist into dist/ and check their metadata
 	rm -rf dist
 	$(PY) -m build --no-isolation --outdir dist . >/dev/null
@@ -44,4 +51,4 @@ chaos: install ## fault suite: kills, outages, bad receivers, shutdowns; prints 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-.PHONY: install demo test test-unit test-fast lint package bench chaos help
+.PHONY: install demo test test-unit test-fast lint docs docs-tables package bench chaos help

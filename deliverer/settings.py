@@ -1,39 +1,41 @@
 """Settings, read from the environment; every one has a matching command-line flag.
 
-| setting            | environment                       | default             |
-|--------------------|-----------------------------------|---------------------|
-| database_url       | DATABASE_URL                      | (required)          |
-| listen_database_url | DELIVERER_LISTEN_DATABASE_URL    | DATABASE_URL; direct or session-pooled |
-| prepared_statements | DELIVERER_PREPARED_STATEMENTS    | 1; 0 behind a transaction pooler before PgBouncer 1.21 |
-| http_timeout       | DELIVERER_HTTP_TIMEOUT            | 5 seconds           |
-| lease_seconds      | DELIVERER_LEASE_SECONDS           | 30 seconds          |
-| batch_size         | DELIVERER_BATCH_SIZE              | 100                 |
-| max_in_flight      | DELIVERER_MAX_IN_FLIGHT           | 200                 |
-| endpoint_max_in_flight | DELIVERER_ENDPOINT_MAX_IN_FLIGHT | 50: per endpoint, across all processes |
-| endpoint_rate_limit | DELIVERER_ENDPOINT_RATE_LIMIT | 0: none; deliveries/s per endpoint |
-| endpoint_initial_concurrency | DELIVERER_ENDPOINT_INITIAL_CONCURRENCY | 4: a new or idle endpoint's start |
-| poll_interval      | DELIVERER_POLL_INTERVAL           | 1 second            |
-| retry_delays       | DELIVERER_RETRY_DELAYS            | 5,30,120,600,3600   |
-| retry_jitter       | DELIVERER_RETRY_JITTER            | 0 (off)             |
-| shutdown_grace     | DELIVERER_SHUTDOWN_GRACE          | 20 seconds          |
-| allow_insecure_urls| DELIVERER_ALLOW_INSECURE_URLS     | 0 (HTTPS only)      |
-| disable_after      | DELIVERER_DISABLE_AFTER           | 432000 (5 days of failing) |
-| allowed_networks   | DELIVERER_ALLOWED_NETWORKS        | none (insecure mode: all) |
-| worker_id          | DELIVERER_WORKER_ID               | host-pid-random     |
-| log_level          | DELIVERER_LOG_LEVEL               | info                |
-| log_format         | DELIVERER_LOG_FORMAT              | auto (json unless a TTY) |
+Each field of :class:`Settings` is declared with :func:`setting`: its variable,
+what it means and its default as people read it. That declaration is the one
+source of the settings table in docs/configuration.md (``make docs-tables``
+rewrites it; a test fails when it is stale) and of the variable names the
+flags' help and the error messages use. ``ELSEWHERE`` describes the few variables read outside
+``Settings``, for the same table.
 """
 
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from deliverer.security import ssrf
 
 # The customer contract's retry schedule: after attempt 1 fails, 5 s, 30 s, 2 min, 10 min
 # and 1 h after each failure; deliverer.delivery.schedule applies it.
 SEED_DELAYS: tuple[float, ...] = (5, 30, 120, 600, 3600)
+
+
+T = TypeVar("T")
+
+
+def setting(default: T, env: str, meaning: str, *, shown: str | None = None) -> T:
+    """A field of :class:`Settings`: its default, its environment variable, and the docs' line for it
+    (``shown`` is the default as the docs print it, when ``default`` itself would not say it)."""
+    return field(default=default, metadata={"env": env, "meaning": meaning, "shown": shown})
+
+
+class Variable(NamedTuple):
+    """An environment variable read outside :class:`Settings`, described for the settings table."""
+
+    env: str
+    flag: str
+    default: str
+    meaning: str
 
 
 class ConfigError(ValueError):
@@ -61,26 +63,52 @@ def parse_delays(raw: str) -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str = ""
-    listen_database_url: str = ""  # empty: DATABASE_URL
-    prepared_statements: bool = True
-    http_timeout: float = 5.0
-    lease_seconds: float = 30.0
-    batch_size: int = 100
-    max_in_flight: int = 200
-    endpoint_max_in_flight: int = 50
-    endpoint_rate_limit: float = 0.0  # 0: no rate limit
-    endpoint_initial_concurrency: int = 4
-    poll_interval: float = 1.0
-    retry_delays: tuple[float, ...] = field(default=SEED_DELAYS)
-    retry_jitter: float = 0.0
-    shutdown_grace: float = 20.0
-    allow_insecure_urls: bool = False
-    allowed_networks: str = ""
-    disable_after: float = 5 * 24 * 3600.0
-    worker_id: str = ""
-    log_level: str = "info"
-    log_format: str = "auto"
+    database_url: str = setting(
+        "", "DATABASE_URL", "PostgreSQL connection string; may be a transaction-pooling PgBouncer "
+        "([Scaling out](operations.md#scaling-out))", shown="(required)")
+    listen_database_url: str = setting(
+        "", "DELIVERER_LISTEN_DATABASE_URL", "the worker's LISTEN connection: PostgreSQL directly or a "
+        "session-pooled PgBouncer, never a transaction pooler", shown="`DATABASE_URL`")
+    prepared_statements: bool = setting(
+        True, "DELIVERER_PREPARED_STATEMENTS", "0 turns off server-side prepared statements; needed behind a "
+        "transaction pooler before PgBouncer 1.21", shown="1")
+    http_timeout: float = setting(5.0, "DELIVERER_HTTP_TIMEOUT", "seconds for the whole request and response")
+    lease_seconds: float = setting(30.0, "DELIVERER_LEASE_SECONDS", "claim lease in seconds; at least the "
+                                   "timeout + 5 s")
+    batch_size: int = setting(100, "DELIVERER_BATCH_SIZE", "deliveries claimed per statement")
+    max_in_flight: int = setting(200, "DELIVERER_MAX_IN_FLIGHT", "concurrent requests per process")
+    endpoint_max_in_flight: int = setting(
+        50, "DELIVERER_ENDPOINT_MAX_IN_FLIGHT", "requests open at once to an endpoint across every deliverer "
+        "process, for endpoints whose `max_in_flight` is null; the allowance adapts below it "
+        "([Endpoint limits](api.md#endpoint-limits))")
+    endpoint_rate_limit: float = setting(
+        0.0, "DELIVERER_ENDPOINT_RATE_LIMIT", "deliveries a second to an endpoint across every process, for "
+        "endpoints whose `rate_limit` is null; 0: none", shown="0")
+    endpoint_initial_concurrency: int = setting(
+        4, "DELIVERER_ENDPOINT_INITIAL_CONCURRENCY", "sends in flight an endpoint starts with (new, or idle for a "
+        "minute): a dead endpoint holds this many, not the ceiling, before its first timeout")
+    poll_interval: float = setting(1.0, "DELIVERER_POLL_INTERVAL", "longest sleep in seconds between claims when "
+                                   "no notification comes")
+    retry_delays: tuple[float, ...] = setting(
+        SEED_DELAYS, "DELIVERER_RETRY_DELAYS", "seconds after each failed attempt; attempts = delays + 1",
+        shown="5,30,120,600,3600")
+    retry_jitter: float = setting(0.0, "DELIVERER_RETRY_JITTER", "spread each delay by ± this fraction", shown="0")
+    shutdown_grace: float = setting(20.0, "DELIVERER_SHUTDOWN_GRACE", "seconds in-flight sends get to finish "
+                                    "after SIGTERM")
+    allow_insecure_urls: bool = setting(
+        False, "DELIVERER_ALLOW_INSECURE_URLS", "development only: accept `http://` and loopback/private URLs",
+        shown="0")
+    allowed_networks: str = setting(
+        "", "DELIVERER_ALLOWED_NETWORKS", "non-public networks webhooks may still reach, e.g. `10.1.0.0/16,::1` "
+        "(in development mode, the only ones, if set)", shown="none")
+    disable_after: float = setting(
+        5 * 24 * 3600.0, "DELIVERER_DISABLE_AFTER", "seconds of nothing but failures before an endpoint is "
+        "disabled", shown="432000 (5 days)")
+    worker_id: str = setting("", "DELIVERER_WORKER_ID", "the worker's name in logs and in PostgreSQL's "
+                             "`application_name`", shown="host-pid-random")
+    log_level: str = setting("info", "DELIVERER_LOG_LEVEL", "debug, info, warning or error")
+    log_format: str = setting("auto", "DELIVERER_LOG_FORMAT", "json, console, or auto: JSON lines unless stderr is "
+                              "a terminal")
 
     def validated(self) -> "Settings":
         if self.http_timeout <= 0:
@@ -124,28 +152,18 @@ class Settings:
         return len(self.retry_delays) + 1
 
 
-_ENV = {
-    "database_url": "DATABASE_URL",
-    "listen_database_url": "DELIVERER_LISTEN_DATABASE_URL",
-    "prepared_statements": "DELIVERER_PREPARED_STATEMENTS",
-    "http_timeout": "DELIVERER_HTTP_TIMEOUT",
-    "lease_seconds": "DELIVERER_LEASE_SECONDS",
-    "batch_size": "DELIVERER_BATCH_SIZE",
-    "max_in_flight": "DELIVERER_MAX_IN_FLIGHT",
-    "endpoint_max_in_flight": "DELIVERER_ENDPOINT_MAX_IN_FLIGHT",
-    "endpoint_rate_limit": "DELIVERER_ENDPOINT_RATE_LIMIT",
-    "endpoint_initial_concurrency": "DELIVERER_ENDPOINT_INITIAL_CONCURRENCY",
-    "poll_interval": "DELIVERER_POLL_INTERVAL",
-    "retry_delays": "DELIVERER_RETRY_DELAYS",
-    "retry_jitter": "DELIVERER_RETRY_JITTER",
-    "shutdown_grace": "DELIVERER_SHUTDOWN_GRACE",
-    "allow_insecure_urls": "DELIVERER_ALLOW_INSECURE_URLS",
-    "allowed_networks": "DELIVERER_ALLOWED_NETWORKS",
-    "disable_after": "DELIVERER_DISABLE_AFTER",
-    "worker_id": "DELIVERER_WORKER_ID",
-    "log_level": "DELIVERER_LOG_LEVEL",
-    "log_format": "DELIVERER_LOG_FORMAT",
-}
+_ENV: dict[str, str] = {f.name: f.metadata["env"] for f in fields(Settings)}
+
+# Read where they are used (the CLI, deliverer.security.sealing); described here for the settings table.
+ELSEWHERE = (
+    Variable("DELIVERER_SECRET_KEYS", "", "(required)", "Fernet keys sealing endpoint secrets at rest, "
+             "comma-separated: the first seals, all unseal; `deliverer keys generate-encryption-key` makes one"),
+    Variable("DELIVERER_METRICS_PORT", "--metrics-port", "8091 (`run`), 8092 (`api`)", "port of `/metrics`, "
+             "`/livez` and `/readyz` ([Metrics, probes and logs](operations.md#metrics-probes-and-logs)); "
+             "0 picks a free one"),
+    Variable("DELIVERER_API_HOST", "--host", "0.0.0.0", "the address `deliverer api` listens on"),
+    Variable("DELIVERER_API_PORT", "--port", "8080", "the port `deliverer api` listens on"),
+)
 
 
 def convert(name: str, raw: str) -> Any:

@@ -3,7 +3,7 @@
 Labels are bounded sets only: an outcome class, a delivery result, an
 operation name, an HTTP route template and status class. Never an endpoint URL,
 an org, an event id or a raw status code: those would make a time series per
-customer and grow without limit. deploy/ (dashboard and alerts) and the README
+customer and grow without limit. deploy/ (dashboard and alerts) and docs/operations.md
 refer to these names, and a test checks that they agree.
 """
 

@@ -1,4 +1,4 @@
-"""deploy/ held to the code without rendering anything: the dashboard, the alerts, the Dockerfile, the README.
+"""deploy/ held to the code without rendering anything: the dashboard, the alerts, the Dockerfile, the docs.
 
 What needs kubectl or promtool is in tests/system/test_deploy.py.
 """
@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from deliverer.ops.metrics import Metrics
 from tests.support.deploy import DASHBOARD, alert_rules, dashboard_exprs
-from tests.support.paths import DEPLOY, README
+from tests.support.paths import DEPLOY, DOCS
 
 
 def exported_series() -> dict[str, str]:
@@ -45,9 +45,9 @@ def test_alerts_and_dashboard_only_use_exported_metrics() -> None:
 
 
 def test_every_exported_metric_is_documented() -> None:
-    """The README's metrics table lists every metric family the code exports."""
-    readme = README.read_text()
-    missing = sorted({family for family in exported_series().values() if f"`{family}" not in readme})
+    """The operations page's metrics table lists every metric family the code exports."""
+    page = (DOCS / "operations.md").read_text()
+    missing = sorted({family for family in exported_series().values() if f"`{family}" not in page})
     assert missing == []
 
 
