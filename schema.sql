@@ -137,7 +137,7 @@ CREATE TABLE IF NOT EXISTS webhook_endpoint (
 -- Columns added after the first release: ADD COLUMN IF NOT EXISTS migrates databases
 -- created before them.
 -- Secret rotation keeps the previous secret valid for a grace period; requests are
--- signed with both meanwhile (see README, "Secret rotation").
+-- signed with both meanwhile (see docs/security.md, "Secret rotation").
 ALTER TABLE webhook_endpoint ADD COLUMN IF NOT EXISTS previous_secret text;
 ALTER TABLE webhook_endpoint ADD COLUMN IF NOT EXISTS previous_secret_expires_at timestamptz;
 -- Why the endpoint was disabled (NULL while enabled, or when disabled by hand).
@@ -345,6 +345,6 @@ $$;
 -- The safety net: a row no daily partition covers lands here rather than failing
 -- the producer's transaction when partition maintenance has lapsed. Retention never
 -- drops these, and no daily partition is created over rows they hold (maintenance
--- reports such ranges instead; see README, "Retention").
+-- reports such ranges instead; see docs/operations.md, "Retention").
 CREATE TABLE IF NOT EXISTS outbox_event_default PARTITION OF outbox_event DEFAULT;
 CREATE TABLE IF NOT EXISTS delivery_log_default PARTITION OF delivery_log DEFAULT;

@@ -58,7 +58,7 @@ GRAPHILE_WORKER: dict[str, Any] = {
 """graphile-worker's preset.worker. Its performance page's configuration (localQueue 500, batched
 completion and failure with delay 0, prepared statements: the default) with concurrentJobs raised from
 its 24, a figure for CPU-bound jobs, towards the deliverer's 200 sends in flight, since these jobs
-wait on the network; see README "Performance" for the counts tried. pollInterval 1 s is the
+wait on the network; see docs/performance.md for the counts tried. pollInterval 1 s is the
 deliverer's poll interval (new jobs arrive by NOTIFY either way)."""
 
 PGQUEUER: dict[str, Any] = {"batch_size": 100, "max_concurrent_tasks": 200, "dequeue_timeout_s": 1.0}

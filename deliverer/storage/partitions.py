@@ -51,6 +51,7 @@ MAINTENANCE_INTERVAL = 3600.0  # seconds between a deliverer's attempts to creat
 MIN_OLDER_THAN = timedelta(days=1)
 DEDUPE_BATCH = 5000
 TABLES = ("outbox_event", "delivery_log")
+RETENTION_DOCS = "docs/operations.md, Retention"  # where operators read what a skipped partition means
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DURATION = re.compile(r"(\d+)([dhm])")
@@ -190,7 +191,8 @@ def ensure(conn: psycopg.Connection, now: datetime | None = None, *, days_ahead:
             name = partition_name(table, low)
             bounds = {"low": _key(table, low), "high": _key(table, high)}
             if _one(conn, QUERIES[f"partition_default_has_{table}"], bounds)[0]:
-                reason = f"the default partition {table}_default holds rows in this range; see README, Retention"
+                reason = (f"the default partition {table}_default holds rows in this range; "
+                          f"see {RETENTION_DOCS}")
                 log.warning("partition not created", partition=name, reason=reason)
                 decisions.append(Decision("skipped", table, name, low, high, reason))
             elif dry_run:
@@ -302,8 +304,7 @@ def _drop_older(conn: psycopg.Connection, report: RetentionReport) -> None:
     for p in list_partitions(conn):
         if p.high is None:
             rows = default_rows[p.table]
-            reason = (f"holds {_count(rows, 'row')} no other partition covers; see README, Retention" if rows
-                      else "empty")
+            reason = f"holds {_count(rows, 'row')} no other partition covers; see {RETENTION_DOCS}" if rows else "empty"
             report.decisions.append(Decision("kept", p.table, p.name, p.low, p.high, reason))
         elif p.high > report.cutoff:
             report.decisions.append(Decision("kept", p.table, p.name, p.low, p.high))

@@ -180,7 +180,8 @@ def test_lapsed_maintenance_never_fails_a_producer_and_is_reported(dsn: str, db:
     assert all("default partition" in d.reason for d in decisions)
     report = partitions.retain(db, timedelta(days=30))
     assert {(d.name, d.reason) for d in report.decisions if d.high is None} == {
-        (f"{t}_default", "holds 1 row no other partition covers; see README, Retention") for t in partitions.TABLES}
+        (f"{t}_default", f"holds 1 row no other partition covers; see {partitions.RETENTION_DOCS}")
+        for t in partitions.TABLES}
     assert (count(db, "outbox_event"), count(db, "delivery_log")) == (1, 1)
 
 

@@ -39,7 +39,7 @@ pytestmark = pytest.mark.skipif(pgbouncer_binary() is None,
                                 reason="pgbouncer is not installed (Debian package pgbouncer; .ci/run installs it)")
 
 SERVER_CONNECTIONS = 2
-# What the README tells operators to set behind a transaction pooler.
+# What docs/operations.md tells operators to set behind a transaction pooler.
 POOLED = {"DELIVERER_PREPARED_STATEMENTS": "0"}
 
 
