@@ -8,6 +8,8 @@ the bare package is the producer side, ``outbox``, on psycopg alone.
 import sys
 from importlib.metadata import version
 from importlib.util import find_spec
+from itertools import pairwise
+from pathlib import Path
 
 __version__ = version("docextract-webhooks")  # pyproject.toml's [project] version, the one place it is written
 
@@ -20,6 +22,6 @@ if _missing:
                 "pip install 'docextract-webhooks[deliverer]'")
     # The `deliverer` command (and `python -m deliverer`) says so in one line, as for any
     # other setup error; an application importing the package gets an ImportError.
-    if sys.argv[0].endswith(("/deliverer", "\\deliverer.exe")) or sys.orig_argv[1:3] == ["-m", "deliverer"]:
+    if Path(sys.argv[0]).stem == "deliverer" or ("-m", "deliverer") in pairwise(sys.orig_argv):
         sys.exit(f"deliverer: error: {_message}")
     raise ModuleNotFoundError(_message, name=_missing[0])
