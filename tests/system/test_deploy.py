@@ -3,8 +3,10 @@
 The checks that only read files (dashboard, alerts, Dockerfile) are in tests/unit/test_deploy.py.
 """
 
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import psycopg
@@ -120,3 +122,28 @@ def test_dashboard_expressions_pass_promtool(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     result = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_image_build_stage_copies_all_the_wheel_needs(tmp_path: Path) -> None:
+    """The files the Dockerfile's build stage copies are enough to build the package's wheel, schema and license
+    included."""
+    lines = (DEPLOY / "Dockerfile").read_text().splitlines()
+    build_stage = lines[:[i for i, line in enumerate(lines) if line.startswith("FROM ")][1]]
+    context = tmp_path / "context"
+    context.mkdir()
+    for line in build_stage:
+        if line.startswith("COPY "):
+            *sources, target = line.split()[1:]
+            for source in sources:
+                destination = context / (source if target == "./" else target)
+                if (DEPLOY.parent / source).is_dir():  # as COPY does: a symlink stays one (schema.sql is)
+                    shutil.copytree(DEPLOY.parent / source, destination, symlinks=True)
+                else:
+                    shutil.copy(DEPLOY.parent / source, destination)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "-w", str(tmp_path / "wheels"), str(context)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stdout + built.stderr
+    [wheel] = (tmp_path / "wheels").glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "deliverer/storage/schema.sql" in names
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names), names
