@@ -4,8 +4,8 @@ Each field of :class:`Settings` is declared with :func:`setting`: its variable,
 what it means and its default as people read it. That declaration is the one
 source of the settings table in docs/configuration.md (``make docs-tables``
 rewrites it; a test fails when it is stale) and of the variable names the
-flags' help and the error messages use. ``ELSEWHERE`` describes the few variables read outside
-``Settings``, for the same table.
+flags' help and the error messages use. ``ELSEWHERE`` describes the few
+variables read outside ``Settings``, for the same table.
 """
 
 import os
@@ -152,7 +152,14 @@ class Settings:
         return len(self.retry_delays) + 1
 
 
-_ENV: dict[str, str] = {f.name: f.metadata["env"] for f in fields(Settings)}
+def _variables() -> dict[str, str]:
+    undeclared = [f.name for f in fields(Settings) if "env" not in f.metadata]
+    if undeclared:  # a field added as `name: type = default` has no variable and no line in the docs
+        raise TypeError(f"Settings.{undeclared[0]}: declare it with setting(default, env, meaning)")
+    return {f.name: f.metadata["env"] for f in fields(Settings)}
+
+
+_ENV = _variables()
 
 # Read where they are used (the CLI, deliverer.security.sealing); described here for the settings table.
 ELSEWHERE = (
