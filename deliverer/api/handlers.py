@@ -5,13 +5,12 @@ Each reads its request through ``validation``, works through ``registry`` and ``
 answers JSON in the shapes of ``openapi.json``; whatever belongs to another org is not found.
 """
 
-import json
-from importlib import resources
 from typing import Any
 
 import psycopg
 from aiohttp import web
 
+from deliverer.api import openapi
 from deliverer.api.context import KEY_ID, ORG, POOL, SENDER, SETTINGS
 from deliverer.api.errors import ApiError, not_found
 from deliverer.api.validation import (
@@ -34,7 +33,7 @@ from deliverer.registry import endpoints
 from deliverer.registry.endpoints import EndpointError
 from outbox.ids import delivery_public_id, parse_delivery_id, parse_event_id
 
-OPENAPI: dict[str, Any] = json.loads(resources.files(__package__).joinpath("openapi.json").read_text())
+OPENAPI: dict[str, Any] = openapi.document()
 
 
 async def openapi_document(request: web.Request) -> web.Response:
