@@ -7,16 +7,10 @@
 
 (() => {
   const KEY_STORE = "docextract.dashboard.apiKey";
-  const EVENT_TYPES = ["job.completed", "job.failed", "credits.low_balance", "credits.depleted", "webhook.test",
-                       "webhook.endpoint_disabled"];
-  const EVENT_HINTS = {
-    "job.completed": "a document was processed",
-    "job.failed": "a document could not be processed",
-    "credits.low_balance": "credits are running low",
-    "credits.depleted": "credits have run out",
-    "webhook.test": "test events sent from this page",
-    "webhook.endpoint_disabled": "another endpoint was disabled automatically",
-  };
+  // The event catalog, from the API's own OpenAPI document (its webhooks section): the types and
+  // what each means are never copied into this page. Filled in by loadCatalog before anything renders.
+  const EVENT_TYPES = [];
+  const EVENT_HINTS = {};
   const KIND_LABELS = {
     scheduled: "Scheduled",
     replay_requested: "Replay requested",
@@ -728,7 +722,22 @@
 
   // Wiring -----------------------------------------------------------------------------
 
-  function init() {
+  async function loadCatalog() {
+    const doc = await attempt(() => api("GET", "/v1/openapi.json", undefined, null),
+      (message) => showFieldError("signin-error", `The list of event types could not be loaded: ${message}`));
+    if (doc === undefined) return false;
+    for (const [type, hook] of Object.entries(doc.webhooks)) {
+      EVENT_TYPES.push(type);
+      EVENT_HINTS[type] = hook.post.summary;
+    }
+    return true;
+  }
+
+  async function init() {
+    if (!await loadCatalog()) {
+      show("signin");
+      return;
+    }
     $("add-events").replaceChildren(eventsFieldset("add", ["*"]));
     const typeFilter = $("filter-event-type");
     for (const type of EVENT_TYPES) typeFilter.append(h("option", { value: type, text: type }));
