@@ -13,7 +13,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json
 
 from deliverer import __version__
 from deliverer.api import catalog, models
-from deliverer.api.validation import MAX_PAGE
+from deliverer.api.validation import DEFAULT_PAGE, MAX_PAGE
 from deliverer.facts import Outcome
 from outbox.catalog import EVENT_TYPES
 
@@ -67,7 +67,7 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 _WEBHOOK_ID = _path("webhook_id", "ep", "^ep_[A-Za-z0-9]+$")
 _DELIVERY_ID = _path("delivery_id", "dlv", "^dlv_[0-9a-f]{32}$")
 _EVENT_ID = _path("event_id", "evt", "^evt_[0-9a-f]{32}$")
-_LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50}, "Page size")
+_LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE}, "Page size")
 _ANY_TYPE = "(" + "|".join(t.replace(".", r"\.") for t in EVENT_TYPES) + ")"
 
 

@@ -21,6 +21,7 @@ from deliverer.facts import Outcome
 from outbox.catalog import EVENT_TYPES
 
 MAX_PAGE = 100
+DEFAULT_PAGE = 50
 OUTCOMES = tuple(Outcome)
 
 
@@ -114,7 +115,7 @@ def query_timestamp(request: web.Request, name: str) -> datetime | None:
 
 
 def page_limit(request: web.Request) -> int:
-    raw = request.query.get("limit", "50")
+    raw = request.query.get("limit", str(DEFAULT_PAGE))
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
         raise ApiError(422, "invalid_request", f"limit must be a whole number from 1 to {MAX_PAGE}", "limit")
     return int(raw)
