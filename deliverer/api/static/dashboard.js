@@ -734,14 +734,6 @@
   }
 
   async function init() {
-    if (!await loadCatalog()) {
-      show("signin");
-      return;
-    }
-    $("add-events").replaceChildren(eventsFieldset("add", ["*"]));
-    const typeFilter = $("filter-event-type");
-    for (const type of EVENT_TYPES) typeFilter.append(h("option", { value: type, text: type }));
-
     $("signin-form").addEventListener("submit", signIn);
     $("sign-out").addEventListener("click", () => signOut());
     $("endpoints-refresh").addEventListener("click", async () => {
@@ -784,6 +776,16 @@
     for (const button of document.querySelectorAll("[data-back]")) {
       button.addEventListener("click", () => back(button.dataset.back));
     }
+
+    // The listeners above hear whatever is done while the catalog loads; nothing that lists the
+    // event types is drawn before it has.
+    if (!await loadCatalog()) {
+      show("signin");
+      return;
+    }
+    $("add-events").replaceChildren(eventsFieldset("add", ["*"]));
+    const typeFilter = $("filter-event-type");
+    for (const type of EVENT_TYPES) typeFilter.append(h("option", { value: type, text: type }));
 
     const key = sessionStorage.getItem(KEY_STORE);
     if (!key) {
