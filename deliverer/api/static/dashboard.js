@@ -29,7 +29,7 @@
   const state = {
     endpoints: [],
     view: "signin",
-    logs: { endpoint: null, cursors: [null], next: null, timer: null, loading: false },
+    logs: { endpoint: null, cursors: [null], next: null, timer: null, loading: false, queued: null },
     delivery: { id: null, data: null, event: null, timer: null, from: "logs" },
   };
 
@@ -529,7 +529,12 @@
 
   async function loadLogs(announce) {
     const logs = state.logs;
-    if (logs.loading || !logs.endpoint) return;
+    if (!logs.endpoint) return;
+    if (logs.loading) {
+      // A filter changed while a page was on its way: load again when it lands, with the new filters.
+      logs.queued = logs.queued === true || announce;
+      return;
+    }
     logs.loading = true;
     const params = new URLSearchParams();
     for (const name of ["event_type", "outcome"]) {
@@ -554,6 +559,9 @@
       }
     } finally {
       logs.loading = false;
+      const queued = logs.queued;
+      logs.queued = null;
+      if (queued !== null) loadLogs(queued);
     }
   }
 
