@@ -1,9 +1,9 @@
 """The API's errors: the exception every refusal raises and the one JSON shape it answers with,
 ``{"error": {"code", "message", "field"?}}``."""
 
-from typing import Any
-
 from aiohttp import web
+
+from deliverer.api.models import Error, ErrorBody
 
 
 class ApiError(Exception):
@@ -21,7 +21,5 @@ def not_found(what: str) -> ApiError:
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if field is not None:
-        error["field"] = field
-    return web.json_response({"error": error}, status=status)
+    body = Error(error=ErrorBody(code=code, message=message, field=field))
+    return web.json_response(body.model_dump(exclude_none=True), status=status)

@@ -2,30 +2,27 @@
 test events, delivery logs and recovery, deliveries and their replay, events.
 
 Each reads its request through ``validation``, works through ``registry`` and ``history``, and
-answers JSON in the shapes of ``openapi.json``; whatever belongs to another org is not found.
+answers JSON in the shapes of ``models``; whatever belongs to another org is not found.
 """
 
-import json
-from importlib import resources
 from typing import Any
 
 import psycopg
 from aiohttp import web
 
+from deliverer.api import models, openapi
 from deliverer.api.context import KEY_ID, ORG, POOL, SENDER, SETTINGS
 from deliverer.api.errors import ApiError, not_found
 from deliverer.api.validation import (
-    event_list,
     event_type_filter,
     event_types_filter,
-    json_object,
+    json_body,
     known_query,
     outcome_filter,
     page_limit,
     parse_id,
     query_timestamp,
     recovery_window,
-    typed,
     webhook_changes,
 )
 from deliverer.history import logs as history
@@ -34,7 +31,7 @@ from deliverer.registry import endpoints
 from deliverer.registry.endpoints import EndpointError
 from outbox.ids import delivery_public_id, parse_delivery_id, parse_event_id
 
-OPENAPI: dict[str, Any] = json.loads(resources.files(__package__).joinpath("openapi.json").read_text())
+OPENAPI: dict[str, Any] = openapi.document()
 
 
 async def openapi_document(request: web.Request) -> web.Response:
@@ -54,20 +51,15 @@ def _endpoint_json(endpoint: endpoints.Endpoint) -> dict[str, Any]:
     return out
 
 
-_LIMITS = ("max_in_flight", "rate_limit")
-
-
 async def create_webhook(request: web.Request) -> web.Response:
-    body = await json_object(request, {"url", "events", "description", *_LIMITS})
-    url = typed(body, "url", str, "an https:// URL", required=True)
-    events = event_list(body)
-    description = typed(body, "description", str, "a string") or ""
-    limits = endpoints.Limits(**{name: body.get(name) for name in _LIMITS})
+    body = await json_body(request, models.WebhookCreate)
+    limits = endpoints.Limits(body.max_in_flight, body.rate_limit)
     async with request.app[POOL].connection() as conn:
         try:
             endpoint = await endpoints.add_async(
-                conn, org_id=request[ORG], url=url, event_types=events, description=description, limits=limits,
-                allow_insecure=request.app[SETTINGS].allow_insecure_urls, allowed=request.app[SETTINGS].networks)
+                conn, org_id=request[ORG], url=body.url, event_types=body.events, description=body.description,
+                limits=limits, allow_insecure=request.app[SETTINGS].allow_insecure_urls,
+                allowed=request.app[SETTINGS].networks)
         except EndpointError as exc:
             raise _invalid(exc) from None
     return web.json_response(_endpoint_json(endpoint), status=201)
@@ -80,9 +72,9 @@ async def list_webhooks(request: web.Request) -> web.Response:
 
 
 async def send_test_event(request: web.Request) -> web.Response:
-    body = await json_object(request, {"webhook_url", "webhook_id"})
-    url = typed(body, "webhook_url", str, "the URL of a registered webhook")
-    webhook_id = typed(body, "webhook_id", str, "a webhook id")
+    body = await json_body(request, models.TestRequest)
+    url = body.webhook_url if "webhook_url" in body.model_fields_set else None
+    webhook_id = body.webhook_id if "webhook_id" in body.model_fields_set else None
     if (url is None) == (webhook_id is None):
         raise ApiError(422, "invalid_request", "send exactly one of webhook_url or webhook_id", "webhook_url")
     async with request.app[POOL].connection() as conn:
@@ -120,7 +112,7 @@ async def get_webhook(request: web.Request) -> web.Response:
 
 
 async def update_webhook(request: web.Request) -> web.Response:
-    changes = webhook_changes(await json_object(request, {"url", "events", "description", "enabled", *_LIMITS}))
+    changes = webhook_changes(await json_body(request, models.WebhookUpdate))
     async with request.app[POOL].connection() as conn:
         try:
             endpoint = await endpoints.update(conn, request.match_info["webhook_id"], request[ORG],
@@ -169,17 +161,15 @@ async def webhook_logs(request: web.Request) -> web.Response:
 
 
 async def recover_webhook(request: web.Request) -> web.Response:
-    body = await json_object(request, {"since", "until", "dry_run"})
+    body = await json_body(request, models.RecoverRequest)
     since, until = recovery_window(body)
-    dry_run = bool(typed(body, "dry_run", bool, "true or false"))
+    dry_run = body.dry_run
     async with request.app[POOL].connection() as conn:
         endpoint = await _own_endpoint(request, conn)
         ids = await replay.recover(conn, endpoint.id, org_id=request[ORG], since=since, until=until,
                                    actor=f"api:{request[KEY_ID]}", dry_run=dry_run)
-    return web.json_response({
-        "dry_run": dry_run, "count": len(ids),
-        "delivery_ids": [delivery_public_id(i) for i in ids],
-    }, status=200 if dry_run else 202)
+    result = models.RecoverResult(dry_run=dry_run, count=len(ids), delivery_ids=[delivery_public_id(i) for i in ids])
+    return web.json_response(result.model_dump(), status=200 if dry_run else 202)
 
 
 # Deliveries --------------------------------------------------------------------

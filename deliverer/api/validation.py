@@ -1,4 +1,4 @@
-"""Reading requests: JSON bodies, typed fields, timestamps, page limits, ids and filters.
+"""Reading requests: JSON bodies (as the ``models``), timestamps, page limits, ids and filters.
 
 Each refusal is an ApiError naming the field (or query parameter) it is about. What
 may be registered as an endpoint is checked by ``deliverer.registry``, not here, so
@@ -9,21 +9,27 @@ import json
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from multidict import MultiMapping
+from pydantic import ValidationError
 
+from deliverer.api import models
 from deliverer.api.errors import ApiError, not_found
 from deliverer.facts import Outcome
 from outbox.catalog import EVENT_TYPES
 
 MAX_PAGE = 100
+DEFAULT_PAGE = 50
 OUTCOMES = tuple(Outcome)
 
 
-async def json_object(request: web.Request, allowed: set[str]) -> dict[str, Any]:
-    """The body as a JSON object with no field outside ``allowed`` and no NUL anywhere."""
+R = TypeVar("R", bound=models.Request)
+
+
+async def json_body(request: web.Request, model: type[R]) -> R:
+    """The body as ``model``: a JSON object with no field outside it, none of the wrong type, no NUL anywhere."""
     raw = await request.read()
     if not raw:
         raise ApiError(400, "invalid_json", "the request body is empty; send a JSON object")
@@ -36,11 +42,23 @@ async def json_object(request: web.Request, allowed: set[str]) -> dict[str, Any]
     for name, value in body.items():
         if _has_nul(value):
             raise ApiError(422, "invalid_request", f"{name} contains a NUL character, which is not allowed", name)
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise ApiError(422, "invalid_request", f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}",
-                       unknown[0])
-    return body
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise _refusal(model, exc) from None
+
+
+def _refusal(model: type[models.Request], exc: ValidationError) -> ApiError:
+    """The first of pydantic's complaints in the API's words, an unknown field before any other."""
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    name = str(errors[0]["loc"][0])
+    if errors[0]["type"] == "extra_forbidden":
+        allowed = ", ".join(sorted(model.model_fields))
+        return ApiError(422, "invalid_request", f"unknown field {name!r}; allowed: {allowed}", name)
+    label = next(m.text for m in model.model_fields[name].metadata if isinstance(m, models.Label))
+    if errors[0]["type"] == "missing":
+        return ApiError(422, "invalid_request", f"{name} is required ({label})", name)
+    return ApiError(422, "invalid_request", f"{name} must be {label}", name)
 
 
 def _has_nul(value: Any) -> bool:
@@ -54,41 +72,12 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
-def typed(body: dict[str, Any], name: str, kind: type | tuple[type, ...], label: str, *,
-          required: bool = False) -> Any:
-    """``body[name]`` if it is of ``kind`` (``label`` says what that is), None if absent and optional."""
-    if name not in body:
-        if required:
-            raise ApiError(422, "invalid_request", f"{name} is required ({label})", name)
-        return None
-    value = body[name]  # an explicit null is a wrong type, not an absent field
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise ApiError(422, "invalid_request", f"{name} must be {label}", name)
-    return value
-
-
-def event_list(body: dict[str, Any]) -> list[str] | None:
-    events: list[str] | None = typed(body, "events", list, 'a list of event types, or ["*"] for all')
-    if events is not None and not all(isinstance(e, str) for e in events):
-        raise ApiError(422, "invalid_request", "events must be a list of strings", "events")
-    return events
-
-
-def webhook_changes(body: dict[str, Any]) -> dict[str, Any]:
-    """An update's changes as ``registry.endpoints.update`` takes them; events and the limits only when
-    sent, since an absent one keeps the endpoint's and an explicit one (null too) replaces it. The
-    limits' values are checked by the registry, as the CLI's are."""
-    changes: dict[str, Any] = {
-        "url": typed(body, "url", str, "an https:// URL"),
-        "description": typed(body, "description", str, "a string"),
-        "enabled": typed(body, "enabled", bool, "true or false"),
-    }
-    if "events" in body:
-        changes["event_types"] = event_list(body)
-    for name in ("max_in_flight", "rate_limit"):  # null is the default, so only a field left out is kept
-        if name in body:
-            changes[name] = body[name]
-    return changes
+def webhook_changes(body: models.WebhookUpdate) -> dict[str, Any]:
+    """An update's changes as ``registry.endpoints.update`` takes them: only the fields sent, since an
+    absent one keeps the endpoint's and an explicit one (null too, for the limits) replaces it. The
+    values are checked by the registry, as the CLI's are."""
+    names = {"events": "event_types"}
+    return {names.get(name, name): getattr(body, name) for name in body.model_fields_set}
 
 
 def timestamp(value: str, name: str) -> datetime:
@@ -102,11 +91,11 @@ def timestamp(value: str, name: str) -> datetime:
     return parsed
 
 
-def recovery_window(body: dict[str, Any]) -> tuple[datetime, datetime]:
+def recovery_window(body: models.RecoverRequest) -> tuple[datetime, datetime]:
     """[since, until) of a recovery; until defaults to just after now, so events of this second count."""
-    since = timestamp(typed(body, "since", str, "an ISO-8601 timestamp", required=True), "since")
-    until_raw = typed(body, "until", str, "an ISO-8601 timestamp")
-    until = timestamp(until_raw, "until") if until_raw is not None else datetime.now(UTC) + timedelta(seconds=1)
+    since = timestamp(body.since, "since")
+    until = timestamp(body.until, "until") if "until" in body.model_fields_set else (
+        datetime.now(UTC) + timedelta(seconds=1))
     if until <= since:
         raise ApiError(422, "invalid_request", "until must be later than since", "until")
     return since, until
@@ -126,7 +115,7 @@ def query_timestamp(request: web.Request, name: str) -> datetime | None:
 
 
 def page_limit(request: web.Request) -> int:
-    raw = request.query.get("limit", "50")
+    raw = request.query.get("limit", str(DEFAULT_PAGE))
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
         raise ApiError(422, "invalid_request", f"limit must be a whole number from 1 to {MAX_PAGE}", "limit")
     return int(raw)

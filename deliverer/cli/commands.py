@@ -12,7 +12,6 @@ import asyncio
 import errno
 import gc
 import getpass
-import json
 import os
 import signal
 import uuid
@@ -27,12 +26,14 @@ import structlog
 
 from deliverer import settings as config
 from deliverer.cli import output
+from deliverer.cli.terminal import progress_bars
 from deliverer.delivery import backlog
 from deliverer.history import logs as history
 from deliverer.history import projection
 from deliverer.ops import probes
 from deliverer.registry import apikeys, endpoints
 from deliverer.storage import connections, schema
+from outbox.catalog import EVENT_TYPES
 from outbox.ids import delivery_public_id, parse_delivery_id
 
 CLI_APPLICATION_NAME = "deliverer-cli"
@@ -136,8 +137,11 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     with _connect(settings) as conn:
-        schema.migrate(conn)
-    print("schema is up to date")
+        decisions = schema.migrate(conn)
+    if args.json:
+        output.print_json({"schema": "up to date", "partitions": [vars(d) for d in decisions]})
+    else:
+        print("schema is up to date")
     return 0
 
 
@@ -325,7 +329,11 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 def cmd_keys_generate_encryption_key(args: argparse.Namespace) -> int:
     from deliverer.security import sealing
 
-    print(sealing.new_key())
+    key = sealing.new_key()
+    if args.json:
+        output.print_json({"key": key})
+    else:
+        print(key)
     return 0
 
 
@@ -338,7 +346,10 @@ def cmd_reseal(args: argparse.Namespace) -> int:
             count = endpoints.reseal_secrets(conn)
         except sealing.SealingError as exc:
             raise config.ConfigError(str(exc)) from None
-    print(f"re-sealed the secrets of {count} endpoints with the first key of {sealing.ENV}")
+    if args.json:
+        output.print_json({"resealed": count})
+    else:
+        print(f"re-sealed the secrets of {count} endpoints with the first key of {sealing.ENV}")
     return 0
 
 
@@ -348,14 +359,25 @@ def cmd_reseal(args: argparse.Namespace) -> int:
 def cmd_rebuild(args: argparse.Namespace) -> int:
     with _connect(_settings(args)) as conn:
         if args.check:
-            differences = projection.diff(conn)
-            for difference in differences:
-                print(output.difference_line(difference))
-            print(f"{len(differences)} rows differ" if differences else "delivery_queue matches the log")
-            return 1 if differences else 0
-        count = projection.rebuild(conn)
-    print(f"delivery_queue rebuilt from the log: {count} open deliveries")
+            return _check_projection(conn, args.json)
+        with progress_bars() as progress:
+            count = projection.rebuild(conn, progress)
+    if args.json:
+        output.print_json({"open_deliveries": count})
+    else:
+        print(f"delivery_queue rebuilt from the log: {count} open deliveries")
     return 0
+
+
+def _check_projection(conn: psycopg.Connection, as_json: bool) -> int:
+    differences = projection.diff(conn)
+    if as_json:
+        output.print_json({"matches": not differences, "differences": [d._asdict() for d in differences]})
+    else:
+        for difference in differences:
+            print(output.difference_line(difference))
+        print(f"{len(differences)} rows differ" if differences else "delivery_queue matches the log")
+    return 1 if differences else 0
 
 
 def cmd_retention(args: argparse.Namespace) -> int:
@@ -369,9 +391,14 @@ def cmd_retention(args: argparse.Namespace) -> int:
         raise config.ConfigError(
             f"--older-than {args.older_than} is less than a day: deliveries retry for over an hour and replays "
             "need their history; pass --force to drop that recent data anyway")
-    with _connect(_settings(args)) as conn:
-        report = partitions.retain(conn, older_than, dry_run=args.dry_run)
-    print("\n".join(report.lines()))
+    with _connect(_settings(args)) as conn, progress_bars() as progress:
+        report = partitions.retain(conn, older_than, dry_run=args.dry_run, progress=progress)
+    if args.json:
+        output.print_json({"cutoff": report.cutoff, "dry_run": report.dry_run,
+                           "decisions": [vars(d) for d in report.decisions], "dedupe_before": report.dedupe_before,
+                           "dedupe_pruned": report.dedupe_pruned, "notes": report.notes})
+    else:
+        print("\n".join(report.lines()))
     return 0
 
 
@@ -384,13 +411,15 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
     if args.json:
         output.print_json([dict(zip(output.DELIVERY_HEADERS, r, strict=True)) for r in rows])
     else:
-        print(output.format_table(output.DELIVERY_HEADERS, rows))
+        output.print_table(output.DELIVERY_HEADERS, rows)
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
     settings = _settings(args)
     since = _timestamp(args.since, "--since") if args.since else None
+    if args.event_type is not None and args.event_type not in EVENT_TYPES:
+        raise config.ConfigError(f"--event-type must be one of {', '.join(EVENT_TYPES)}, got {args.event_type!r}")
 
     async def fetch() -> list[dict[str, Any]]:
         async with await _aconnect(settings) as conn:
@@ -402,7 +431,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     if args.json:
         output.print_json(items)
     else:
-        print(output.format_table(output.LOG_HEADERS, output.log_rows(items)))
+        output.print_table(output.LOG_HEADERS, output.log_rows(items))
     return 0
 
 
@@ -426,11 +455,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     done, found = asyncio.run(run())
     if found is None:
         raise config.ConfigError(f"no delivery {args.delivery_id}")
-    if not done:
+    if args.json:
+        output.print_json({"delivery_id": args.delivery_id, "replayed": bool(done),
+                           "series": done[0].series if done else found["series"], "state": found["state"]})
+    elif not done:
         print(f"{args.delivery_id} is {found['state']}; only delivered or failed deliveries can be replayed")
-        return 1
-    print(f"{args.delivery_id}: attempt series {done[0].series} scheduled")
-    return 0
+    else:
+        print(f"{args.delivery_id}: attempt series {done[0].series} scheduled")
+    return 0 if done else 1
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
@@ -444,10 +476,15 @@ def cmd_recover(args: argparse.Namespace) -> int:
         async with await _aconnect(settings) as conn:
             if await endpoints.get(conn, args.endpoint, None) is None:
                 raise config.ConfigError(f"no endpoint {args.endpoint!r}; `deliverer endpoints list` shows the ids")
-            return await replay.recover(conn, args.endpoint, org_id=None, since=since, until=until,
-                                        actor=_actor(), dry_run=args.dry_run)
+            with progress_bars() as progress:
+                return await replay.recover(conn, args.endpoint, org_id=None, since=since, until=until,
+                                            actor=_actor(), dry_run=args.dry_run, progress=progress)
 
     ids = asyncio.run(run())
+    if args.json:
+        output.print_json({"dry_run": args.dry_run, "count": len(ids),
+                           "delivery_ids": [delivery_public_id(i) for i in ids]})
+        return 0
     verb = "would replay" if args.dry_run else "replayed"
     print(f"{verb} {len(ids)} failed deliveries of {args.endpoint}")
     for delivery_id in ids:
@@ -475,7 +512,7 @@ def cmd_test_webhook(args: argparse.Namespace) -> int:
 
     outcome = asyncio.run(run())
     if args.json:
-        print(json.dumps(outcome, indent=2))
+        output.print_json(outcome)
     elif outcome["delivered"]:
         print(f"delivered: HTTP {outcome['http_status']} in {outcome['response_time_ms']} ms "
               f"({outcome['event_id']})")

@@ -1,15 +1,21 @@
-"""What the ``deliverer`` command prints: aligned tables, their headings and rows, and JSON.
+"""What the ``deliverer`` command prints: tables, their headings and rows, and JSON.
 
+A table is drawn with rich for a person at a terminal and as plain aligned columns
+into a pipe or a file, which scripts can cut and grep; ``--json`` is for programs.
 The demo prints the same delivery and attempt tables, so this module imports
 neither the commands nor ``deliverer.dev``.
 """
 
 import json
+import sys
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import psycopg
+from rich import box
+from rich.console import Console
+from rich.table import Table
 
 from deliverer.history import logs as history
 from deliverer.history.projection import Difference
@@ -43,8 +49,24 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """``rows`` under ``headers``: a rich table on a terminal (long cells wrap), aligned text otherwise."""
+    if not sys.stdout.isatty():
+        print(format_table(headers, rows))
+        return
+    table = Table(*headers, box=box.SIMPLE_HEAD, header_style="bold", caption=f"{len(rows)} rows")
+    for row in rows:
+        table.add_row(*(_cell(v) for v in row))
+    Console().print(table)
+
+
+def _json_default(value: Any) -> str:
+    """Times as ISO-8601, anything else (UUIDs) as its text."""
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
 def print_json(value: Any) -> None:
-    print(json.dumps(value, default=str, indent=2))  # default=str: times and UUIDs of table rows as text
+    print(json.dumps(value, default=_json_default, indent=2))
 
 
 def delivery_rows(conn: psycopg.Connection, org_id: str | None, limit: int) -> list[list[Any]]:
@@ -71,9 +93,9 @@ def print_endpoints(items: list[Endpoint], as_json: bool, settings: Settings) ->
     if as_json:
         print_json([e.as_json() for e in items])
         return
-    print(format_table(ENDPOINT_HEADERS, [
+    print_table(ENDPOINT_HEADERS, [
         [e.id, e.org_id, e.url, ",".join(e.event_types or ["*"]), e.enabled, *limit_cells(e, settings)]
-        for e in items]))
+        for e in items])
 
 
 def limit_cells(endpoint: Endpoint, settings: Settings) -> list[str]:

@@ -8,21 +8,39 @@ overridden by the flag of the same name, e.g. DELIVERER_HTTP_TIMEOUT and
 import argparse
 from collections.abc import Callable
 from dataclasses import fields
-from typing import TypeAlias
+from typing import NoReturn, TypeAlias
 
 from deliverer import settings as config
 from deliverer.cli import commands as cmd
 from deliverer.ops import probes
 
-DESCRIPTION = "The ``deliverer`` command."
+DESCRIPTION = "Deliver signed webhooks from the outbox; manage endpoints, API keys and the delivery log."
+EXIT_STATUS = """exit status:
+  0    done
+  1    done, and the answer is no: rebuild-projections --check found differences,
+       test-webhook was not delivered, replay found the delivery still open
+  2    refused: a wrong argument or setting, a missing key, an unreachable or
+       outdated database; one line on stderr says what to fix
+  130  interrupted (Ctrl-C)
+"""
+
+JSON_HELP = "print JSON for scripts instead of text"
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage mistakes as the CLI's other refusals: one line on stderr, status 2, not the full usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 Command = Callable[[argparse.Namespace], int]
 # What add_subparsers returns: argparse names it only privately, and generic only to type checkers.
-Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Subcommands: TypeAlias = "argparse._SubParsersAction[Parser]"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deliverer", description=DESCRIPTION)
+    parser = Parser(prog="deliverer", description=DESCRIPTION, epilog=EXIT_STATUS,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _running(commands)
     _endpoints(commands)
@@ -31,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                           cmd.cmd_deliveries)
     deliveries.add_argument("--org", help="only this org's deliveries")
     deliveries.add_argument("--limit", type=int, default=50)
-    deliveries.add_argument("--json", action="store_true")
+    deliveries.add_argument("--json", action="store_true", help=JSON_HELP)
     _command(commands, "demo", "run the end-to-end demo (embedded PostgreSQL unless DATABASE_URL is set)",
              cmd.cmd_demo)
     _api(commands)
@@ -54,15 +72,19 @@ def setting_flags(parser: argparse.ArgumentParser, skip: frozenset[str] = frozen
             group.add_argument(flag, metavar=f.name.upper(), default=None, help=config.env_name(f.name))
 
 
-def _command(commands: Subcommands, name: str, help_text: str, func: Command) -> argparse.ArgumentParser:
-    sub = commands.add_parser(name, help=help_text, description=help_text)
+def _command(commands: Subcommands, name: str, help_text: str, func: Command, *,
+             json: bool = False) -> argparse.ArgumentParser:
+    sub = commands.add_parser(name, help=help_text, description=help_text, epilog=EXIT_STATUS,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     sub.set_defaults(func=func)
+    if json:
+        sub.add_argument("--json", action="store_true", help=JSON_HELP)
     setting_flags(sub)
     return sub
 
 
 def _running(commands: Subcommands) -> None:
-    _command(commands, "migrate", "apply schema.sql (idempotent)", cmd.cmd_migrate)
+    _command(commands, "migrate", "apply schema.sql (idempotent)", cmd.cmd_migrate, json=True)
     run = _command(commands, "run", "deliver webhooks until SIGTERM", cmd.cmd_run)
     run.add_argument("--metrics-port", help="port for /metrics, /livez and /readyz (DELIVERER_METRICS_PORT, "
                      f"default {probes.RUN_PORT}; 0 picks a free one)")
@@ -95,7 +117,7 @@ def _endpoint_action(actions: Subcommands, name: str, help_text: str, func: Comm
                      limits: bool = False) -> argparse.ArgumentParser:
     sub = actions.add_parser(name, help=help_text, description=help_text)
     sub.set_defaults(func=func)
-    sub.add_argument("--json", action="store_true", help="print JSON for scripts")
+    sub.add_argument("--json", action="store_true", help=JSON_HELP)
     if limits:
         _limit_flags(sub)
     # --max-in-flight is the endpoint's limit here; the process setting of that name only matters to `run`.
@@ -115,11 +137,11 @@ def _limit_flags(sub: argparse.ArgumentParser) -> None:
 
 def _maintenance(commands: Subcommands) -> None:
     rebuild = _command(commands, "rebuild-projections", "recompute delivery_queue from the delivery log",
-                       cmd.cmd_rebuild)
+                       cmd.cmd_rebuild, json=True)
     rebuild.add_argument("--check", action="store_true",
                          help="only compare the live queue with the log; exit 1 if they differ")
     retention = _command(commands, "retention", "drop partitions of events and delivery log older than a cutoff, "
-                         "create upcoming ones, forget old dedupe keys", cmd.cmd_retention)
+                         "create upcoming ones, forget old dedupe keys", cmd.cmd_retention, json=True)
     retention.add_argument("--older-than", required=True, metavar="DURATION",
                            help="drop data older than this: 30d, 12h or 90m")
     retention.add_argument("--dry-run", action="store_true", help="only print what would be done")
@@ -142,15 +164,16 @@ def _keys(commands: Subcommands) -> None:
     create.set_defaults(func=cmd.cmd_keys_create)
     create.add_argument("--org", required=True)
     create.add_argument("--test", action="store_true", help="an sk_test_ key instead of sk_live_")
-    create.add_argument("--json", action="store_true")
+    create.add_argument("--json", action="store_true", help=JSON_HELP)
     setting_flags(create)
     generate = actions.add_parser(
         "generate-encryption-key", help="print a new key for DELIVERER_SECRET_KEYS",
         description="print a new Fernet key for DELIVERER_SECRET_KEYS (endpoint secrets at rest)")
     # It takes no setting flags, so main finds no log settings on it either.
     generate.set_defaults(func=cmd.cmd_keys_generate_encryption_key, log_level=None, log_format=None)
+    generate.add_argument("--json", action="store_true", help=JSON_HELP)
     _command(commands, "reseal", "re-seal every endpoint secret with the first key of DELIVERER_SECRET_KEYS",
-             cmd.cmd_reseal)
+             cmd.cmd_reseal, json=True)
 
 
 def _logs(commands: Subcommands) -> None:
@@ -160,15 +183,15 @@ def _logs(commands: Subcommands) -> None:
     logs.add_argument("--event-type", help="only this event type")
     logs.add_argument("--since", help="only attempts recorded at or after this ISO-8601 time")
     logs.add_argument("--limit", type=int, default=50)
-    logs.add_argument("--json", action="store_true")
+    logs.add_argument("--json", action="store_true", help=JSON_HELP)
 
 
 def _replays(commands: Subcommands) -> None:
     replay = _command(commands, "replay", "start a new attempt series for a delivered or failed delivery",
-                      cmd.cmd_replay)
+                      cmd.cmd_replay, json=True)
     replay.add_argument("delivery_id", help="dlv_…")
     recover = _command(commands, "recover", "replay an endpoint's failed deliveries of events created since a time",
-                       cmd.cmd_recover)
+                       cmd.cmd_recover, json=True)
     recover.add_argument("--endpoint", required=True)
     recover.add_argument("--since", required=True, help="ISO-8601 time")
     recover.add_argument("--until", help="ISO-8601 time (default: now)")
@@ -177,4 +200,4 @@ def _replays(commands: Subcommands) -> None:
                             cmd.cmd_test_webhook)
     test_webhook.add_argument("url")
     test_webhook.add_argument("--org", help="the org, when several registered the same URL")
-    test_webhook.add_argument("--json", action="store_true")
+    test_webhook.add_argument("--json", action="store_true", help=JSON_HELP)

@@ -11,11 +11,13 @@
 TRUNCATE delivery_queue
 
 -- name: rebuild_delivery_queue
--- The projection: every delivery the log says is still open.
+-- The projection for the delivery ids in [low, high]: every delivery the log says is still open.
+-- The range is on delivery_state's DISTINCT ON key, so it reaches delivery_log's index.
 INSERT INTO delivery_queue (delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at, leased_by)
 SELECT delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at, leased_by
 FROM delivery_state
 WHERE state NOT IN ('delivered', 'failed')
+  AND delivery_id BETWEEN %(low)s AND %(high)s
 
 -- name: diff_delivery_queue
 -- Rows where the live queue and the fold of the log disagree; empty when consistent.

@@ -13,6 +13,10 @@ from typing import Any
 import psycopg
 
 from deliverer.history.queries import QUERIES
+from deliverer.ops.progress import Progress, quiet
+
+BATCH = 500
+"""Deliveries a bulk replay reopens per transaction: each batch's locks are held only that long."""
 
 
 @dataclass(frozen=True)
@@ -47,12 +51,19 @@ async def failed_deliveries(conn: psycopg.AsyncConnection[Any], endpoint_id: str
 
 
 async def recover(conn: psycopg.AsyncConnection[Any], endpoint_id: str, *, org_id: str | None, since: datetime,
-                  until: datetime, actor: str, dry_run: bool = False) -> list[uuid.UUID]:
-    """Replay an endpoint's failed deliveries of events created in [since, until).
+                  until: datetime, actor: str, dry_run: bool = False, progress: Progress = quiet) -> list[uuid.UUID]:
+    """Replay an endpoint's failed deliveries of events created in [since, until), ``BATCH`` a transaction:
+    a recovery cut short has replayed whole batches, and running it again replays the rest.
 
     Returns the deliveries replayed, or with ``dry_run`` those that would be.
     """
     failed = await failed_deliveries(conn, endpoint_id, since=since, until=until)
     if dry_run:
         return failed
-    return [r.delivery_id for r in await replay(conn, failed, org_id=org_id, actor=actor)]
+    replayed: list[uuid.UUID] = []
+    progress("replaying", 0, len(failed))
+    for start in range(0, len(failed), BATCH):
+        done = await replay(conn, failed[start:start + BATCH], org_id=org_id, actor=actor)
+        replayed += [r.delivery_id for r in done]
+        progress("replaying", min(start + BATCH, len(failed)), len(failed))
+    return replayed

@@ -35,6 +35,7 @@ MAX_ENDPOINTS_PER_ORG = 100
 # a process) or ask more of the queue than it drains.
 MAX_IN_FLIGHT_CEILING = 1000
 MAX_RATE_LIMIT = 10_000.0
+MAX_DESCRIPTION = 1000
 ROTATION_GRACE_SECONDS = 24 * 3600
 SECRET_BYTES = 32
 
@@ -200,8 +201,8 @@ def _check_org(org_id: str) -> None:
 
 
 def check_description(description: str) -> str:
-    if not isinstance(description, str) or len(description) > 1000:
-        raise EndpointError("description must be a string of at most 1000 characters", "description")
+    if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
+        raise EndpointError(f"description must be a string of at most {MAX_DESCRIPTION} characters", "description")
     return description
 
 

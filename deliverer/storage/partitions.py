@@ -37,6 +37,7 @@ import structlog
 from psycopg import sql
 
 from deliverer.ops.metrics import METRICS
+from deliverer.ops.progress import Progress, quiet
 from deliverer.settings import Settings
 from deliverer.storage import connections
 from deliverer.storage.queries import QUERIES
@@ -272,7 +273,7 @@ def _count(n: int, one: str, many: str | None = None) -> str:
 
 
 def retain(conn: psycopg.Connection, older_than: timedelta, *, now: datetime | None = None,
-           dry_run: bool = False) -> RetentionReport:
+           dry_run: bool = False, progress: Progress = quiet) -> RetentionReport:
     """Create upcoming partitions, drop those entirely older than ``now - older_than``, prune old dedupe keys.
 
     ``conn`` is an autocommit connection; every step is a transaction of its own
@@ -282,8 +283,8 @@ def retain(conn: psycopg.Connection, older_than: timedelta, *, now: datetime | N
     now = now or datetime.now(UTC)
     report = RetentionReport(cutoff=now - older_than, dry_run=dry_run)
     _create_upcoming(conn, report, now)
-    _drop_older(conn, report)
-    _prune_dedupe(conn, report)
+    _drop_older(conn, report, progress)
+    _prune_dedupe(conn, report, progress)
     return report
 
 
@@ -298,25 +299,34 @@ def _create_upcoming(conn: psycopg.Connection, report: RetentionReport, now: dat
                             "the next run or a running deliverer will")
 
 
-def _drop_older(conn: psycopg.Connection, report: RetentionReport) -> None:
+def _drop_older(conn: psycopg.Connection, report: RetentionReport, progress: Progress) -> None:
     """Keep the default partition and those newer than the cutoff; drop the others, or say what a drop would do."""
     default_rows = dict(zip(TABLES, _one(conn, QUERIES["partition_default_rows"]), strict=True))
-    for p in list_partitions(conn):
-        if p.high is None:
-            rows = default_rows[p.table]
-            reason = f"holds {_count(rows, 'row')} no other partition covers; see {RETENTION_DOCS}" if rows else "empty"
-            report.decisions.append(Decision("kept", p.table, p.name, p.low, p.high, reason))
-        elif p.high > report.cutoff:
-            report.decisions.append(Decision("kept", p.table, p.name, p.low, p.high))
-        elif report.dry_run:
-            opened = _open_deliveries(conn, p)
-            report.decisions.append(Decision("skipped", p.table, p.name, p.low, p.high, _still_open(p, opened))
-                                    if opened else Decision("would drop", p.table, p.name, p.low, p.high))
-        elif (decision := _drop(conn, p)) is not None:
-            report.decisions.append(decision)
+    found = list_partitions(conn)
+    for done, p in enumerate(found):
+        progress("partitions", done, len(found))
+        _judge(conn, report, p, default_rows)
+    progress("partitions", len(found), len(found))
 
 
-def _prune_dedupe(conn: psycopg.Connection, report: RetentionReport) -> None:
+def _judge(conn: psycopg.Connection, report: RetentionReport, p: Partition, default_rows: dict[str, int]) -> None:
+    """Keep, drop, or (dry run) say what dropping ``p`` would do."""
+    if p.high is None:
+        rows = default_rows[p.table]
+        reason = (f"holds {_count(rows, 'row')} no other partition covers; see {RETENTION_DOCS}" if rows
+                  else "empty")
+        report.decisions.append(Decision("kept", p.table, p.name, p.low, p.high, reason))
+    elif p.high > report.cutoff:
+        report.decisions.append(Decision("kept", p.table, p.name, p.low, p.high))
+    elif report.dry_run:
+        opened = _open_deliveries(conn, p)
+        report.decisions.append(Decision("skipped", p.table, p.name, p.low, p.high, _still_open(p, opened))
+                                if opened else Decision("would drop", p.table, p.name, p.low, p.high))
+    elif (decision := _drop(conn, p)) is not None:
+        report.decisions.append(decision)
+
+
+def _prune_dedupe(conn: psycopg.Connection, report: RetentionReport, progress: Progress) -> None:
     """Forget the dedupe keys recorded before both the cutoff and the oldest outbox_event partition kept.
 
     A dedupe key outlives the cutoff while its event does: forgetting it then
@@ -329,12 +339,15 @@ def _prune_dedupe(conn: psycopg.Connection, report: RetentionReport) -> None:
     if len(lows) < len(remaining):
         return
     report.dedupe_before = min([report.cutoff, *lows])
+    total = _one(conn, QUERIES["dedupe_count"], {"before": report.dedupe_before})[0]
     if report.dry_run:
-        report.dedupe_pruned = _one(conn, QUERIES["dedupe_count"], {"before": report.dedupe_before})[0]
+        report.dedupe_pruned = total
         return
     while True:
         pruned = conn.execute(QUERIES["dedupe_prune"],
                               {"before": report.dedupe_before, "limit": DEDUPE_BATCH}).rowcount
         report.dedupe_pruned += pruned
+        # Keys recorded meanwhile can make it more than counted; the bar then ends at what was pruned.
+        progress("outbox_dedupe keys", report.dedupe_pruned, max(total, report.dedupe_pruned))
         if pruned < DEDUPE_BATCH:
             break

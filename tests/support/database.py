@@ -18,11 +18,14 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+import outbox
+from deliverer.delivery.worker import Worker
 from deliverer.dev import database as devdb
 from deliverer.dev.receiver import Receiver, hold_until
 from deliverer.registry import endpoints
 from deliverer.settings import Settings
 from deliverer.storage import schema
+from tests.support.payloads import webhook_test
 
 
 @contextlib.contextmanager
@@ -114,3 +117,16 @@ def count(db: psycopg.Connection, table: str) -> int:
     row = db.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()
     assert row is not None
     return int(row[0])
+
+
+async def failed_deliveries(dsn: str, db: psycopg.Connection, n: int) -> tuple[str, list[str]]:
+    """An endpoint on a closed port and ``n`` webhook.test events whose single allowed attempt failed:
+    the endpoint's id and the deliveries' public ids."""
+    endpoint = endpoints.add(db, org_id="org_a", url="http://127.0.0.1:9/hook", allow_insecure=True)
+    with psycopg.connect(dsn) as conn:
+        outbox.publish_many(conn, [outbox.Event("webhook.test", webhook_test(), "org_a")] * n)
+        conn.commit()
+    async with Worker(settings_for(dsn, retry_delays=())) as worker:
+        results = await worker.run_once()
+    assert len(results) == n
+    return endpoint.id, ["dlv_" + r.claimed.delivery_id.hex for r in results]

@@ -1,10 +1,12 @@
 """The deliverer command as an operator runs it."""
 
+import asyncio
 import json
 
 import psycopg
 
 from deliverer.security import sealing
+from tests.support import failed_deliveries
 from tests.support.processes import deliverer
 
 
@@ -152,24 +154,8 @@ def test_demo_runs_end_to_end(dsn: str) -> None:
 
 def _failed_delivery(dsn: str, db: psycopg.Connection) -> tuple[str, str]:
     """An endpoint on a closed port and one event whose single allowed attempt failed."""
-    import asyncio
-
-    import outbox
-    from deliverer.delivery.worker import Worker
-    from deliverer.registry import endpoints as eps
-    from tests.support import settings_for, webhook_test
-
-    endpoint = eps.add(db, org_id="org_a", url="http://127.0.0.1:9/hook", allow_insecure=True)
-    with psycopg.connect(dsn) as conn:
-        outbox.publish(conn, "webhook.test", webhook_test(), org_id="org_a")
-        conn.commit()
-
-    async def deliver() -> str:
-        async with Worker(settings_for(dsn, retry_delays=())) as worker:
-            [result] = await worker.run_once()
-        return "dlv_" + result.claimed.delivery_id.hex
-
-    return endpoint.id, asyncio.run(deliver())
+    endpoint_id, [delivery_id] = asyncio.run(failed_deliveries(dsn, db, 1))
+    return endpoint_id, delivery_id
 
 
 def test_keys_create_prints_the_key_once(dsn: str, db: psycopg.Connection) -> None:

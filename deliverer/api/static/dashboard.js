@@ -7,16 +7,10 @@
 
 (() => {
   const KEY_STORE = "docextract.dashboard.apiKey";
-  const EVENT_TYPES = ["job.completed", "job.failed", "credits.low_balance", "credits.depleted", "webhook.test",
-                       "webhook.endpoint_disabled"];
-  const EVENT_HINTS = {
-    "job.completed": "a document was processed",
-    "job.failed": "a document could not be processed",
-    "credits.low_balance": "credits are running low",
-    "credits.depleted": "credits have run out",
-    "webhook.test": "test events sent from this page",
-    "webhook.endpoint_disabled": "another endpoint was disabled automatically",
-  };
+  // The event catalog, from the API's own OpenAPI document (its webhooks section): the types and
+  // what each means are never copied into this page. Filled in by loadCatalog before anything renders.
+  const EVENT_TYPES = [];
+  const EVENT_HINTS = {};
   const KIND_LABELS = {
     scheduled: "Scheduled",
     replay_requested: "Replay requested",
@@ -35,7 +29,7 @@
   const state = {
     endpoints: [],
     view: "signin",
-    logs: { endpoint: null, cursors: [null], next: null, timer: null, loading: false },
+    logs: { endpoint: null, cursors: [null], next: null, timer: null, loading: false, queued: null },
     delivery: { id: null, data: null, event: null, timer: null, from: "logs" },
   };
 
@@ -535,7 +529,12 @@
 
   async function loadLogs(announce) {
     const logs = state.logs;
-    if (logs.loading || !logs.endpoint) return;
+    if (!logs.endpoint) return;
+    if (logs.loading) {
+      // A filter changed while a page was on its way: load again when it lands, with the new filters.
+      logs.queued = logs.queued === true || announce;
+      return;
+    }
     logs.loading = true;
     const params = new URLSearchParams();
     for (const name of ["event_type", "outcome"]) {
@@ -560,6 +559,9 @@
       }
     } finally {
       logs.loading = false;
+      const queued = logs.queued;
+      logs.queued = null;
+      if (queued !== null) loadLogs(queued);
     }
   }
 
@@ -728,11 +730,18 @@
 
   // Wiring -----------------------------------------------------------------------------
 
-  function init() {
-    $("add-events").replaceChildren(eventsFieldset("add", ["*"]));
-    const typeFilter = $("filter-event-type");
-    for (const type of EVENT_TYPES) typeFilter.append(h("option", { value: type, text: type }));
+  async function loadCatalog() {
+    const doc = await attempt(() => api("GET", "/v1/openapi.json", undefined, null),
+      (message) => showFieldError("signin-error", `The list of event types could not be loaded: ${message}`));
+    if (doc === undefined) return false;
+    for (const [type, hook] of Object.entries(doc.webhooks)) {
+      EVENT_TYPES.push(type);
+      EVENT_HINTS[type] = hook.post.summary;
+    }
+    return true;
+  }
 
+  async function init() {
     $("signin-form").addEventListener("submit", signIn);
     $("sign-out").addEventListener("click", () => signOut());
     $("endpoints-refresh").addEventListener("click", async () => {
@@ -775,6 +784,16 @@
     for (const button of document.querySelectorAll("[data-back]")) {
       button.addEventListener("click", () => back(button.dataset.back));
     }
+
+    // The listeners above hear whatever is done while the catalog loads; nothing that lists the
+    // event types is drawn before it has.
+    if (!await loadCatalog()) {
+      show("signin");
+      return;
+    }
+    $("add-events").replaceChildren(eventsFieldset("add", ["*"]));
+    const typeFilter = $("filter-event-type");
+    for (const type of EVENT_TYPES) typeFilter.append(h("option", { value: type, text: type }));
 
     const key = sessionStorage.getItem(KEY_STORE);
     if (!key) {
