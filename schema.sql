@@ -223,17 +223,23 @@ CREATE TABLE IF NOT EXISTS delivery_queue (
 );
 
 CREATE INDEX IF NOT EXISTS delivery_queue_due ON delivery_queue (due_at);
+-- An endpoint's leases: the requests open to it, counted by every claim.
+CREATE INDEX IF NOT EXISTS delivery_queue_leased ON delivery_queue (endpoint_id) WHERE leased_by IS NOT NULL;
 
 -- Each endpoint's pacing, shared by every deliverer process; claims read and
--- write it under its row lock (see claim_deliveries):
---   in_flight     requests open now: leased and not yet recorded, cluster-wide
+-- write it under its row lock (see claim_deliveries). The requests open to it are
+-- not kept here: they are its leases that have not run out (delivery_queue_leased).
 --   allowance     how many may be open, adapted like TCP congestion control: +1
 --                 per success up to the endpoint's max_in_flight, halved on a
 --                 timeout, a connection error, 429 or 503
 --   tokens        the rate limit's bucket, refilled at rate_limit per second
 --   paused_until  a 429/503 with Retry-After pauses the whole endpoint
---   active_at     last claim or outcome; an endpoint idle for a minute starts
---                 again from the initial allowance
+--   active_at     the last claim that sent a request; an endpoint idle for a
+--                 minute (and nothing open) starts again from the initial allowance
+--   held          worker id -> the requests it may have open here, as of its last claim
+--   claims        claims that wrote this row: one that read an older count re-reads it
+--   wanted_by/at  the last worker held back by what others hold here: it counts
+--                 among those sharing the allowance for a second
 -- Soft state, hence UNLOGGED (no WAL for its updates, the hottest rows there are):
 -- after a crash or on a promoted standby the table is empty, and each row is
 -- made again on the endpoint's next claim (see ensure_endpoint_flow).
@@ -247,12 +253,15 @@ CREATE UNLOGGED TABLE IF NOT EXISTS deliverer_presence (
 
 CREATE UNLOGGED TABLE IF NOT EXISTS endpoint_flow (
     endpoint_id  text             NOT NULL PRIMARY KEY,
-    in_flight    integer          NOT NULL DEFAULT 0,
     allowance    integer          NOT NULL,
     tokens       double precision NOT NULL DEFAULT 0,
     tokens_at    timestamptz      NOT NULL DEFAULT now(),
     paused_until timestamptz,
-    active_at    timestamptz      NOT NULL DEFAULT now()
+    active_at    timestamptz      NOT NULL DEFAULT now(),
+    held         jsonb            NOT NULL DEFAULT '{}',
+    claims       bigint           NOT NULL DEFAULT 0,
+    wanted_by    text,
+    wanted_at    timestamptz
 ) WITH (fillfactor = 50);
 
 -- The fold of delivery_log into current state, one row per delivery. Facts are

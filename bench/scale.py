@@ -96,7 +96,8 @@ class Drains:
         """Median over repeats of a's ``key`` / b's, repeat by repeat; None if either did not run."""
         if a not in self.runs or b not in self.runs:
             return None
-        return statistics.median(x[key] / y[key] for x, y in zip(self.runs[a], self.runs[b], strict=True) if y[key])
+        ratios = [x[key] / y[key] for x, y in zip(self.runs[a], self.runs[b], strict=True) if y[key]]
+        return statistics.median(ratios) if ratios else None  # a quick run may measure 0 CPU ticks
 
     def summary(self, names: Sequence[str]) -> dict[str, Any]:
         return {"events": self.events, "processes": DRAIN_PROCESSES, "repeat": self.repeat,

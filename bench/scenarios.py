@@ -127,6 +127,7 @@ async def measure_drain(bench: Bench, dsn: str, processes: int, expected: int, *
             await bench.sink.reset()
             async with _WaitSampler(bench.server, dbname) as sampler:
                 own_before = machine.process_cpu(own_pid) + machine.process_cpu(sampler.backend_pid)
+                claims_before = await deliverers.claims()
                 pg_before = machine.postgres_cpu()
                 deliverers_before, sink_before = deliverers.cpu(), machine.process_cpu(bench.sink.pid)
                 released = time.monotonic()
@@ -140,6 +141,7 @@ async def measure_drain(bench: Bench, dsn: str, processes: int, expected: int, *
                     await asyncio.sleep(0.05)  # the outcomes are in another process's hands: poll
                 recorded = time.monotonic()
                 pg_after = machine.postgres_cpu()
+                claims_after = await deliverers.claims()
                 # Their connections then, and any opened since the start (the outcomes' one opens
                 # at the first outcome, after the release): counted from 0 if new.
                 backends = sorted(set(backends) | set(deliverers.backends(conn)))
@@ -189,6 +191,8 @@ async def measure_drain(bench: Bench, dsn: str, processes: int, expected: int, *
         "claim_statements_with_rows": claims,
         "mean_claim_batch": started / claims if claims else 0.0,
         "transactions_per_1000": transactions * 1000 / expected,
+        "claims_per_1000": (claims_after[0] - claims_before[0]) * 1000 / expected,
+        "empty_claims_per_1000": (claims_after[1] - claims_before[1]) * 1000 / expected,
         "taken_over": taken_over,
         "lock_wait_share": shares.get("Lock", 0.0),
         "lwlock_wait_share": shares.get("LWLock", 0.0),

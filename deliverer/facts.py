@@ -46,6 +46,7 @@ class ErrorClass(StrEnum):
     INVALID_URL = "invalid_url"
     ENDPOINT_DISABLED = "endpoint_disabled"
     SHUTDOWN = "shutdown"
+    NO_ROOM = "no_room"  # leased, never sent: the endpoint had no room for it while its lease lasted
     OTHER = "other"
 
     @classmethod

@@ -42,6 +42,13 @@ class Result:
         return min(self.outcome.retry_after, RETRY_AFTER_CAP)
 
     @property
+    def congested(self) -> bool:
+        """The endpoint said it is overloaded: it timed out, could not be reached, or answered 429/503
+        (the allowance halves: record_results)."""
+        return not self.abandoned and (self.outcome.error_class in (ErrorClass.TIMEOUT, ErrorClass.CONNECT_ERROR)
+                                       or self.outcome.http_status in (429, 503))
+
+    @property
     def log_outcome(self) -> Outcome:
         if self.abandoned:
             return Outcome.UNKNOWN
@@ -127,15 +134,21 @@ class Attempter:
         self._count(claimed, outcome, retry_after)
         return Result(claimed, outcome, started_at, retry_after)
 
-    def hand_back(self, claimed: Claimed, *, sent: bool) -> Result:
-        """The result for a send cut off at shutdown: abandoned, due again now (or failed if it was the last).
+    def hand_back(self, claimed: Claimed, *, sent: bool, no_room: bool = False) -> Result:
+        """The result for a send cut off at shutdown, or never started because its endpoint had no room
+        while the lease lasted (``no_room``): abandoned, due again now (or failed if it was the last).
 
         It counts as an attempt, like a lease that ran out: the receiver may have
         got the request, and a request that kills workers must not loop forever.
         """
-        message = ("cut off by shutdown mid-send; the receiver may have it" if sent
-                   else "handed back at shutdown before it was sent")
-        outcome = send.Outcome(False, 0.0, error_class=ErrorClass.SHUTDOWN, error_message=message)
+        if no_room:
+            message = "not sent: the endpoint had no room for it while its lease lasted"
+            error_class = ErrorClass.NO_ROOM
+        else:
+            message = ("cut off by shutdown mid-send; the receiver may have it" if sent
+                       else "handed back at shutdown before it was sent")
+            error_class = ErrorClass.SHUTDOWN
+        outcome = send.Outcome(False, 0.0, error_class=error_class, error_message=message)
         last = claimed.attempt >= self.settings.max_attempts
         return Result(claimed, outcome, self.now(), None if last else 0.0, abandoned=True)
 

@@ -52,23 +52,26 @@ class Claimer:
     through a retry schedule without sleeping.
     """
 
-    def __init__(self, settings: Settings, worker_id: str, *, clock: Clock | None = None) -> None:
+    def __init__(self, settings: Settings, worker_id: str, *, clock: Clock | None = None,
+                 ended: Callable[[], list[uuid.UUID]] = list) -> None:
         self.settings = settings
         self.worker_id = worker_id
         self.clock = clock
+        self.ended = ended  # deliveries whose requests ended here, outcomes not yet written: their slots are free
         self.skips = Skips(settings.poll_interval, seconds=(lambda: clock().timestamp()) if clock else time.monotonic)
         self.db = Reopening(settings, f"deliverer {worker_id}")
         self.next_due_in: float | None = None  # from the last claim: seconds until more is due, None if nothing
         self.learnt = False  # the last claim found endpoints to skip: the scan window may have held little else
+        self.limits: dict[str, int] = {}  # from the last claim: requests this worker may have open, per endpoint
         self._unknown: list[str] = []
 
-    def params(self, limit: int, *, slow_start: bool = True) -> dict[str, Any]:
+    def params(self, limit: int, *, slow_start: bool = True, ahead: int = 1) -> dict[str, Any]:
         """The claim statement's parameters: the lease, the clock, the limits' defaults, what to skip."""
         settings = self.settings
         return {
-            "limit": limit, "now": self.clock() if self.clock else None, "worker_id": self.worker_id,
+            "limit": limit, "ahead": ahead, "now": self.clock() if self.clock else None, "worker_id": self.worker_id,
             "lease_seconds": settings.lease_seconds, "max_attempts": settings.max_attempts, "scan": limit * 4,
-            "skip_endpoints": self.skips.current(),
+            "skip_endpoints": self.skips.current(), "finished": self.ended(),
             "default_max_in_flight": settings.endpoint_max_in_flight,
             "default_rate_limit": settings.endpoint_rate_limit or None,
             "initial_allowance": self._initial(slow_start),
@@ -79,29 +82,36 @@ class Claimer:
         ceiling = self.settings.endpoint_max_in_flight
         return min(self.settings.endpoint_initial_concurrency, ceiling) if slow_start else ceiling
 
-    async def claim(self, limit: int, *, slow_start: bool = True) -> list[Claimed]:
-        """Lease up to ``limit`` due deliveries, at most each endpoint's free room in the cluster.
+    async def claim(self, limit: int, *, slow_start: bool = True, ahead: int = 1) -> list[Claimed]:
+        """Lease up to ``limit`` due deliveries, at most each endpoint's free room in the cluster
+        (and this worker's fair part of it, when others send there too).
 
         ``slow_start``: an endpoint first seen (or idle) starts from the initial
         allowance (DELIVERER_ENDPOINT_INITIAL_CONCURRENCY), not its max_in_flight.
         ``Worker.run_once`` turns it off: it sends one batch and waits for all of
         it, so there is nothing to protect by holding back.
+        ``ahead``: lease up to this many times each endpoint's limit (``limits``), the rest
+        to be sent as requests end (``deliverer.delivery.gates``); 1 sends all at once.
         """
-        claimed = await self._claim(limit, slow_start)
+        claimed = await self._claim(limit, slow_start, ahead)
         if self._unknown:
             # Endpoints with no pacing row yet were passed over: make their rows, then take their share.
             await self.ensure_flow(self._unknown, slow_start=slow_start)
             if len(claimed) < limit:
-                claimed += await self._claim(limit - len(claimed), slow_start)
+                limits = self.limits
+                claimed += await self._claim(limit - len(claimed), slow_start, ahead)
+                self.limits = limits | self.limits
         METRICS.claim_batch.observe(len(claimed))
         METRICS.last_poll.set(time.time())
         return claimed
 
-    async def _claim(self, limit: int, slow_start: bool) -> list[Claimed]:
+    async def _claim(self, limit: int, slow_start: bool, ahead: int) -> list[Claimed]:
         conn = await self.db.get()
-        cur = await conn.execute(QUERIES["claim_deliveries"], self.params(limit, slow_start=slow_start))
+        cur = await conn.execute(QUERIES["claim_deliveries"], self.params(limit, slow_start=slow_start, ahead=ahead))
         rows = await cur.fetchall()
-        *_, self.next_due_in, full, blocked, blocked_for, unknown = rows.pop()  # the statement's last row
+        # The statement's last row: what it learnt.
+        *_, self.next_due_in, full, blocked, blocked_for, unknown, limited, limits = rows.pop()
+        self.limits = dict(zip(limited or (), limits or (), strict=True))
         claimed = [Claimed(*row[:14]) for row in rows]
         # Endpoints newly found with no room may have filled the scan window with rows this
         # claim could not take: worth claiming again at once, past them (see Worker._claim_loop).

@@ -9,12 +9,21 @@ the endpoint times out, cannot be reached or answers 429/503, and a 429/503 with
 Retry-After pauses the whole endpoint. So 2 pods or 50 give a customer the same
 load, and a dead endpoint holds a few of the cluster's sends, not all of them.
 
-The state lives in PostgreSQL (``endpoint_flow``, one row an endpoint) and is read
-and written only under that row's lock by the claim (which opens requests and
-spends tokens) and by recording outcomes (which closes them and adapts the
-allowance); see claim_deliveries and record_results. No transaction is held
-while a request is out: a request is "open" from its claim to its recorded
-outcome, and a crashed worker's requests close when their leases are retaken.
+The requests open to an endpoint are its leases that have not run out, less those
+whose answer the claiming worker holds already (their outcomes are on the way to
+the log): counted, never kept as a number, so nothing can drift, a worker refills
+a slot as soon as its request ends, and a crashed worker's slots come back when its
+leases run out. The rest of the state lives in PostgreSQL (``endpoint_flow``, one
+row an endpoint) and is written under that row's lock by the claim (which spends
+tokens) and by recording outcomes (which adapt the allowance); see
+claim_deliveries and record_results. No transaction is held while a request is out.
+
+Workers sharing an endpoint each take at most their fair part, the allowance over
+the workers holding its leases (and the last one held back there): without it the
+first worker to fill the allowance would refill its slots for good, as fast as its
+requests end, and the others would never get one. A claim gives the worker its
+limit there and leases a few times as much, held at its gate
+(``deliverer.delivery.gates``) until requests end, so slots never wait for a claim.
 
 This module holds the arithmetic as plain functions, the specification the SQL
 follows (a property test runs both), and ``Skips``, what one worker has learnt
@@ -26,7 +35,7 @@ import time
 from collections.abc import Callable, Iterable
 
 INITIAL_ALLOWANCE = 4
-IDLE_AFTER = 60.0  # seconds without a claim or an outcome before an endpoint starts small again
+IDLE_AFTER = 60.0  # seconds with nothing open and no request sent before an endpoint starts small again
 
 
 def allowance_after(allowance: int, *, successes: int, congested: bool, ceiling: int) -> int:
@@ -43,11 +52,13 @@ def tokens_now(tokens: float, *, rate: float, elapsed: float) -> float:
     return min(max(1.0, rate / 2), tokens + rate * max(0.0, elapsed))
 
 
-def free_room(*, allowance: int, in_flight: int, tokens: float | None, paused: bool) -> int:
-    """How many new requests a claim may open now."""
+def free_room(*, allowance: int, in_flight: int, tokens: float | None, paused: bool,
+              mine: int = 0, sharers: int = 1) -> int:
+    """How many new requests a claim may open now: the room left in the cluster (``in_flight``
+    counts everyone's, ``mine`` this worker's), at most this worker's part among ``sharers``."""
     if paused:
         return 0
-    room = allowance - in_flight
+    room = min(allowance - in_flight, math.ceil(allowance / sharers) - mine)
     if tokens is not None:
         room = min(room, math.floor(tokens))
     return max(0, room)
@@ -56,8 +67,8 @@ def free_room(*, allowance: int, in_flight: int, tokens: float | None, paused: b
 class Skips:
     """Endpoints this worker leaves out of its claims for a while.
 
-    Full ones (every slot open) until outcomes of theirs are recorded here, or for
-    ``full_for`` seconds, since other workers' outcomes free room too; paused or
+    Full ones (no room left for this worker) until a request of its own there ends,
+    or for ``full_for`` seconds, since other workers' outcomes free room too; paused or
     rate-limited ones for as long as the claim said. Only a hint that keeps their
     backlog from filling a claim's scan window: the limits are enforced by the claim.
     """
@@ -86,8 +97,11 @@ class Skips:
             skips[endpoint_id] = until
         return new
 
-    def recorded(self, endpoint_ids: Iterable[str]) -> None:
-        """Outcomes of these endpoints were written here: their requests closed, so ask again."""
+    def is_full(self, endpoint_id: str) -> bool:
+        return endpoint_id in self._full
+
+    def ended(self, endpoint_ids: Iterable[str]) -> None:
+        """Requests of this worker to these endpoints ended, or others handed slots over: ask again."""
         for endpoint_id in endpoint_ids:
             self._full.pop(endpoint_id, None)
 

@@ -12,40 +12,92 @@
 -- that is still leased belongs to a worker whose lease ran out: that attempt is
 -- recorded as abandoned with an unknown outcome, and if it was the last attempt
 -- allowed the delivery fails instead of being leased again.
--- Each endpoint's limits hold across every worker: its endpoint_flow row is locked
--- for the claim (a worker that finds it locked skips the endpoint: another is
--- claiming for it this instant), and the claim takes at most its free room, the
--- allowance less the requests in flight, and as many as the rate limit's tokens
--- allow. A lease that ran out is retaken whatever the room: the request it
--- stands for holds a slot already. skip_endpoints are endpoints this worker knows
--- to be full, paused or out of tokens: their backlog does not fill the scan window.
+-- Each endpoint's limits hold across every worker. Each claim gives this worker a
+-- limit at each endpoint it looks at (lim: requests it may have open there at
+-- once), its fair part of the allowance (the allowance over the workers holding
+-- leases there and the last one that wanted more) within the room the others
+-- leave, and leases up to %(ahead)s times that limit: the worker sends at most
+-- lim at once and starts the rest as its requests end (deliverer.delivery.gates).
+-- The requests the others have open are counted from their leases that have not
+-- run out, each worker's up to what it announced after its last claim there
+-- (endpoint_flow.held, never less than it may still have open); this worker's own
+-- leases count less the ones it has an answer for already (%(finished)s: their
+-- outcomes are on their way to the log). So slots are refilled the moment requests
+-- end, not when outcomes are written, a worker that has it all hands slots over as
+-- others want some, and a crashed worker's slots come back when its leases run out,
+-- with no count to drift. The endpoint's endpoint_flow row is locked for the claim
+-- (a worker that finds it locked, or changed since this statement's snapshot,
+-- skips the endpoint: another is claiming for it this instant); the leases taken
+-- also spend the rate limit's tokens.
+-- skip_endpoints are endpoints this worker knows to be full, paused or out of
+-- tokens: their backlog does not fill the scan window.
 WITH oldest AS MATERIALIZED (
-    SELECT delivery_id, endpoint_id, due_at, leased_by IS NOT NULL AS retake
+    SELECT delivery_id, endpoint_id, due_at
     FROM delivery_queue
     WHERE due_at <= coalesce(%(now)s::timestamptz, now())
       AND endpoint_id <> ALL (%(skip_endpoints)b::text[])
     ORDER BY due_at
     LIMIT %(scan)s
 ),
-flow AS MATERIALIZED (
-    SELECT f.*
-    FROM endpoint_flow f
-    WHERE f.endpoint_id IN (SELECT endpoint_id FROM oldest)
-    FOR UPDATE SKIP LOCKED
+waiting AS MATERIALIZED (
+    SELECT endpoint_id, count(*) AS due FROM oldest GROUP BY endpoint_id
 ),
--- The allowance starts again from the initial one when the endpoint has been idle;
+-- The requests open are counted in this statement's snapshot, which may be older than
+-- the lock: a claim that committed meanwhile has leases the count cannot see. Every
+-- claim that leases counts itself in the row (claims), so a row whose locked version
+-- counts more claims than the snapshot's is passed over like a locked one, to be
+-- claimed for next time. (Outcomes written meanwhile only end leases: they are safe
+-- to miss.)
+flow AS MATERIALIZED (
+    SELECT f.*, d.due,
+           f.claims = (SELECT g.claims FROM endpoint_flow g WHERE g.endpoint_id = f.endpoint_id) AS current
+    FROM endpoint_flow f
+    JOIN waiting d USING (endpoint_id)
+    FOR UPDATE OF f SKIP LOCKED
+),
+-- The allowance starts again from the initial one when the endpoint has been idle
+-- (nothing open, no request sent for IDLE_AFTER seconds);
 -- the bucket holds at most half a second of its rate (at least one token).
 pace AS MATERIALIZED (
-    SELECT f.endpoint_id, f.in_flight, a.allowance, b.rate, b.tokens, f.paused_until,
-           coalesce(f.paused_until > coalesce(%(now)s::timestamptz, now()), false) AS paused,
-           CASE WHEN f.paused_until > coalesce(%(now)s::timestamptz, now()) THEN 0
-                ELSE greatest(0, least(a.allowance - f.in_flight, floor(coalesce(b.tokens, 2147483647))))::int
-           END AS free
+    SELECT f.endpoint_id, a.allowance, b.rate, b.tokens, f.paused_until, n.mine, n.others_held, c.paused, c.lim,
+           -- Deliveries to lease: up to `ahead` times its limit less what it holds already (the
+           -- worker sends at most `lim` at once and keeps the rest ready), within the tokens.
+           -- Not ahead of a rate limit: tokens are spent when leased, so the sends must follow at once.
+           greatest(0, least(CASE WHEN b.rate IS NULL THEN %(ahead)s ELSE 1 END * c.lim - n.mine,
+                             floor(coalesce(b.tokens, 2147483647))))::int AS free,
+           -- What the others will count of it: never less than it may still have open.
+           greatest(c.lim, least(n.mine, coalesce((f.held ->> %(worker_id)s)::bigint, 0)))::int AS held_now,
+           -- Held back by what others hold, not by its own part, with more due than it has:
+           -- others should hand slots over.
+           NOT c.paused AND a.allowance - n.others < least(c.part, n.mine + f.due) AS wants_more
     FROM flow f
-    JOIN webhook_endpoint w ON w.id = f.endpoint_id
+    JOIN webhook_endpoint w ON w.id = f.endpoint_id AND f.current
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(h.open), 0) AS open,
+               coalesce(sum(h.open) FILTER (WHERE h.worker <> %(worker_id)s), 0) AS others,
+               coalesce(sum(h.open) FILTER (WHERE h.worker = %(worker_id)s), 0) AS mine,
+               count(*) FILTER (WHERE h.worker <> %(worker_id)s AND h.worker IS DISTINCT FROM f.wanted_by) AS holders,
+               coalesce(jsonb_object_agg(h.worker, h.open) FILTER (WHERE h.worker <> %(worker_id)s), '{}')
+                   AS others_held
+        FROM (SELECT q.leased_by AS worker,
+                     -- Another worker's leases count up to what it held after its last claim:
+                     -- the rest wait their turn there, or are requests that ended, outcomes unwritten.
+                     CASE WHEN q.leased_by = %(worker_id)s THEN count(*)
+                          ELSE least(count(*), coalesce((f.held ->> q.leased_by)::bigint, count(*))) END AS open
+              FROM delivery_queue q
+              WHERE q.endpoint_id = f.endpoint_id AND q.leased_by IS NOT NULL
+                AND q.due_at > coalesce(%(now)s::timestamptz, now())
+                AND q.delivery_id <> ALL (%(finished)s::uuid[])
+              GROUP BY q.leased_by) h
+    ) n
+    CROSS JOIN LATERAL (
+        SELECT 1 + n.holders + CASE WHEN f.wanted_by <> %(worker_id)s
+                                         AND f.wanted_at > coalesce(%(now)s::timestamptz, now()) - interval '1 second'
+                                    THEN 1 ELSE 0 END AS sharers
+    ) s
     CROSS JOIN LATERAL (
         SELECT least(coalesce(w.max_in_flight, %(default_max_in_flight)s),
-                     CASE WHEN f.in_flight <= 0
+                     CASE WHEN n.open = 0
                                AND f.active_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(idle_after)s)
                           THEN %(initial_allowance)s ELSE f.allowance END) AS allowance
     ) a
@@ -59,14 +111,23 @@ pace AS MATERIALIZED (
                END AS tokens
         FROM (SELECT coalesce(w.rate_limit, %(default_rate_limit)s) AS rate) r
     ) b
+    -- Its limit: requests it may have open at once, its fair part of the room the others leave.
+    CROSS JOIN LATERAL (
+        SELECT coalesce(f.paused_until > coalesce(%(now)s::timestamptz, now()), false) AS paused,
+               ceil(a.allowance::numeric / s.sharers)::int AS part
+    ) c0
+    CROSS JOIN LATERAL (
+        SELECT c0.paused, c0.part,
+               CASE WHEN c0.paused THEN 0 ELSE greatest(0, least(a.allowance - n.others, c0.part)) END::int AS lim
+    ) c
 ),
 candidates AS MATERIALIZED (
     SELECT o.delivery_id
-    FROM (SELECT delivery_id, endpoint_id, due_at, retake,
-                 row_number() OVER (PARTITION BY endpoint_id, retake ORDER BY due_at) AS nth
+    FROM (SELECT delivery_id, endpoint_id, due_at,
+                 row_number() OVER (PARTITION BY endpoint_id ORDER BY due_at) AS nth
           FROM oldest) AS o
     JOIN pace p ON p.endpoint_id = o.endpoint_id
-    WHERE NOT p.paused AND (o.retake OR o.nth <= p.free)
+    WHERE o.nth <= p.free
     ORDER BY o.due_at
 ),
 -- Locks are taken one candidate at a time, oldest first, by primary key, until the
@@ -115,36 +176,40 @@ started AS (
     -- Reading `abandoned` makes its rows go in first, so the log reads in order.
     WHERE (SELECT count(*) FROM abandoned) >= 0
 ),
--- A new lease opens a request; a retaken one replaces the request it abandons; an
--- exhausted one only closes it. Every request sent spends a token.
+-- Every request sent spends a token (an exhausted delivery sends none).
 taken AS (
-    SELECT endpoint_id,
-           count(*) FILTER (WHERE leased_by IS NULL) AS fresh,
-           count(*) FILTER (WHERE exhausted) AS closed,
-           count(*) FILTER (WHERE NOT exhausted) AS sent
+    SELECT endpoint_id, count(*) FILTER (WHERE NOT exhausted) AS sent
     FROM due GROUP BY endpoint_id
 ),
+-- Written only where something changed: deliveries were leased, this worker's
+-- limit changed, or it wants more of an endpoint than the others leave it.
 paced AS (
     UPDATE endpoint_flow f
-    SET in_flight = greatest(0, f.in_flight + t.fresh - t.closed),
-        allowance = p.allowance,
-        tokens = coalesce(p.tokens - t.sent, 0),
+    SET allowance = p.allowance,
+        tokens = coalesce(p.tokens - coalesce(t.sent, 0), 0),
         tokens_at = coalesce(%(now)s::timestamptz, now()),
-        active_at = coalesce(%(now)s::timestamptz, now())
-    FROM taken t JOIN pace p ON p.endpoint_id = t.endpoint_id
-    WHERE f.endpoint_id = t.endpoint_id
+        active_at = coalesce(%(now)s::timestamptz, now()),
+        held = p.others_held || jsonb_build_object(%(worker_id)s, p.held_now),
+        claims = f.claims + 1,
+        wanted_by = CASE WHEN p.wants_more THEN %(worker_id)s ELSE f.wanted_by END,
+        wanted_at = CASE WHEN p.wants_more THEN coalesce(%(now)s::timestamptz, now()) ELSE f.wanted_at END
+    FROM pace p LEFT JOIN taken t ON t.endpoint_id = p.endpoint_id
+    WHERE f.endpoint_id = p.endpoint_id
+      AND (t.endpoint_id IS NOT NULL OR p.wants_more
+           OR p.held_now IS DISTINCT FROM (f.held ->> %(worker_id)s)::int)
 ),
 -- What this claim learnt of the endpoints it looked at, for the worker to skip them
--- until it is worth asking again: full (every slot in flight: until outcomes are
--- recorded), blocked for some seconds (paused, or out of tokens), or unknown here
--- (no endpoint_flow row yet: the worker makes one and claims again).
+-- until it is worth asking again: full (no room left for it: until a request of
+-- its own there ends, or others hand slots over), blocked for some seconds
+-- (paused, or out of tokens), or unknown here (no endpoint_flow row yet: the worker
+-- makes one and claims again).
 learnt AS (
     SELECT p.endpoint_id,
            CASE WHEN p.paused THEN extract(epoch FROM p.paused_until - coalesce(%(now)s::timestamptz, now()))::float8
                 WHEN p.rate IS NOT NULL AND p.tokens - coalesce(t.sent, 0) < 1
                     THEN ((1 - (p.tokens - coalesce(t.sent, 0))) / p.rate)::float8
            END AS blocked_for,
-           p.free - coalesce(t.fresh, 0) <= 0 AS no_room
+           p.free - coalesce(t.sent, 0) <= 0 AS no_room
     FROM pace p
     LEFT JOIN taken t ON t.endpoint_id = p.endpoint_id
 )
@@ -153,7 +218,8 @@ SELECT l.delivery_id, l.event_id, l.endpoint_id, l.org_id, l.series, l.attempt,
        CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END AS previous_secret,
        w.enabled AND w.deleted_at IS NULL AS endpoint_enabled, l.due_at AS lease_until,
        NULL::float8 AS next_due_in, NULL::text[] AS full_endpoints, NULL::text[] AS blocked_endpoints,
-       NULL::float8[] AS blocked_for, NULL::text[] AS unknown_endpoints
+       NULL::float8[] AS blocked_for, NULL::text[] AS unknown_endpoints,
+       NULL::text[] AS limited_endpoints, NULL::int[] AS limits
 FROM leased l
 JOIN outbox_event e ON e.id = l.event_id
 JOIN webhook_endpoint w ON w.id = l.endpoint_id
@@ -175,7 +241,9 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, N
        (SELECT array_agg(endpoint_id ORDER BY endpoint_id) FROM learnt WHERE blocked_for IS NOT NULL),
        (SELECT array_agg(blocked_for ORDER BY endpoint_id) FROM learnt WHERE blocked_for IS NOT NULL),
        (SELECT array_agg(DISTINCT o.endpoint_id) FROM oldest o
-        WHERE NOT EXISTS (SELECT FROM endpoint_flow f WHERE f.endpoint_id = o.endpoint_id))
+        WHERE NOT EXISTS (SELECT FROM endpoint_flow f WHERE f.endpoint_id = o.endpoint_id)),
+       (SELECT array_agg(endpoint_id ORDER BY endpoint_id) FROM pace),
+       (SELECT array_agg(lim ORDER BY endpoint_id) FROM pace)
 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
 
 -- name: record_results
@@ -202,7 +270,7 @@ finished AS (
     WHERE q.delivery_id = r.delivery_id AND q.series = r.series AND q.attempt = r.attempt
       AND q.leased_by = %(worker_id)s AND q.due_at = r.lease_until
       AND r.retry_after IS NULL
-    RETURNING q.delivery_id, NULL::timestamptz AS next_attempt_at
+    RETURNING q.delivery_id, r.lease_until, NULL::timestamptz AS next_attempt_at
 ),
 retrying AS (
     UPDATE delivery_queue q
@@ -212,52 +280,53 @@ retrying AS (
     WHERE q.delivery_id = r.delivery_id AND q.series = r.series AND q.attempt = r.attempt
       AND q.leased_by = %(worker_id)s AND q.due_at = r.lease_until
       AND r.retry_after IS NOT NULL
-    RETURNING q.delivery_id, q.due_at AS next_attempt_at
+    RETURNING q.delivery_id, r.lease_until, q.due_at AS next_attempt_at
 ),
 applied AS (
     SELECT * FROM finished UNION ALL SELECT * FROM retrying
 ),
--- Each endpoint's share of the batch, from the outcomes that closed a request
--- (a late result's request was closed by whoever took its lease over). The
--- allowance grows by one per success up to max_in_flight and halves, once a batch,
--- when the endpoint timed out, could not be reached or answered 429/503; a
--- Retry-After on a 429/503 (pause) stops every claim for the endpoint meanwhile.
+-- Each endpoint's share of the batch, from the outcomes that ended a lease (a late
+-- result's lease had been taken over already). The allowance grows by one per
+-- success up to max_in_flight and halves, once a batch, when the endpoint timed
+-- out, could not be reached or answered 429/503; a Retry-After on a 429/503 (pause)
+-- stops every claim for the endpoint meanwhile. The requests open are counted from
+-- the leases (claim_deliveries): writing an outcome frees its slot by itself.
 settled AS (
-    SELECT r.endpoint_id, count(*) AS closed,
+    SELECT r.endpoint_id,
            count(*) FILTER (WHERE r.outcome = 'succeeded') AS successes,
            bool_or(r.error_class IN ('timeout', 'connect_error') OR r.http_status IN (429, 503)) AS congested,
            max(r.pause) AS pause
-    FROM r JOIN applied a ON a.delivery_id = r.delivery_id
+    FROM r JOIN applied a USING (delivery_id, lease_until)
     -- Test events are sent outside the limits (leased by publish_test_event, not a claim).
     WHERE %(paced)s
     GROUP BY r.endpoint_id
 ),
--- Locked in one order, so that two workers' batches never deadlock on each other.
+-- Only rows that change are locked and written (a healthy endpoint at its ceiling
+-- is left alone), in one order, so that two workers' batches never deadlock.
 flow AS MATERIALIZED (
-    SELECT f.endpoint_id, f.in_flight, f.allowance FROM endpoint_flow f
-    WHERE f.endpoint_id = ANY (ARRAY(SELECT endpoint_id FROM settled))
+    SELECT f.endpoint_id, f.allowance FROM endpoint_flow f
+    JOIN settled s USING (endpoint_id)
+    JOIN webhook_endpoint w ON w.id = f.endpoint_id
+    WHERE s.congested OR s.pause IS NOT NULL OR f.allowance < coalesce(w.max_in_flight, %(default_max_in_flight)s)
     ORDER BY f.endpoint_id
-    FOR UPDATE
+    FOR UPDATE OF f
 ),
--- A recording worker with no room of its own to send more (share_room) hands the room
--- its outcomes give back to a full endpoint to another worker: the one the payload
--- hashes to among the others (deliverer.delivery.wakeups). One with room refills it
--- itself, with no notification.
+-- Another worker wanted more of an endpoint than this one left it: the slots these
+-- outcomes free are its turn (deliverer.delivery.wakeups).
 room AS (
-    SELECT pg_notify('outbox_delivery', 'room ' || f.endpoint_id || ' ' || %(worker_id)s || ' ' || txid_current())
-    FROM flow f JOIN settled s USING (endpoint_id)
-    WHERE %(share_room)s AND f.in_flight >= f.allowance
+    SELECT pg_notify('outbox_delivery', 'room ' || f.endpoint_id || ' ' || f.wanted_by)
+    FROM endpoint_flow f JOIN settled s USING (endpoint_id)
+    WHERE f.wanted_by <> %(worker_id)s
+      AND f.wanted_at > coalesce(%(now)s::timestamptz, now()) - interval '1 second'
 ),
 paced AS (
     UPDATE endpoint_flow f
-    SET in_flight = greatest(0, f.in_flight - s.closed),
-        allowance = CASE WHEN s.congested THEN greatest(1, f.allowance / 2)
+    SET allowance = CASE WHEN s.congested THEN greatest(1, f.allowance / 2)
                          ELSE least(coalesce(w.max_in_flight, %(default_max_in_flight)s), f.allowance + s.successes)
                     END,
         paused_until = CASE WHEN s.pause IS NULL THEN f.paused_until
                             ELSE greatest(f.paused_until, coalesce(%(now)s::timestamptz, now())
-                                                          + make_interval(secs => s.pause)) END,
-        active_at = coalesce(%(now)s::timestamptz, now())
+                                                          + make_interval(secs => s.pause)) END
     FROM settled s
     JOIN flow USING (endpoint_id)
     JOIN webhook_endpoint w ON w.id = s.endpoint_id
@@ -272,7 +341,9 @@ SELECT CASE WHEN a.delivery_id IS NULL THEN 'late_result'::delivery_fact_kind
        r.delivery_id, r.event_id, r.endpoint_id, r.org_id, r.series, r.attempt, r.outcome,
        a.next_attempt_at, %(worker_id)s, r.started_at, r.duration_ms, r.http_status,
        r.error_class, r.error_message, r.response_excerpt
-FROM r LEFT JOIN applied a ON a.delivery_id = r.delivery_id
+-- Joined on the lease too: after a database crash undid a claim, one batch can hold two
+-- outcomes of one delivery (the lost lease's and the new one's), and only one applies.
+FROM r LEFT JOIN applied a ON a.delivery_id = r.delivery_id AND a.lease_until = r.lease_until
 -- Reading `room` sends its notifications (a plain SELECT in WITH runs only when read).
 WHERE (SELECT count(*) FROM room) >= 0
 RETURNING delivery_id, kind, next_attempt_at
@@ -318,13 +389,9 @@ SELECT id, org_id, url, disabled_reason, updated_at FROM updated WHERE NOT enabl
 -- name: ensure_endpoint_flow
 -- Make the endpoint_flow rows a claim found missing: for endpoints never claimed
 -- before, and for all of them after a crash or a failover emptied the unlogged
--- table. in_flight starts at 0, not at the leases open: an outcome recorded while
--- this runs would close a request this count includes on a row that does not exist
--- yet, and the row would stay full for good. Starting low errs the other way, and
--- only once: the requests open across a crash may briefly exceed max_in_flight, and
--- their outcomes, closing what was never counted, stop at 0 (record_results).
-INSERT INTO endpoint_flow (endpoint_id, in_flight, allowance, tokens, tokens_at, active_at)
-SELECT e.endpoint_id, 0, %(initial_allowance)s, 0,
+-- table (which loses only the allowance learnt: the requests open are the leases).
+INSERT INTO endpoint_flow (endpoint_id, allowance, tokens, tokens_at, active_at)
+SELECT e.endpoint_id, %(initial_allowance)s, 0,
        -- an hour ago: the rate limit's bucket starts full
        coalesce(%(now)s::timestamptz, now()) - interval '1 hour', coalesce(%(now)s::timestamptz, now())
 FROM unnest(%(endpoint_ids)s::text[]) AS e (endpoint_id)

@@ -33,9 +33,11 @@ log = structlog.get_logger("deliverer.worker")
 
 BATCH = 1000
 # At a few hundred deliveries a second each outcome would otherwise be a transaction
-# of its own; waiting this long lets the ones finishing meanwhile share it. Receivers
-# have the request already: this delays only the log, never a delivery.
-LINGER = 0.005
+# of its own; waiting lets the ones finishing meanwhile share it: LINGER at least,
+# and up to LINGER_MAX while fewer than ENOUGH wait. Receivers have the request
+# already, and a request's slot is free when it ends (Claimer.ended): this delays
+# only the log and other workers' view of the endpoint, never a delivery.
+LINGER, LINGER_MAX, ENOUGH = 0.005, 0.025, 100
 
 
 class Recorded(NamedTuple):
@@ -47,14 +49,11 @@ class Recorded(NamedTuple):
 
 
 async def write(conn: psycopg.AsyncConnection[Any], results: list[Result], *, worker_id: str,
-                default_max_in_flight: int, now: datetime | None = None, paced: bool = True,
-                share_room: bool = False) -> list[Recorded]:
+                default_max_in_flight: int, now: datetime | None = None, paced: bool = True) -> list[Recorded]:
     """Write a batch of outcomes in one statement (its own transaction).
 
     ``paced``: the deliveries were claimed within their endpoints' limits, so their
-    outcomes close requests and adapt the allowance. Test events are not.
-    ``share_room``: the caller cannot send more now, so room given back to full endpoints
-    is announced to the other workers.
+    outcomes adapt the allowance. Test events are not.
     """
     if not results:
         return []
@@ -70,7 +69,7 @@ async def write(conn: psycopg.AsyncConnection[Any], results: list[Result], *, wo
             "error_message": r.outcome.error_message, "response_excerpt": r.outcome.response_excerpt,
             "lease_until": r.claimed.lease_until, "pause": r.pause,
         } for r in results]).decode(),
-        "default_max_in_flight": default_max_in_flight, "paced": paced, "share_room": share_room,
+        "default_max_in_flight": default_max_in_flight, "paced": paced,
     })
     return [Recorded(delivery_id, FactKind(kind), due) for delivery_id, kind, due in await cur.fetchall()]
 
@@ -80,18 +79,14 @@ class Recorder:
 
     def __init__(self, settings: Settings, worker_id: str, health: EndpointHealth, *,
                  clock: Clock | None = None,
-                 on_ready: Callable[[bool], None] = lambda ready: None,
-                 on_recorded: Callable[[list[Result]], None] = lambda results: None,
-                 saturated: Callable[[], bool] = lambda: False) -> None:
+                 on_ready: Callable[[bool], None] = lambda ready: None) -> None:
         self.worker_id = worker_id
         self.default_max_in_flight = settings.endpoint_max_in_flight
         self.health = health
         self.clock = clock
         self.on_ready = on_ready
-        self.on_recorded = on_recorded
-        self.saturated = saturated  # the worker has no room to send more: share what its outcomes free
         self.db = Reopening(settings, f"deliverer {worker_id}")
-        self.pending: list[Result] = []
+        self.pending: list[Result] = []  # until written: their requests ended, their leases still count
         self._arrived = asyncio.Event()
         self._closing = False
 
@@ -114,9 +109,8 @@ class Recorder:
             return []
         conn = await self.db.get()
         recorded = await write(conn, results, worker_id=self.worker_id, now=self.clock() if self.clock else None,
-                               default_max_in_flight=self.default_max_in_flight, share_room=self.saturated())
+                               default_max_in_flight=self.default_max_in_flight)
         await self.health.update(conn, results)
-        self.on_recorded(results)
         return recorded
 
     async def run(self) -> None:
@@ -124,8 +118,7 @@ class Recorder:
         backoff = Backoff()
         while not (self._closing and not self.pending):
             await self._arrived.wait()
-            if len(self.pending) < BATCH and not self._closing:
-                await asyncio.sleep(LINGER)
+            await self._linger()
             self._arrived.clear()
             while self.pending:
                 batch = self.pending[:BATCH]
@@ -142,6 +135,12 @@ class Recorder:
                 backoff.reset()
                 self.on_ready(True)
                 del self.pending[: len(batch)]
+
+    async def _linger(self) -> None:
+        waited = 0.0
+        while not self._closing and (waited == 0 or (len(self.pending) < ENOUGH and waited < LINGER_MAX)):
+            await asyncio.sleep(LINGER)
+            waited += LINGER
 
     async def _record_batch(self, batch: list[Result]) -> None:
         try:

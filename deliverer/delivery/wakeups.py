@@ -7,9 +7,10 @@ workers (``deliverer_presence``, refreshed every ``BEAT`` seconds) and acts only
 on notifications whose payload, the producer's transaction id, hashes to itself.
 
 Busy workers pass work on the same way, to the others: one that claimed all it
-can while more is due wakes another ("more <worker> <n>"), and one with no room to
-send more hands on the room its outcomes give back to a full endpoint ("room
-<endpoint> <worker> <txid>"), so processes share what one of them cannot take alone.
+can while more is due wakes another ("more <worker> <n>"), chosen among the
+others, and outcomes written at an endpoint where another worker was held back by
+what this one holds wake that worker ("room <endpoint> <worker>"), so processes
+share what one of them cannot take alone.
 
 Nothing depends on the choice being right: a busy worker claims again as soon as
 it has room, and every worker still polls (at most ``DELIVERER_POLL_INTERVAL``
@@ -57,7 +58,7 @@ class Listener:
         self.settings = settings
         self.worker_id = worker_id
         self.wake = wake
-        self.on_room = on_room  # a busy worker hands on room at a full endpoint, and it is this one's turn
+        self.on_room = on_room  # another worker handed over slots at an endpoint where this one waits
         self.peers: list[str] = []  # the live workers, this one included, as of the last heartbeat
 
     async def run(self) -> None:
@@ -89,16 +90,19 @@ class Listener:
 
     def _heard(self, payload: str) -> None:
         """Wake for the notifications that are this worker's turn. A producer's (its transaction id)
-        is chosen among all workers; one a busy worker passes on ("more <sender> <n>", or "room
-        <endpoint> <sender> <n>" for room at a full endpoint) among the workers other than the sender."""
+        is chosen among all workers; one a busy worker passes on ("more <sender> <n>") among the
+        workers other than the sender; slots handed over ("room <endpoint> <worker>") wake that worker."""
         kind, _, rest = payload.partition(" ")
-        if kind == "more" or kind == "room":
-            *endpoint, sender, _ = rest.split(" ")
+        if kind == "room":
+            endpoint_id, _, wanter = rest.partition(" ")
+            if wanter != self.worker_id:
+                return
+            self.on_room(endpoint_id)
+        elif kind == "more":
+            sender, _, _ = rest.partition(" ")
             others = [w for w in self.peers if w != sender]
             if sender == self.worker_id or chosen(payload, others) not in (None, self.worker_id):
                 return
-            if endpoint:
-                self.on_room(endpoint[0])
         elif chosen(payload, self.peers) not in (None, self.worker_id):
             return
         self.wake.set()

@@ -1,7 +1,9 @@
 """The delivery worker.
 
 One loop claims due deliveries (a lease, taken and committed in one statement),
-sends each concurrently, and a second loop writes outcomes back in batches. No
+sends each concurrently, at most as many at once to each endpoint as the claim
+allowed (the rest wait at its gate, ``deliverer.delivery.gates``, and start as
+requests end), and a second loop writes outcomes back in batches. No
 transaction is ever open across an HTTP call. A claim pushes the delivery's
 due time forward by the lease and bumps its attempt number, which doubles as a
 fencing token: if this worker dies, the delivery becomes due again by itself,
@@ -37,6 +39,7 @@ from deliverer.delivery import wakeups
 from deliverer.delivery.attempt import Attempter, Result
 from deliverer.delivery.backoff import Backoff
 from deliverer.delivery.claim import Claimed, Claimer, Clock
+from deliverer.delivery.gates import Gates
 from deliverer.delivery.health import EndpointHealth
 from deliverer.delivery.record import Recorded, Recorder
 from deliverer.ops.metrics import METRICS
@@ -47,6 +50,11 @@ log = structlog.get_logger("deliverer.worker")
 CHANNEL = wakeups.CHANNEL
 RECORD_GRACE = 10.0  # seconds to write outstanding outcomes at shutdown
 MIN_SLEEP = 0.005
+# A claim woken by a request that ended at an endpoint with no room left waits this
+# long first, so the requests ending meanwhile share one claim rather than one each.
+ENDED_LINGER = 0.002
+AHEAD = 3  # a claim leases up to three times an endpoint's limit here: the rest waits at the gate
+LEASE_MARGIN = 2.0  # seconds of a lease kept free of sends, for clock drift and the outcome's write
 
 __all__ = ["CHANNEL", "RECORD_GRACE", "Claimed", "Result", "Worker", "default_worker_id"]
 
@@ -71,12 +79,13 @@ class Worker:
         self.worker_id = settings.worker_id or default_worker_id()
         self.ready = False
         self._working = {"claim": False, "record": True}
-        self.claimer = Claimer(settings, self.worker_id, clock=clock)
+        self.claimer = Claimer(settings, self.worker_id, clock=clock,
+                               ended=lambda: [r.claimed.delivery_id for r in self.recorder.pending])
         self.attempter = Attempter(settings, clock=clock)
         self.recorder = Recorder(settings, self.worker_id, EndpointHealth(settings, clock=clock), clock=clock,
-                                 on_ready=lambda ready: self._set_ready(ready, "record"),
-                                 on_recorded=self._recorded, saturated=self._saturated)
-        self._in_flight: set[asyncio.Task[None]] = set()
+                                 on_ready=lambda ready: self._set_ready(ready, "record"))
+        self._in_flight: set[asyncio.Task[None]] = set()  # claimed deliveries, sending or at their gate
+        self.gates = Gates()
         # Claim in batches: at least this much room in this process before claiming again.
         self._smallest_claim = max(1, min(settings.batch_size, settings.max_in_flight) // 2)
         self._passed = 0  # wake-ups passed on to other workers
@@ -86,8 +95,8 @@ class Worker:
         self._looking_beyond = False  # this claim looks past endpoints the last one found full
         self._nothing_beyond_until = 0.0  # until then, nothing was due past the skipped endpoints
         self.listener = wakeups.Listener(settings, self.worker_id, self._wake,
-                                         on_room=lambda endpoint_id: self.claimer.skips.recorded([endpoint_id]))
-        self._closed = asyncio.Event()  # outcomes were recorded: requests closed, room at their endpoints
+                                         on_room=lambda endpoint_id: self.claimer.skips.ended([endpoint_id]))
+        self._ended = asyncio.Event()  # a request ended: its slot at the endpoint is free
 
     async def __aenter__(self) -> "Worker":
         await self.attempter.__aenter__()
@@ -111,7 +120,9 @@ class Worker:
 
     async def record(self, results: list[Result]) -> list[Recorded]:
         """Write outcomes back (and update endpoint health); one (delivery_id, kind, next_attempt_at) each."""
-        return await self.recorder.record(results)
+        recorded = await self.recorder.record(results)
+        self.claimer.skips.ended({r.claimed.endpoint_id for r in results})
+        return recorded
 
     async def seconds_until_due(self) -> float | None:
         return await self.claimer.seconds_until_due()
@@ -172,7 +183,7 @@ class Worker:
         smallest_claim = self._smallest_claim
         log.info("worker started", worker_id=self.worker_id, max_in_flight=settings.max_in_flight)
         while not stop.is_set():
-            room = settings.max_in_flight - len(self._in_flight)
+            room = self._room_here()
             if room < smallest_claim:
                 # Claim in batches: wait until sends finish and free enough room.
                 self._room.clear()
@@ -185,10 +196,12 @@ class Worker:
                 self._nothing_beyond_until = 0.0  # new work may be due past the skipped endpoints
             self._wake.clear()
             self._room.clear()
-            self._closed.clear()
+            self._ended.clear()
             looked_beyond = self._looking_beyond
+            # A lease starts no earlier than the claim was sent: sends wait at most until then.
+            start_by = time.monotonic() + settings.lease_seconds - settings.http_timeout - LEASE_MARGIN
             try:
-                claimed = await self.claim(limit)
+                claimed = await self.claimer.claim(limit, ahead=AHEAD)
             except psycopg.Error as exc:
                 METRICS.db_errors.labels("claim").inc()
                 await self._lost_database(exc, backoff, stop)
@@ -197,8 +210,10 @@ class Worker:
             backoff.reset()
             # Start before asking anything else of the database: claimed work left
             # unstarted by a failure there would sit out a whole lease.
+            for endpoint_id, endpoint_limit in self.claimer.limits.items():
+                self.gates.limit(endpoint_id, endpoint_limit)
             for item in claimed:
-                self._start(item)
+                self._start(item, start_by)
             if len(claimed) == limit and self._saturated():
                 await self._pass_on()
             if looked_beyond and not claimed:
@@ -217,13 +232,15 @@ class Worker:
 
         Never spin: due rows the last claim could not take are being claimed by
         another worker right now, or belong to endpoints with no room left, which
-        recorded outcomes free (here, or at another worker within the skip's time).
+        requests ending free (here, or at another worker within the skip's time).
         """
         wait, poll = self.next_due_in, self.settings.poll_interval
         skips_end = self.claimer.skips.next_change()
         if wait is not None and wait <= 0 and (self._in_flight or skips_end is not None):
-            await self._sleep(stop, self._closed, poll if skips_end is None else min(poll, skips_end),
+            await self._sleep(stop, self._ended, poll if skips_end is None else min(poll, skips_end),
                               also=self._wake)
+            if self._ended.is_set() and not self._wake.is_set():
+                await self._sleep(stop, self._wake, ENDED_LINGER)
             return
         interval = min(x for x in (wait, poll, skips_end) if x is not None)
         await self._sleep(stop, self._wake, max(interval, MIN_SLEEP))
@@ -234,13 +251,16 @@ class Worker:
         with contextlib.suppress(psycopg.Error):  # best effort: the others poll anyway
             await self.listener.pass_on(await self.claimer.db.get(), self._passed)
 
+    def _room_here(self) -> int:
+        """How many more this process may claim: DELIVERER_MAX_IN_FLIGHT counts its requests open; the
+        deliveries waiting at gates count too, up to AHEAD times as many, so that an endpoint whose
+        requests hang cannot fill the process with its backlog."""
+        max_in_flight = self.settings.max_in_flight
+        return min(max_in_flight - self.gates.sending, AHEAD * max_in_flight - len(self._in_flight))
+
     def _saturated(self) -> bool:
         """No room to claim more here now (see _claim_loop): room freed at full endpoints goes to others."""
-        return self.settings.max_in_flight - len(self._in_flight) < self._smallest_claim
-
-    def _recorded(self, results: list[Result]) -> None:
-        self.claimer.skips.recorded({r.claimed.endpoint_id for r in results})
-        self._closed.set()
+        return self._room_here() < self._smallest_claim
 
     async def _lost_database(self, exc: Exception, backoff: Backoff, stop: asyncio.Event) -> None:
         self._set_ready(False)
@@ -258,20 +278,39 @@ class Worker:
             for waiter in waiters:
                 waiter.cancel()
 
-    def _start(self, claimed: Claimed) -> None:
+    def _start(self, claimed: Claimed, start_by: float) -> None:
         self._unsent[claimed.delivery_id] = claimed
-        self._in_flight.add(asyncio.create_task(self._send_and_queue(claimed)))
+        self._in_flight.add(asyncio.create_task(self._send_and_queue(claimed, start_by)))
         METRICS.in_flight.set(len(self._in_flight))
 
-    async def _send_and_queue(self, claimed: Claimed) -> None:
+    async def _send_and_queue(self, claimed: Claimed, start_by: float) -> None:
+        endpoint_id = claimed.endpoint_id
         try:
-            result = await self.attempt(claimed)
+            if await self.gates.enter(endpoint_id, within=start_by - time.monotonic()):
+                try:
+                    result = await self.attempt(claimed)
+                    self._heed(result)  # before the slot passes on: the next may not go at all
+                finally:
+                    self.gates.leave(endpoint_id)
+            else:
+                result = self.attempter.hand_back(claimed, sent=False, no_room=True)
             del self._unsent[claimed.delivery_id]
-            self.recorder.add([result])
+            self.recorder.add([result])  # from now on its lease is not an open request (Claimer.ended)
+            if self.claimer.skips.is_full(endpoint_id) and self.gates.running_low(endpoint_id):
+                # The last claim left work there for want of room: room is coming back.
+                self.claimer.skips.ended([endpoint_id])
+                self._ended.set()
         finally:
             self._in_flight.discard(asyncio.current_task())
             METRICS.in_flight.set(len(self._in_flight))
             self._room.set()
+
+    def _heed(self, result: Result) -> None:
+        """A Retry-After pause holds here at once, for the deliveries waiting at the endpoint's gate: they
+        stay there (the next claim that looks at the endpoint after the pause opens the gate again)."""
+        if result.pause is not None:
+            self.gates.limit(result.claimed.endpoint_id, 0)
+            self.claimer.skips.blocked([result.claimed.endpoint_id], [result.pause])
 
     async def _drain(self, force: asyncio.Event) -> None:
         """Give in-flight sends the shutdown grace, then hand back whatever has no outcome."""

@@ -84,8 +84,10 @@ RETURNING id, org_id, url, event_types, description, enabled, created_at, update
 
 -- name: endpoint_pacing
 -- The endpoint's live limits state, shared by every deliverer (see deliverer.delivery.limits):
--- requests open, the allowance within the endpoint's ceiling, a Retry-After pause still running.
-SELECT greatest(0, f.in_flight) AS in_flight,
+-- requests open (its leases that have not run out), the allowance within the endpoint's
+-- ceiling, a Retry-After pause still running.
+SELECT (SELECT count(*) FROM delivery_queue q
+        WHERE q.endpoint_id = f.endpoint_id AND q.leased_by IS NOT NULL AND q.due_at > now())::int AS in_flight,
        least(f.allowance, coalesce(w.max_in_flight, %(default_max_in_flight)s)) AS allowance,
        CASE WHEN f.paused_until > now() THEN f.paused_until END AS paused_until
 FROM endpoint_flow f

@@ -143,14 +143,19 @@ class TestEndpoints:
         assert other.status == 201 and (other.body["max_in_flight"], other.body["rate_limit"]) == (1000, 10000.0)
 
     async def test_get_shows_the_live_pacing(self, api: Api, receiver: Receiver, db: psycopg.Connection) -> None:
-        """GET of one endpoint has its shared limits state: zeros before anything was sent, then
-        endpoint_flow's row, the allowance within max_in_flight and only a pause that still runs."""
+        """GET of one endpoint has its shared limits state: zeros before anything was sent, then the
+        requests open (leases not run out), endpoint_flow's allowance within max_in_flight and only a
+        pause that still runs."""
         created = await register(api, receiver, "/hook")
         path = f"/v1/webhooks/{created['id']}"
         got = await api.call("GET", path)
         assert got.body["pacing"] == {"in_flight": 0, "allowance": 0, "paused_until": None}
-        db.execute("INSERT INTO endpoint_flow (endpoint_id, in_flight, allowance, paused_until) "
-                   "VALUES (%s, 3, 40, '2999-01-01T00:00:00Z')", [created["id"]])
+        db.execute("INSERT INTO endpoint_flow (endpoint_id, allowance, paused_until) "
+                   "VALUES (%s, 40, '2999-01-01T00:00:00Z')", [created["id"]])
+        db.execute("INSERT INTO delivery_queue (delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at,"
+                   " leased_by) SELECT gen_random_uuid(), gen_random_uuid(), %s, 'org_a', 1, 1, now() + d, 'w1'"
+                   " FROM unnest(ARRAY[interval '30 s', interval '30 s', interval '30 s', interval '-1 s']) AS d",
+                   [created["id"]])  # three leases open, one run out
         assert (await api.call("GET", path)).body["pacing"] == {
             "in_flight": 3, "allowance": 40, "paused_until": "2999-01-01T00:00:00Z"}
         await api.call("PATCH", path, json_body={"max_in_flight": 10})

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import outbox
 from deliverer.delivery import limits
 from deliverer.delivery.worker import Worker
-from tests.support import FakeClock, Receiver, add_endpoint, settings_for, webhook_test
+from tests.support import FakeClock, Receiver, add_endpoint, aeventually, settings_for, webhook_test
 
 
 def publish(db: psycopg.Connection, org_id: str, n: int) -> None:
@@ -25,11 +25,19 @@ def publish(db: psycopg.Connection, org_id: str, n: int) -> None:
     db.commit()
 
 
-def flow(db: psycopg.Connection, endpoint_id: str) -> dict[str, object]:
-    row = db.execute("SELECT in_flight, allowance, paused_until FROM endpoint_flow WHERE endpoint_id = %s",
-                     [endpoint_id]).fetchone()
+def flow(db: psycopg.Connection, endpoint_id: str, clock: FakeClock) -> dict[str, object]:
+    """The endpoint's shared state, with the requests open as claims count them: leases not run out."""
+    row = db.execute(OPEN_AND_FLOW, [clock(), endpoint_id]).fetchone()
+    db.commit()
     assert row is not None, f"no endpoint_flow row for {endpoint_id}"
     return {"in_flight": row[0], "allowance": row[1], "paused_until": row[2]}
+
+
+OPEN_AND_FLOW = """
+    SELECT (SELECT count(*) FROM delivery_queue q
+            WHERE q.endpoint_id = f.endpoint_id AND q.leased_by IS NOT NULL AND q.due_at > %s),
+           f.allowance, f.paused_until
+    FROM endpoint_flow f WHERE f.endpoint_id = %s"""
 
 
 def set_flow(db: psycopg.Connection, endpoint_id: str, **values: object) -> None:
@@ -61,10 +69,10 @@ class TestTheAllowance:
             first = await worker.claim(100)
             assert len(first) == limits.INITIAL_ALLOWANCE
             await worker.record([await worker.attempt(c) for c in first])
-            assert flow(db, endpoint.id) == {"in_flight": 0, "allowance": 4 + 4, "paused_until": None}
+            assert flow(db, endpoint.id, clock) == {"in_flight": 0, "allowance": 4 + 4, "paused_until": None}
             for _ in range(20):
                 await worker.record([await worker.attempt(c) for c in await worker.claim(100)])
-            assert flow(db, endpoint.id)["allowance"] == 50  # DELIVERER_ENDPOINT_MAX_IN_FLIGHT
+            assert flow(db, endpoint.id, clock)["allowance"] == 50  # DELIVERER_ENDPOINT_MAX_IN_FLIGHT
 
     async def test_timeouts_and_throttling_halve_the_allowance(
             self, dsn: str, db: psycopg.Connection, receiver: Receiver, clock: FakeClock) -> None:
@@ -73,16 +81,16 @@ class TestTheAllowance:
         publish(db, "org_a", 10)
         async with Worker(settings_for(dsn, http_timeout=0.5, lease_seconds=10), clock=clock) as worker:
             await worker.claim(1)
-            set_flow(db, endpoint.id, allowance=40, in_flight=0)
+            set_flow(db, endpoint.id, allowance=40)
             for status, allowance in ((429, 20), (503, 10), (500, 10)):
                 answer(receiver, "/ep", status)
                 [claimed] = await worker.claim(1)
                 await worker.record([await worker.attempt(claimed)])
-                assert flow(db, endpoint.id)["allowance"] == allowance, status
+                assert flow(db, endpoint.id, clock)["allowance"] == allowance, status
             receiver.behave("/ep", _hang)
             [claimed] = await worker.claim(1)
             await worker.record([await worker.attempt(claimed)])
-            assert flow(db, endpoint.id)["allowance"] == 5
+            assert flow(db, endpoint.id, clock)["allowance"] == 5
 
     async def test_an_idle_endpoint_starts_small_again(
             self, dsn: str, db: psycopg.Connection, receiver: Receiver, clock: FakeClock) -> None:
@@ -113,14 +121,14 @@ class TestAcrossWorkers:
                 Worker(settings_for(dsn, worker_id="B"), clock=clock) as b:
             assert len(await a.claim(10)) == 3
             assert await b.claim(10) == []
-            assert flow(db, endpoint.id)["in_flight"] == 3
+            assert flow(db, endpoint.id, clock)["in_flight"] == 3
 
     async def test_a_crashed_workers_share_comes_back_when_its_leases_expire(
             self, dsn: str, db: psycopg.Connection, receiver: Receiver, clock: FakeClock) -> None:
         """A worker that dies holding an endpoint's every slot gives them back when its leases run out."""
         endpoint = add_endpoint(db, receiver, "/ep")
         limit(db, endpoint.id, max_in_flight=2)
-        publish(db, "org_a", 5)
+        publish(db, "org_a", 2)
         async with Worker(settings_for(dsn, worker_id="A", lease_seconds=30), clock=clock) as a, \
                 Worker(settings_for(dsn, worker_id="B"), clock=clock) as b:
             assert len(await a.claim(10)) == 2  # and A dies
@@ -128,10 +136,54 @@ class TestAcrossWorkers:
             clock.advance(31)
             retaken = await b.claim(10)
             assert len(retaken) == 2 and {c.attempt for c in retaken} == {2}
-            assert flow(db, endpoint.id)["in_flight"] == 2
+            assert flow(db, endpoint.id, clock)["in_flight"] == 2
             await b.record([await b.attempt(c) for c in retaken])
-            assert flow(db, endpoint.id)["in_flight"] == 0
+            assert flow(db, endpoint.id, clock)["in_flight"] == 0
+            publish(db, "org_a", 3)
             assert len(await b.claim(10)) == 2
+
+    async def test_a_slot_is_free_when_its_request_ends_not_when_its_outcome_is_written(
+            self, dsn: str, db: psycopg.Connection, receiver: Receiver, clock: FakeClock) -> None:
+        """A worker refills the slots of requests that ended, outcomes still unwritten; others count them open."""
+        endpoint = add_endpoint(db, receiver, "/ep")
+        limit(db, endpoint.id, max_in_flight=3)
+        publish(db, "org_a", 10)
+        async with Worker(settings_for(dsn, worker_id="A"), clock=clock) as a, \
+                Worker(settings_for(dsn, worker_id="B"), clock=clock) as b:
+            first = await a.claim(10, slow_start=False)
+            assert len(first) == 3
+            a.recorder.add([await a.attempt(c) for c in first])  # answered; on their way to the log
+            a.claimer.skips.ended([endpoint.id])  # as the worker's loop does when a request ends
+            assert len(await a.claim(10, slow_start=False)) == 3
+            assert await b.claim(10, slow_start=False) == []  # A's unwritten outcomes hold their leases
+            assert flow(db, endpoint.id, clock)["in_flight"] == 6
+            await a.record(a.recorder.pending)
+            assert flow(db, endpoint.id, clock)["in_flight"] == 3
+
+    async def test_workers_share_an_endpoint_one_of_them_filled(
+            self, dsn: str, db: psycopg.Connection, receiver: Receiver, clock: FakeClock) -> None:
+        """A worker held back by what another holds is counted among the sharers: the other takes only its
+        part from then on, and the slots its outcomes free are handed over (a 'room' notification)."""
+        endpoint = add_endpoint(db, receiver, "/ep")
+        limit(db, endpoint.id, max_in_flight=4)
+        publish(db, "org_a", 20)
+        async with Worker(settings_for(dsn, worker_id="A"), clock=clock) as a, \
+                Worker(settings_for(dsn, worker_id="B"), clock=clock) as b, \
+                await psycopg.AsyncConnection.connect(dsn, autocommit=True) as listening:
+            await listening.execute("LISTEN outbox_delivery")
+            held = await a.claim(10, slow_start=False)
+            assert len(held) == 4
+            assert await b.claim(10, slow_start=False) == []
+            assert db.execute("SELECT wanted_by FROM endpoint_flow").fetchone() == ("B",)
+            db.commit()
+            await a.record([await a.attempt(c) for c in held])
+            notes = [n.payload async for n in listening.notifies(timeout=1.0)]
+            assert notes == [f"room {endpoint.id} B"]
+            assert len(await a.claim(10, slow_start=False)) == 2  # its part: half, B wants the rest
+            b.listener._heard(notes[0])  # what B's listener does with it: stop skipping the endpoint
+            assert len(await b.claim(10, slow_start=False)) == 2
+            assert len(await a.claim(10, slow_start=False)) == 0
+            assert flow(db, endpoint.id, clock)["in_flight"] == 4
 
     async def test_a_late_outcome_does_not_free_a_slot_twice(
             self, dsn: str, db: psycopg.Connection, receiver: Receiver, clock: FakeClock) -> None:
@@ -146,9 +198,9 @@ class TestAcrossWorkers:
             clock.advance(31)
             [taken] = await b.claim(10)
             assert [r.kind for r in await a.record([late])] == ["late_result"]
-            assert flow(db, endpoint.id)["in_flight"] == 1
+            assert flow(db, endpoint.id, clock)["in_flight"] == 1
             await b.record([await b.attempt(taken)])
-            assert flow(db, endpoint.id)["in_flight"] == 0
+            assert flow(db, endpoint.id, clock)["in_flight"] == 0
 
     async def test_a_test_event_is_outside_the_limits(
             self, dsn: str, db: psycopg.Connection, receiver: Receiver, clock: FakeClock) -> None:
@@ -164,7 +216,7 @@ class TestAcrossWorkers:
                 target = await endpoints.target_by_url(conn, "org_a", endpoint.url)
                 assert target is not None
                 assert (await ping.send(conn, sender, target))["delivered"] is True
-            assert flow(db, endpoint.id)["in_flight"] == 1
+            assert flow(db, endpoint.id, clock)["in_flight"] == 1
 
 
 class TestPausesAndRates:
@@ -178,7 +230,7 @@ class TestPausesAndRates:
         async with Worker(settings_for(dsn), clock=clock) as worker:
             [first] = await worker.claim(1)
             await worker.record([await worker.attempt(first)])
-            assert flow(db, endpoint.id)["paused_until"] is not None
+            assert flow(db, endpoint.id, clock)["paused_until"] is not None
             publish(db, "org_b", 1)
             assert [c.org_id for c in await worker.claim(10)] == ["org_b"]
             clock.advance(29)
@@ -186,6 +238,27 @@ class TestPausesAndRates:
             assert all(c.endpoint_id != endpoint.id for c in claimed)
             clock.advance(2)
             assert any(c.endpoint_id == endpoint.id for c in await worker.claim(10))
+
+    async def test_a_pause_stops_the_deliveries_waiting_at_the_gate_too(
+            self, dsn: str, db: psycopg.Connection, receiver: Receiver) -> None:
+        """A worker leases ahead of its limit; when a 429's Retry-After pauses the endpoint, the deliveries
+        waiting behind the gate are not sent: they are handed back (no_room) before their leases run short."""
+        endpoint = add_endpoint(db, receiver, "/busy")
+        limit(db, endpoint.id, max_in_flight=1)
+        answer(receiver, "/busy", 429, {"Retry-After": "60"})
+        publish(db, "org_a", 3)
+        stop = asyncio.Event()
+        async with Worker(settings_for(dsn, lease_seconds=6, http_timeout=1)) as worker:
+            run = asyncio.create_task(worker.run(stop))
+            try:
+                await aeventually(lambda: db.execute(
+                    "SELECT count(*) FROM delivery_log WHERE error_class = 'no_room'").fetchone() == (2,),
+                    "the two waiting deliveries to be handed back", timeout=15)
+            finally:
+                stop.set()
+                await run
+        assert len(receiver.requests) == 1
+        assert flow(db, endpoint.id, FakeClock())["paused_until"] is not None
 
     async def test_the_rate_limit_spends_tokens_that_refill_with_time(
             self, dsn: str, db: psycopg.Connection, receiver: Receiver, clock: FakeClock) -> None:
@@ -281,11 +354,10 @@ class TestTheSqlFollowsTheModel:
                     allowance = limits.allowance_after(allowance, successes=len(done) if outcome.succeeded else 0,
                                                        congested=step[2] == "congested", ceiling=ceiling)
                     in_flight -= len(done)
-                    idle_since = clock()
                 elif step[0] == "wait":
                     clock.advance(float(step[1]))  # type: ignore[arg-type]
-                row = db.execute("SELECT in_flight, allowance FROM endpoint_flow WHERE endpoint_id = %s",
-                                 [endpoint.id]).fetchone() or (0, allowance)  # no row before the first claim
+                row = db.execute(OPEN_AND_FLOW, [clock(), endpoint.id]).fetchone() \
+                    or (0, allowance)  # no row before the first claim
                 db.commit()
                 assert row[0] == in_flight <= ceiling
                 if step[0] != "wait":

@@ -5,7 +5,7 @@ import asyncio
 import psycopg
 
 import outbox
-from deliverer.delivery.worker import Worker
+from deliverer.delivery.worker import Claimed, Result, Worker
 from tests.support import FakeClock, Receiver, add_endpoint, hold_until, settings_for, webhook_test
 
 LEASE = 30
@@ -116,6 +116,19 @@ class TestLeaseExpiry:
         assert db.execute("SELECT count(*) FROM delivery_queue").fetchone() == (0,)
 
 
+async def claimed_twice(worker: Worker, db: psycopg.Connection) -> tuple[Claimed, Result, Claimed]:
+    """The one delivery claimed and sent, the claim undone as by a crash, and claimed again."""
+    [first] = await worker.claim(10)
+    first_result = await worker.attempt(first)
+    # What crash recovery leaves when the claim's commit was not flushed: the queue row
+    # as before it (the log row is append-only and stays; it only matters here that the
+    # queue forgot the lease).
+    db.execute("UPDATE delivery_queue SET attempt = attempt - 1, leased_by = NULL, due_at = now()")
+    db.commit()
+    [second] = await worker.claim(10)
+    return first, first_result, second
+
+
 class TestCrashUndoneClaim:
     async def test_an_outcome_of_a_claim_a_crash_undid_cannot_settle_the_new_lease(
             self, dsn: str, db: psycopg.Connection, receiver: Receiver) -> None:
@@ -125,13 +138,7 @@ class TestCrashUndoneClaim:
         add_endpoint(db, receiver, "/hook")
         publish_one(dsn)
         async with Worker(settings_for(dsn, worker_id="A", lease_seconds=LEASE)) as worker:
-            [first] = await worker.claim(10)
-            first_result = await worker.attempt(first)
-            # What crash recovery leaves when the claim's commit was not flushed: the queue row
-            # as before it (the log row is append-only and stays; it only matters here that the
-            # queue forgot the lease).
-            db.execute("UPDATE delivery_queue SET attempt = attempt - 1, leased_by = NULL, due_at = now()")
-            [second] = await worker.claim(10)
+            first, first_result, second = await claimed_twice(worker, db)
             assert (second.delivery_id, second.attempt) == (first.delivery_id, first.attempt)
             assert second.lease_until != first.lease_until
             assert await worker.record([first_result]) == [(first.delivery_id, "late_result", None)]
@@ -139,6 +146,19 @@ class TestCrashUndoneClaim:
             second_result = await worker.attempt(second)
             assert [row[1] for row in await worker.record([second_result])] == ["attempt_finished"]
         assert db.execute("SELECT count(*) FROM delivery_queue").fetchone() == (0,)
+
+    async def test_both_outcomes_in_one_batch_settle_the_delivery_once(
+            self, dsn: str, db: psycopg.Connection, receiver: Receiver) -> None:
+        """Outcomes wait in memory while the database is away, so the undone lease's outcome and the new
+        lease's can reach the log in one batch: one settles the delivery, the other is a late result."""
+        add_endpoint(db, receiver, "/hook")
+        publish_one(dsn)
+        async with Worker(settings_for(dsn, worker_id="A", lease_seconds=LEASE)) as worker:
+            _, first_result, second = await claimed_twice(worker, db)
+            recorded = await worker.record([first_result, await worker.attempt(second)])
+        assert sorted(kind for _, kind, _ in recorded) == ["attempt_finished", "late_result"]
+        assert db.execute("SELECT kind, count(*) FROM delivery_log WHERE kind IN ('attempt_finished', 'late_result')"
+                          " GROUP BY kind ORDER BY kind").fetchall() == [("attempt_finished", 1), ("late_result", 1)]
 
 
 class TestClaimCommit:

@@ -49,8 +49,8 @@ async def test_a_commit_wakes_one_of_eight_idle_workers(dsn: str, db: psycopg.Co
     for worker in workers:
         claim = worker.claimer.claim
 
-        async def counted(limit: int, *, slow_start: bool = True, _claim=claim, _id=worker.worker_id):  # type: ignore[no-untyped-def]
-            got = await _claim(limit, slow_start=slow_start)
+        async def counted(limit: int, *, _claim=claim, _id=worker.worker_id, **options):  # type: ignore[no-untyped-def]
+            got = await _claim(limit, **options)
             claims[_id][0] += 1
             claims[_id][1] += not got
             return got
