@@ -1,6 +1,5 @@
 """The package's metadata: what the bare install and each extra pull in, and one version."""
 
-import json
 import tomllib
 from importlib.metadata import version
 
@@ -23,8 +22,8 @@ def test_the_bare_install_is_psycopg_alone() -> None:
 def test_every_copy_of_the_version_follows_pyproject() -> None:
     """pyproject.toml holds the version; the OpenAPI document's and the deployed image tag, its copies, agree."""
     assert version("docextract-webhooks") == PROJECT["version"]
-    openapi = json.loads((ROOT / "deliverer" / "api" / "openapi.json").read_text())
-    assert openapi["info"]["version"] == PROJECT["version"]
+    from deliverer.api import openapi  # generated at start-up, from the installed package's version
+    assert openapi.document()["info"]["version"] == PROJECT["version"]
     for kustomization in ("base", "overlays/production"):
         images = yaml.safe_load((DEPLOY / kustomization / "kustomization.yaml").read_text())["images"]
         assert [image["newTag"] for image in images] == [PROJECT["version"]]
