@@ -42,13 +42,6 @@ class Result:
         return min(self.outcome.retry_after, RETRY_AFTER_CAP)
 
     @property
-    def congested(self) -> bool:
-        """The endpoint said it is overloaded: it timed out, could not be reached, or answered 429/503
-        (the allowance halves: record_results)."""
-        return not self.abandoned and (self.outcome.error_class in (ErrorClass.TIMEOUT, ErrorClass.CONNECT_ERROR)
-                                       or self.outcome.http_status in (429, 503))
-
-    @property
     def log_outcome(self) -> Outcome:
         if self.abandoned:
             return Outcome.UNKNOWN
