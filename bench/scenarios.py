@@ -206,7 +206,9 @@ def _role(statement: str) -> str:
     """What a deliverer connection is for, from the last statement it ran."""
     if statement.startswith("LISTEN"):
         return "listen"
-    if "candidates AS MATERIALIZED" in statement:
+    # pg_stat_activity keeps only the first track_activity_query_size (1 kB) of a statement:
+    # the claim is told by its opening CTE, before its count(*) makes it look like a gauge.
+    if "oldest AS MATERIALIZED" in statement:
         return "claims"
     if "jsonb_to_recordset" in statement or "failing_since" in statement or "outbox_event" in statement:
         return "outcomes"
