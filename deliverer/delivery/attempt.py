@@ -85,6 +85,7 @@ class Attempter:
             "webhook.series": claimed.series, "webhook.attempt": claimed.attempt,
         })
         result: Result | None = None
+        exported = span.is_recording()  # until it ends
         try:
             with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
                 result = await self._attempt(claimed, span)
@@ -92,7 +93,7 @@ class Attempter:
             # Cut off at shutdown (cancelled), the span ends too, as an attempt with no outcome.
             tracing.finish_attempt(span, succeeded=result is not None and result.outcome.succeeded,
                                    attributes=_span_outcome(result))
-        return replace(result, span=span.get_span_context()) if span.is_recording() else result
+        return replace(result, span=span.get_span_context()) if exported else result
 
     async def _attempt(self, claimed: Claimed, span: trace.Span | None) -> Result:
         started_at = self.now()

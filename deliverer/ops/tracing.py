@@ -69,7 +69,6 @@ def configure(exporter: str, service: str, environ: Mapping[str, str] = os.envir
         resource = resource.merge(Resource({"service.name": service}))
     provider = TracerProvider(resource=resource)  # OTEL_TRACES_SAMPLER and the span limits
     provider.add_span_processor(BatchSpanProcessor(span_exporter))  # OTEL_BSP_*
-    trace.set_tracer_provider(provider)  # for libraries that trace through the global API
     use(provider)
 
 
@@ -110,6 +109,7 @@ def headers(span: trace.Span) -> dict[str, str]:
 
 
 def finish_attempt(span: trace.Span, *, succeeded: bool, attributes: Mapping[str, Any]) -> None:
+    """End the attempt's span with its outcome (a span that is not recording has nothing to end)."""
     if not span.is_recording():
         return
     span.set_attributes(attributes)
