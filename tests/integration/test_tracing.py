@@ -228,6 +228,6 @@ class TestStored:
                 await outbox.apublish(aconn, "webhook.test", webhook_test(), org_id="org_a")
             await aconn.commit()
         stored = [tp for (tp,) in db.execute("SELECT traceparent FROM outbox_event ORDER BY id")]
-        as_header = [f"00-{s.trace_id:032x}-{s.span_id:016x}-{s.trace_flags:02x}" for s in (sync_span.get_span_context(),
-                                                                            async_span.get_span_context())]
+        contexts = (sync_span.get_span_context(), async_span.get_span_context())
+        as_header = [f"00-{s.trace_id:032x}-{s.span_id:016x}-{s.trace_flags:02x}" for s in contexts]
         assert stored == [as_header[0]] * 4 + [as_header[1]]
