@@ -76,8 +76,9 @@ class Attempter:
 
     async def attempt(self, claimed: Claimed) -> Result:
         """Send one claimed delivery and decide what happens next; never raises for the receiver's sake."""
-        if claimed.traceparent is None and TRACING.tracer is None:
-            return await self._attempt(claimed, None)
+        if TRACING.tracer is None:
+            # Not exported: the publisher's context, if any, goes to the receiver as it was stored.
+            return await self._attempt(claimed, tracing.forwarded(claimed.traceparent, claimed.tracestate))
         span = tracing.start_attempt(claimed.traceparent, claimed.tracestate, link=claimed.claim_span, attributes={
             "webhook.endpoint_id": claimed.endpoint_id, "webhook.event_type": claimed.event_type,
             "webhook.event_id": event_public_id(claimed.event_id),
@@ -88,14 +89,14 @@ class Attempter:
         exported = span.is_recording()  # until it ends
         try:
             with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
-                result = await self._attempt(claimed, span)
+                result = await self._attempt(claimed, tracing.headers(span))
         finally:
             # Cut off at shutdown (cancelled), the span ends too, as an attempt with no outcome.
             tracing.finish_attempt(span, succeeded=result is not None and result.outcome.succeeded,
                                    attributes=_span_outcome(result))
         return replace(result, span=span.get_span_context()) if exported else result
 
-    async def _attempt(self, claimed: Claimed, span: trace.Span | None) -> Result:
+    async def _attempt(self, claimed: Claimed, trace_headers: dict[str, str] | None) -> Result:
         started_at = self.now()
         if not claimed.endpoint_enabled:
             outcome = send.Outcome(
@@ -118,8 +119,8 @@ class Attempter:
             event_type=claimed.event_type, delivery_id=delivery_public_id(claimed.delivery_id),
             attempt=claimed.attempt, timestamp=int(started_at.timestamp()),
         )
-        if span is not None:
-            headers |= tracing.headers(span)
+        if trace_headers is not None:
+            headers |= trace_headers
         assert self._http is not None, "use the Attempter as an async context manager"
         self.sending.add(claimed.delivery_id)
         outcome = await self._http.post(claimed.url, body, headers, timeout=self.settings.http_timeout)
@@ -198,6 +199,8 @@ class Attempter:
             "status": outcome.http_status,
             "duration_ms": round(outcome.duration_ms, 2),
         }
+        if claimed.traceparent is not None and TRACING.tracer is None:
+            fields |= tracing.log_fields(claimed.traceparent)  # exported, the current span's are logged instead
         if outcome.succeeded:
             log.debug("delivered", **fields)
         elif retry_after is None:

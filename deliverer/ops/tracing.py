@@ -12,12 +12,13 @@ variables. Then every attempt is a span (a child of the publisher's, or a trace 
 its own for an event published outside any), and so is every claim and every
 batch of outcomes written, linked to the attempts they carry.
 
-Without a tracer nothing is made: the attempt forwards the publisher's own
-``traceparent`` (what OpenTelemetry does without an SDK), and an attempt of an
-event published outside a trace costs one test of two ``None``.
+Without a tracer nothing is made or parsed: the attempt forwards the
+publisher's own ``traceparent`` and ``tracestate`` as stored (what OpenTelemetry
+does without an SDK), at the cost of a test and a small dict.
 """
 
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -63,7 +64,8 @@ def configure(exporter: str, service: str, environ: Mapping[str, str] = os.envir
     except ImportError:
         raise ModuleNotFoundError(f"OTEL_TRACES_EXPORTER={exporter} needs the otel extra: pip install "
                                   "'docextract-webhooks[deliverer,otel]'", name="opentelemetry.sdk") from None
-    span_exporter: SpanExporter = ConsoleSpanExporter() if exporter == "console" else _otlp(environ)
+    # sys.stdout as it is now: the exporter's default is the one of when it was imported.
+    span_exporter: SpanExporter = ConsoleSpanExporter(out=sys.stdout) if exporter == "console" else _otlp(environ)
     resource = Resource.create()  # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": service}))
@@ -89,10 +91,24 @@ def shutdown() -> None:
         use(None)
 
 
+def forwarded(traceparent: str | None, tracestate: str | None) -> dict[str, str] | None:
+    """The headers of an attempt that is not exported: the publisher's context as it was stored (made by
+    ``outbox.tracecontext``, so well-formed), or None for an event published outside a trace."""
+    if traceparent is None:
+        return None
+    return {"traceparent": traceparent} if tracestate is None else {"traceparent": traceparent,
+                                                                    "tracestate": tracestate}
+
+
+def log_fields(traceparent: str) -> dict[str, str]:
+    """``trace_id`` and ``span_id`` of a traceparent header (version 00: fixed offsets)."""
+    return {"trace_id": traceparent[3:35], "span_id": traceparent[36:52]}
+
+
 def start_attempt(traceparent: str | None, tracestate: str | None, *, link: trace.SpanContext | None,
                   attributes: Mapping[str, Any]) -> trace.Span:
-    """The attempt's span, started now: a child of the publisher's span, a trace of its own for an event
-    published outside any, or (no tracer) the publisher's span itself, not recording."""
+    """The attempt's span, started now: a child of the publisher's span, or a trace of its own for an event
+    published outside any. Without a tracer (see :func:`forwarded`), the publisher's span itself, not recording."""
     parent = _W3C.extract({"traceparent": traceparent, "tracestate": tracestate or ""}) if traceparent else _ROOT
     tracer = TRACING.tracer
     if tracer is None:

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+import structlog
+import structlog.testing
 from aiohttp import web
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -189,13 +191,16 @@ class TestNotExported:
         assert db.execute("SELECT traceparent, tracestate FROM outbox_event").fetchall() == [
             (expected, "vendor=value")]
         async with Worker(settings_for(dsn), clock=clock) as worker:
-            await worker.run_once()
+            with structlog.testing.capture_logs() as logged:
+                await worker.run_once()
             clock.advance(5)
             await worker.run_once()
             await replay_all(dsn, db)
             await worker.run_once()
         assert [(r.status, r.headers["traceparent"], r.headers["tracestate"]) for r in receiver.requests] == [
             (500, expected, "vendor=value"), (200, expected, "vendor=value"), (200, expected, "vendor=value")]
+        [failed] = [line for line in logged if line["event"] == "attempt failed"]
+        assert (failed["trace_id"], failed["span_id"]) == (f"{producer.trace_id:032x}", f"{producer.span_id:016x}")
 
     async def test_an_untraced_event_sends_no_traceparent(
             self, dsn: str, db: psycopg.Connection, receiver: Receiver) -> None:
