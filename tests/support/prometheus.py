@@ -11,10 +11,8 @@ second, so that a scenario of seconds can show which alerts fire.
 import asyncio
 import json
 import math
-import os
 import shutil
 import socket
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -82,16 +80,15 @@ class Prometheus:
         (directory / "prometheus.yml").write_text(yaml.safe_dump(scrape_config(targets)))
         (directory / "rules.yml").write_text(yaml.safe_dump(rules_for_tests()))
         self.log_path = directory / "prometheus.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: asyncio.subprocess.Process | None = None
         self.http: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> "Prometheus":
         with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                ["prometheus", f"--config.file={self.directory / 'prometheus.yml'}",
-                 f"--storage.tsdb.path={self.directory / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}"],
-                cwd=self.directory, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=dict(os.environ))
+            self.proc = await asyncio.create_subprocess_exec(
+                "prometheus", f"--config.file={self.directory / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.directory / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
+                cwd=self.directory, stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL)
         self.http = aiohttp.ClientSession()
         await aeventually(self._ready, lambda: f"Prometheus ready at {self.url}; its log:\n{self.log()}",
                           ignoring=(aiohttp.ClientError,), interval=0.1)
@@ -102,13 +99,13 @@ class Prometheus:
             await self.http.close()
         if self.proc is not None:
             self.proc.terminate()
-            await asyncio.to_thread(self.proc.wait, 30)
+            await asyncio.wait_for(self.proc.wait(), 30)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:]
 
     async def _ready(self) -> bool:
-        assert self.proc is not None and self.proc.poll() is None, f"Prometheus exited:\n{self.log()}"
+        assert self.proc is not None and self.proc.returncode is None, f"Prometheus exited:\n{self.log()}"
         assert self.http is not None
         async with self.http.get(f"{self.url}/-/ready") as response:
             return response.status == 200
