@@ -17,9 +17,10 @@ publisher's own ``traceparent`` and ``tracestate`` as stored (what OpenTelemetry
 does without an SDK), at the cost of a test and a small dict.
 """
 
+import contextlib
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -152,6 +153,20 @@ def end(span: trace.Span | None) -> None:
 
 def _prefixed(attributes: Mapping[str, Any]) -> dict[str, Any]:
     return {f"deliverer.{key}": value for key, value in attributes.items()}
+
+
+@contextlib.contextmanager
+def continued(headers: Mapping[str, str]) -> Iterator[None]:
+    """Run the block in the trace an incoming request names with its ``traceparent``, if it has one:
+    what it publishes (a test event) continues the caller's trace."""
+    if "traceparent" not in headers:
+        yield
+        return
+    token = otel_context.attach(_W3C.extract(headers))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 def log_ids(_logger: Any, _method: str, event_dict: Any) -> Any:
