@@ -1,11 +1,13 @@
 """One attempt: sign and POST one claimed delivery, and decide what happens next.
 
 Nothing here touches the database: the caller records the ``Result`` (the worker
-in batches, a test event at once). An attempt continues the trace its event was
-published in, if any (``deliverer.ops.tracing``): the request carries a
-``traceparent``, and with an exporter the attempt is a span. A receiver's behaviour never raises: every
+in batches, a test event at once). A receiver's behaviour never raises: every
 answer, timeout or network error is an outcome, and the retry schedule (with the
 receiver's Retry-After, within bounds) decides when the next attempt is due.
+
+An attempt continues the trace its event was published in, if any
+(``deliverer.ops.tracing``): the request carries a ``traceparent``, and with an
+exporter the attempt is a span.
 """
 
 import logging
