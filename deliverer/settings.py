@@ -109,6 +109,9 @@ class Settings:
     log_level: str = setting("info", "DELIVERER_LOG_LEVEL", "debug, info, warning or error")
     log_format: str = setting("auto", "DELIVERER_LOG_FORMAT", "json, console, or auto: JSON lines unless stderr is "
                               "a terminal")
+    traces_exporter: str = setting(
+        "none", "OTEL_TRACES_EXPORTER", "none, otlp or console: export a span per attempt, claim and outcome batch "
+        "(needs the `otel` extra; the other `OTEL_*` variables configure it, [Tracing](tracing.md))")
 
     def validated(self) -> "Settings":
         if self.http_timeout <= 0:
@@ -132,6 +135,8 @@ class Settings:
             ssrf.parse_networks(self.allowed_networks)
         except ValueError as exc:
             raise ConfigError(f"DELIVERER_ALLOWED_NETWORKS: {exc}") from None
+        if self.traces_exporter not in ("none", "otlp", "console"):
+            raise ConfigError("OTEL_TRACES_EXPORTER must be none, otlp or console")
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError("log_format must be auto, json or console")
         return self
