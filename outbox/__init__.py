@@ -19,6 +19,7 @@ from outbox.errors import (
     PayloadTooLarge,
     UnknownEventType,
     UnsupportedConnection,
+    WritesRefused,
 )
 from outbox.ids import event_public_id, parse_event_id
 from outbox.jobs import JobError, JobResult, job_finished
@@ -43,6 +44,7 @@ __all__ = [
     "PayloadTooLarge",
     "UnknownEventType",
     "UnsupportedConnection",
+    "WritesRefused",
     "apublish",
     "apublish_balance_change",
     "apublish_many",

@@ -23,16 +23,24 @@ Inside a trace (``outbox.tracecontext``) each statement has a twin that also
 stores the caller's trace context with the event; outside one, nothing changes.
 """
 
+import contextlib
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
 
 from outbox import catalog, ids, sqlfile, tracecontext
-from outbox.errors import InvalidPayload, MissingOrgId, OutboxError, PayloadTooLarge, UnsupportedConnection
+from outbox.errors import (
+    InvalidPayload,
+    MissingOrgId,
+    OutboxError,
+    PayloadTooLarge,
+    UnsupportedConnection,
+    WritesRefused,
+)
 
 MAX_BODY_BYTES = 256 * 1024
 """Largest serialised event (``{"event": ..., "data": ...}`` in UTF-8) accepted."""
@@ -199,6 +207,51 @@ async def _arun(
         return result
 
 
+# PostgreSQL 14 and later report these to the client whenever they change (a
+# promotion, ALTER SYSTEM/DATABASE and a reload, a new session): reading them costs
+# no round trip, and refusing then leaves the caller's transaction untouched.
+_READ_ONLY_REPORTS = ("in_hot_standby", "default_transaction_read_only")
+
+
+def _refuse_if_read_only(info: psycopg.ConnectionInfo) -> None:
+    for name in _READ_ONLY_REPORTS:
+        if info.parameter_status(name) == "on":
+            raise WritesRefused(
+                f"the database does not accept writes ({name} is on: a standby or a server set read-only); "
+                "nothing was written and the transaction is as it was: retry once the primary accepts writes",
+                transaction_usable=True)
+
+
+def _refused(exc: psycopg.Error) -> WritesRefused:
+    return WritesRefused(
+        f"the database refused the write ({type(exc).__name__}: {str(exc).strip().splitlines()[0]}); "
+        "nothing was written: roll back the transaction and retry once the database accepts writes",
+        transaction_usable=False)
+
+
+# The errors that mean "not now" rather than "not this": a read-only transaction or
+# server (25006), a full disk (53100).
+_WRITE_REFUSALS = (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.DiskFull)
+
+
+def _refuse_if_read_only_sa(dbapi_connection: Any) -> None:
+    """The same for SQLAlchemy on psycopg 3 (psycopg2 does not expose what the server reports)."""
+    if isinstance(dbapi_connection, psycopg.Connection | psycopg.AsyncConnection):
+        _refuse_if_read_only(dbapi_connection.info)
+
+
+@contextlib.contextmanager
+def _sa_refusals() -> Iterator[None]:
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        yield
+    except DBAPIError as exc:
+        if isinstance(exc.orig, _WRITE_REFUSALS):
+            raise _refused(exc.orig) from None
+        raise
+
+
 def _unsupported(conn: Any) -> UnsupportedConnection:
     return UnsupportedConnection(
         f"cannot publish on a {type(conn).__module__}.{type(conn).__qualname__}; pass a psycopg "
@@ -216,11 +269,16 @@ def _check_sqlalchemy_driver(dialect: Any) -> None:
 
 def _sync_executor(conn: Any) -> Callable[[str, dict[str, Any]], Rows]:
     if isinstance(conn, psycopg.Connection):
+        _refuse_if_read_only(conn.info)
+
         def execute(sql: str, params: dict[str, Any]) -> Rows:
             # prepare=True: prepared at once rather than after five runs (unless the
             # connection disables prepared statements, e.g. behind PgBouncer).
             with conn.cursor() as cur:
-                cur.execute(sql, params, prepare=True)
+                try:
+                    cur.execute(sql, params, prepare=True)
+                except _WRITE_REFUSALS as exc:
+                    raise _refused(exc) from None
                 rows: Rows = cur.fetchall()
                 return rows
         return execute
@@ -232,15 +290,25 @@ def _sync_executor(conn: Any) -> Callable[[str, dict[str, Any]], Rows]:
         conn = conn.connection()
     if isinstance(conn, Connection):
         _check_sqlalchemy_driver(conn.dialect)
-        return lambda sql, params: list(conn.exec_driver_sql(sql, params).fetchall())
+        _refuse_if_read_only_sa(conn.connection.dbapi_connection)
+
+        def execute_sa(sql: str, params: dict[str, Any]) -> Rows:
+            with _sa_refusals():
+                return list(conn.exec_driver_sql(sql, params).fetchall())
+        return execute_sa
     raise _unsupported(conn)
 
 
 async def _async_executor(conn: Any) -> Callable[[str, dict[str, Any]], Awaitable[Rows]]:
     if isinstance(conn, psycopg.AsyncConnection):
+        _refuse_if_read_only(conn.info)
+
         async def execute(sql: str, params: dict[str, Any]) -> Rows:
             async with conn.cursor() as cur:
-                await cur.execute(sql, params, prepare=True)
+                try:
+                    await cur.execute(sql, params, prepare=True)
+                except _WRITE_REFUSALS as exc:
+                    raise _refused(exc) from None
                 rows: Rows = await cur.fetchall()
                 return rows
         return execute
@@ -251,10 +319,13 @@ async def _async_executor(conn: Any) -> Callable[[str, dict[str, Any]], Awaitabl
         conn = await conn.connection()
     if isinstance(conn, AsyncConnection):
         _check_sqlalchemy_driver(conn.dialect)
+        raw = await conn.get_raw_connection()
+        _refuse_if_read_only_sa(getattr(raw.dbapi_connection, "driver_connection", None))
 
         async def execute_sa(sql: str, params: dict[str, Any]) -> Rows:
-            result = await conn.exec_driver_sql(sql, params)
-            return list(result.fetchall())
+            with _sa_refusals():
+                result = await conn.exec_driver_sql(sql, params)
+                return list(result.fetchall())
         return execute_sa
     raise _unsupported(conn)
 
