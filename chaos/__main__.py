@@ -23,6 +23,7 @@ from chaos import (
     concurrent_producers,
     database_outage,
     graceful_shutdown,
+    read_only,
     receiver_matrix,
     schedule_property,
     worker_crashes,
@@ -64,11 +65,15 @@ def scenarios(quick: bool) -> dict[str, tuple[str, Scenario]]:
     async def schedule(dsn: str, workdir: Path) -> Report:
         return await asyncio.to_thread(schedule_property.run, dsn, examples=40 if quick else 300)
 
+    def readonly(dsn: str, workdir: Path) -> Awaitable[Report]:
+        return read_only.run(dsn, workdir, events=400 if quick else 4000, read_only_seconds=1 if quick else 3)
+
     return {
         "1": ("worker crashes", crashes), "2a": ("pg_terminate_backend", terminate),
         "2b": ("server restart", restart), "2c": ("server crash", crash),
         "3": ("receiver matrix", matrix), "4": ("graceful shutdown", shutdown),
         "5": ("concurrent producers", producers), "6": ("schedule property", schedule),
+        "8": ("read-only database", readonly),
     }
 
 
@@ -87,7 +92,7 @@ async def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the reduced sizes of the pytest versions")
     parser.add_argument("--only", action="append",
-                        help="run only this scenario (1, 2a, 2b, 2c, 3, 4, 5, 6); repeatable")
+                        help="run only this scenario (1, 2a, 2b, 2c, 3, 4, 5, 6, 8); repeatable")
     args = parser.parse_args(argv)
     # Scenarios 3 and 6 run in-process workers whose failed deliveries are the point, not news.
     logconfig.configure("error", "console")
