@@ -25,6 +25,7 @@ from chaos import (
     graceful_shutdown,
     read_only,
     receiver_matrix,
+    receiver_partition,
     schedule_property,
     worker_crashes,
 )
@@ -68,12 +69,18 @@ def scenarios(quick: bool) -> dict[str, tuple[str, Scenario]]:
     def readonly(dsn: str, workdir: Path) -> Awaitable[Report]:
         return read_only.run(dsn, workdir, events=400 if quick else 4000, read_only_seconds=1 if quick else 3)
 
+    def partition(dsn: str, workdir: Path) -> Awaitable[Report]:
+        if quick:
+            return receiver_partition.run(dsn, workdir, cut_off_events=3, healthy_events=100, timeout=0.5,
+                                          delays=(0.5, 0.5))
+        return receiver_partition.run(dsn, workdir)
+
     return {
         "1": ("worker crashes", crashes), "2a": ("pg_terminate_backend", terminate),
         "2b": ("server restart", restart), "2c": ("server crash", crash),
         "3": ("receiver matrix", matrix), "4": ("graceful shutdown", shutdown),
         "5": ("concurrent producers", producers), "6": ("schedule property", schedule),
-        "8": ("read-only database", readonly),
+        "8": ("read-only database", readonly), "9": ("receivers behind a partition", partition),
     }
 
 
@@ -92,7 +99,7 @@ async def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the reduced sizes of the pytest versions")
     parser.add_argument("--only", action="append",
-                        help="run only this scenario (1, 2a, 2b, 2c, 3, 4, 5, 6, 8); repeatable")
+                        help="run only this scenario (1, 2a, 2b, 2c, 3, 4, 5, 6, 8, 9); repeatable")
     args = parser.parse_args(argv)
     # Scenarios 3 and 6 run in-process workers whose failed deliveries are the point, not news.
     logconfig.configure("error", "console")

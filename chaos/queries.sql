@@ -57,3 +57,13 @@ FROM delivery_log l
 JOIN webhook_endpoint w ON w.id = l.endpoint_id
 WHERE l.org_id = %(org_id)s AND l.kind IN ('attempt_started', 'attempt_finished')
 ORDER BY l.seq
+
+-- name: finished_attempts_by_endpoint
+-- Every attempt's outcome at the given endpoints, a delivery's attempts in order.
+SELECT l.endpoint_id, l.delivery_id, l.attempt, l.error_class, l.started_at, l.next_attempt_at
+FROM delivery_log l
+WHERE l.endpoint_id = ANY (%(endpoint_ids)s) AND l.kind = 'attempt_finished'
+ORDER BY l.endpoint_id, l.delivery_id, l.attempt
+
+-- name: set_max_in_flight
+UPDATE webhook_endpoint SET max_in_flight = %(max_in_flight)s WHERE id = %(endpoint_id)s
