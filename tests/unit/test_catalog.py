@@ -27,17 +27,26 @@ CHECKED = {"type", "const", "required", "properties", "format"}
 ANNOTATIONS = {"$schema", "$id", "title", "description", "examples", "additionalProperties", "x-operational"}
 
 
-# JSON Schema counts 2.0 as an integer; publish refuses it, as a receiver in a typed
-# language would (Go's encoding/json will not put 2.0 in an int): the one place the
-# two differ, by design, and the reference validator here is told so.
+# Publish is a step stricter than JSON Schema in two places, by design, as receivers
+# in typed languages are (Go's encoding/json will not put 2.0 in an int, and its
+# RFC 3339 layout wants an upper-case T and Z): JSON Schema counts 2.0 as an integer
+# and RFC 3339 allows a lower-case t and z. The reference validator here is told so.
 StrictIntegers = jsonschema.validators.extend(
     jsonschema.Draft202012Validator,
     type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
         "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)))
+FORMATS = jsonschema.FormatChecker()
+
+
+@FORMATS.checks("date-time")
+def _upper_case_timestamp(value: object) -> bool:
+    if not isinstance(value, str):
+        return True
+    return "t" not in value and "z" not in value and jsonschema.FormatChecker().conforms(value, "date-time")
 
 
 def checker(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
-    return StrictIntegers(schema, format_checker=jsonschema.FormatChecker())
+    return StrictIntegers(schema, format_checker=FORMATS)
 
 
 def accepted_by_catalog(event_type: str, data: Any) -> bool:
