@@ -43,6 +43,8 @@ class Claimed:
     previous_secret: str | None  # sealed; set while a rotated-out secret is still valid
     endpoint_enabled: bool
     lease_until: datetime  # with the attempt number, the fencing token of this lease
+    headers: dict[str, str] | None = None  # custom headers, values sealed (deliverer.registry.request_options)
+    auth: str | None = None  # sealed
 
 
 class Claimer:
@@ -112,7 +114,7 @@ class Claimer:
         # The statement's last row: what it learnt.
         *_, self.next_due_in, full, blocked, blocked_for, unknown, limited, limits = rows.pop()
         self.limits = dict(zip(limited or (), limits or (), strict=True))
-        claimed = [Claimed(*row[:14]) for row in rows]
+        claimed = [Claimed(*row[:16]) for row in rows]
         # Endpoints newly found with no room may have filled the scan window with rows this
         # claim could not take: worth claiming again at once, past them (see Worker._claim_loop).
         self.learnt = bool(self.skips.full(full or ()) | self.skips.blocked(blocked or (), blocked_for or ()))

@@ -31,7 +31,7 @@ import asyncio
 import socket
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -42,7 +42,7 @@ from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
 from deliverer.facts import ErrorClass
-from deliverer.security import ssrf
+from deliverer.security import client_certificates, ssrf
 
 EXCERPT_BYTES = 1024
 """How much of a response body is kept in the log. The rest is never read."""
@@ -55,6 +55,12 @@ IDLE_SECONDS = 15.0
 
 MAX_HEAD_BYTES = 64 * 1024
 """Largest status line and headers read; a receiver sending more is cut off (the parser would keep it all)."""
+
+MAX_CLIENT_CERTIFICATES = 1000
+"""TLS contexts kept for mutual TLS, one per client certificate; a bound, as endpoints are few."""
+
+ClientCertificate = tuple[str, str]
+"""A client certificate (chain) and its key, PEM, for mutual TLS."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,15 @@ def _target(url: str) -> _Target:
         raise _Failed(ErrorClass.INVALID_URL, f"invalid URL: {url!r} has whitespace or control characters")
     head = f"POST {path} HTTP/1.1\r\nHost: {authority}\r\n".encode("ascii", "strict")
     return _Target((parsed.scheme, host, port), host, port, parsed.scheme == "https", head)
+
+
+@dataclass(frozen=True)
+class _Route:
+    """How one request travels: to the target, on connections of pool ``pool``, with this TLS context."""
+
+    target: _Target
+    pool: tuple[object, ...]  # the origin, and the client identity when there is one
+    ssl_context: ssl.SSLContext
 
 
 class _Connection(asyncio.Protocol):
@@ -255,17 +270,24 @@ class Client:
 
     Names resolve through the SSRF guard on every new connection (no DNS cache),
     and the connection goes to the vetted addresses; IP literals are vetted
-    directly. TLS is always verified, against the server name. ``resolver`` and
-    ``ssl_context`` are for tests.
+    directly. TLS is always verified, against the server name. A request with a
+    client certificate (mutual TLS) goes on connections of its own, made with a
+    TLS context that presents it; connections are never shared between different
+    client identities. ``resolver`` and the TLS contexts (``new_ssl_context``, which
+    also makes the ones with client certificates) are for tests.
     """
 
     def __init__(self, *, allowed: tuple[ssrf.Network, ...] = (), resolver: AbstractResolver | None = None,
-                 ssl_context: ssl.SSLContext | None = None, max_idle: int = 200) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 new_ssl_context: Callable[[], ssl.SSLContext] = ssl.create_default_context,
+                 max_idle: int = 200) -> None:
         self.allowed = allowed
         self.resolver = ssrf.GuardedResolver(allowed, inner=resolver or ThreadedResolver())
-        self.ssl_context = ssl_context or ssl.create_default_context()
+        self.ssl_context = ssl_context or new_ssl_context()
+        self.new_ssl_context = new_ssl_context
+        self._client_contexts: dict[str, ssl.SSLContext] = {}
         self.max_idle = max_idle
-        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._idle: dict[tuple[object, ...], list[_Connection]] = {}
         self._idle_count = 0
         self._targets: dict[str, _Target] = {}
         self._sweeper: asyncio.TimerHandle | None = None
@@ -281,14 +303,16 @@ class Client:
         self._idle_count = 0
         await self.resolver.close()
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str], *, timeout: float) -> Outcome:
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str], *, timeout: float,
+                   client_certificate: ClientCertificate | None = None) -> Outcome:
         started = time.perf_counter()
         try:
             target = self._targets.get(url) or self._remember(url)
             request = b"".join((target.head, f"Content-Length: {len(body)}\r\n".encode(), *(
                 f"{name}: {value}\r\n".encode("latin-1") for name, value in headers.items()), b"\r\n"))
+            route = self._route(target, client_certificate)
             async with asyncio.timeout(timeout):
-                conn = await self._exchange(target, request, body)
+                conn = await self._exchange(route, request, body)
         except TimeoutError:
             return _failure(started, ErrorClass.TIMEOUT, f"no complete response within {timeout:g} s")
         except _Failed as exc:
@@ -298,7 +322,7 @@ class Client:
         duration_ms = (time.perf_counter() - started) * 1000
         status, excerpt = conn.status, loggable(conn.excerpt.decode("utf-8", "replace")) or None
         retry_after = conn.retry_after
-        self._release(target, conn)
+        self._release(route, conn)
         if 200 <= status < 300:
             return Outcome(True, duration_ms, http_status=status, response_excerpt=excerpt)
         wait = (parse_retry_after(retry_after.decode("latin-1")) if retry_after is not None
@@ -313,8 +337,23 @@ class Client:
         self._targets[url] = target
         return target
 
-    async def _exchange(self, target: _Target, request: bytes, body: bytes) -> _Connection:
-        conn = self._reuse(target)
+    def _route(self, target: _Target, client_certificate: ClientCertificate | None) -> "_Route":
+        if client_certificate is None or not target.tls:
+            return _Route(target, target.origin, self.ssl_context)
+        identity = client_certificates.fingerprint(*client_certificate)
+        context = self._client_contexts.get(identity)
+        if context is None:
+            try:
+                context = client_certificates.load(self.new_ssl_context(), *client_certificate)
+            except ssl.SSLError as exc:
+                raise _Failed(ErrorClass.TLS_ERROR, f"the endpoint's client certificate cannot be used: {exc}") from None
+            if len(self._client_contexts) >= MAX_CLIENT_CERTIFICATES:
+                self._client_contexts.clear()
+            self._client_contexts[identity] = context
+        return _Route(target, (*target.origin, identity), context)
+
+    async def _exchange(self, route: "_Route", request: bytes, body: bytes) -> _Connection:
+        conn = self._reuse(route)
         if conn is not None:
             try:
                 await self._await(conn, conn.send(request, body))
@@ -324,7 +363,7 @@ class Client:
                 # idle keep-alive connections, often after 2 to 5 s). Nothing of the request was
                 # answered; webhooks are delivered at least once, so it goes again on a fresh one.
                 pass
-        conn = await self._connect(target)
+        conn = await self._connect(route)
         await self._await(conn, conn.send(request, body))
         return conn
 
@@ -336,8 +375,8 @@ class Client:
             conn.close()  # timed out or cancelled mid-exchange: its state is unknown
             raise
 
-    def _reuse(self, target: _Target) -> _Connection | None:
-        pool = self._idle.get(target.origin)
+    def _reuse(self, route: "_Route") -> _Connection | None:
+        pool = self._idle.get(route.pool)
         while pool:
             conn = pool.pop()
             self._idle_count -= 1
@@ -345,12 +384,12 @@ class Client:
                 return conn
         return None
 
-    def _release(self, target: _Target, conn: _Connection) -> None:
+    def _release(self, route: "_Route", conn: _Connection) -> None:
         if not conn.reusable or self._idle_count >= self.max_idle:
             conn.close()
             return
         conn.idle_since = time.monotonic()
-        self._idle.setdefault(target.origin, []).append(conn)
+        self._idle.setdefault(route.pool, []).append(conn)
         self._idle_count += 1
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(IDLE_SECONDS / 3, self._sweep)
@@ -372,7 +411,8 @@ class Client:
         if self._idle_count:
             self._sweeper = asyncio.get_running_loop().call_later(IDLE_SECONDS / 3, self._sweep)
 
-    async def _connect(self, target: _Target) -> _Connection:
+    async def _connect(self, route: "_Route") -> _Connection:
+        target = route.target
         address = ssrf.literal(target.host)
         try:
             if address is not None:
@@ -389,7 +429,7 @@ class Client:
         for host in hosts:
             try:
                 _, conn = await loop.create_connection(
-                    _Connection, host, target.port, ssl=self.ssl_context if target.tls else None,
+                    _Connection, host, target.port, ssl=route.ssl_context if target.tls else None,
                     server_hostname=target.host if target.tls else None)
             except ssl.SSLError as exc:
                 raise _Failed(ErrorClass.TLS_ERROR, f"TLS failed: {exc}") from None
