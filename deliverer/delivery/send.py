@@ -135,7 +135,9 @@ class _Route:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; it carries one exchange at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: bool = False) -> None:
+        self.tls = tls
+        self.proven = False  # a byte has come back on it: the receiver accepted the connection
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[None] | None = None
@@ -189,7 +191,7 @@ class _Connection(asyncio.Protocol):
         if self.waiter is None:
             self.close()  # bytes nobody asked for: the connection is out of step, never reuse it
             return
-        self.received = True
+        self.received = self.proven = True
         if not self.headers_done:
             self.head_bytes += len(data)  # judged after parsing: this read may finish the headers
         try:
@@ -216,6 +218,13 @@ class _Connection(asyncio.Protocol):
         if self.headers_done and not self.framed and exc is None:
             self.complete = True  # a body delimited by the end of the connection has ended
             self._settle()
+        elif self.tls and not self.proven:
+            # With TLS 1.3 the client's side of the handshake is done before the server judges the
+            # client certificate, so a refusal (none sent where one is required, or one it does not
+            # trust) shows only as the new connection closing before any answer (the alert is often lost).
+            self._settle(_Failed(ErrorClass.TLS_ERROR,
+                                 "TLS failed: the receiver closed the new TLS connection before any response; "
+                                 f"it may require a client certificate or refuse the one sent{_cause(exc)}"))
         elif not self.received:
             self._settle(_Lost(f"the connection was closed before any response{_cause(exc)}"))
         else:
@@ -346,7 +355,8 @@ class Client:
             try:
                 context = client_certificates.load(self.new_ssl_context(), *client_certificate)
             except ssl.SSLError as exc:
-                raise _Failed(ErrorClass.TLS_ERROR, f"the endpoint's client certificate cannot be used: {exc}") from None
+                raise _Failed(ErrorClass.TLS_ERROR,
+                              f"the endpoint's client certificate cannot be used: {exc}") from None
             if len(self._client_contexts) >= MAX_CLIENT_CERTIFICATES:
                 self._client_contexts.clear()
             self._client_contexts[identity] = context
@@ -429,7 +439,7 @@ class Client:
         for host in hosts:
             try:
                 _, conn = await loop.create_connection(
-                    _Connection, host, target.port, ssl=route.ssl_context if target.tls else None,
+                    lambda: _Connection(target.tls), host, target.port, ssl=route.ssl_context if target.tls else None,
                     server_hostname=target.host if target.tls else None)
             except ssl.SSLError as exc:
                 raise _Failed(ErrorClass.TLS_ERROR, f"TLS failed: {exc}") from None

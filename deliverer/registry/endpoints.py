@@ -10,7 +10,8 @@ customers moving from another sender keep theirs.
 An endpoint may add custom headers and authentication (basic, bearer or a client
 certificate) to its requests (``deliverer.registry.request_options``). Secrets,
 header values and credentials are stored sealed (``deliverer.security.sealing``) and
-never read back for display; ``reseal_secrets`` seals them again after a key rotation. ``Target`` is an endpoint as sending to it needs it.
+never read back for display; ``reseal_secrets`` seals them again after a key
+rotation. ``Target`` is an endpoint as sending to it needs it.
 """
 
 import asyncio
@@ -27,7 +28,7 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from deliverer.registry import request_options
-from deliverer.registry.errors import EndpointError
+from deliverer.registry.errors import EndpointError as EndpointError  # where callers have long found it
 from deliverer.registry.queries import QUERIES
 from deliverer.security import sealing, ssrf
 from outbox.catalog import EVENT_TYPES

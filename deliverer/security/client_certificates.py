@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 MAX_PEM = 64 * 1024
@@ -44,7 +45,7 @@ def check(certificate: str, key: str, *, now: datetime | None = None) -> None:
         private = serialization.load_pem_private_key(key.encode(), password=None)
     except TypeError:
         raise CertificateError("the key is encrypted; give it without a passphrase") from None
-    except (ValueError, serialization.UnsupportedAlgorithm):
+    except (ValueError, UnsupportedAlgorithm):
         raise CertificateError("the key is not a PEM private key (-----BEGIN PRIVATE KEY-----)") from None
     leaf = chain[0]
     moment = now or datetime.now(UTC)
