@@ -18,7 +18,7 @@ from structlog.tracebacks import ExceptionDictTransformer
 _SECRET_VALUE = re.compile(
     r"(whsec_[A-Za-z0-9+/=_-]+|sk_(?:live|test)_[A-Za-z0-9_-]+|(?:Bearer|Basic)\s+\S+"
     r"|-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$))", re.DOTALL)
-# The user information of a URL (a proxy's, DELIVERER_EGRESS_PROXY): scheme://user:password@host.
+# The user information of a URL (an egress proxy's): scheme://user:password@host.
 _URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 _SECRET_KEYS = {"secret", "authorization", "api_key", "key", "password", "token", "auth", "headers",
                 "proxy_authorization"}

@@ -2,8 +2,8 @@
 worker to real loopback receivers that require them (HTTP Basic, a bearer token, a client certificate)."""
 
 import base64
-from datetime import UTC, datetime, timedelta
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -11,14 +11,13 @@ import psycopg
 import pytest
 from aiohttp import web
 
-from deliverer.dev.receiver import Behaviour
-
 from deliverer.api.app import create_app
+from deliverer.dev.receiver import Behaviour
 from deliverer.registry import apikeys
+from tests.integration.test_api import deliver, publish
 from tests.support import Receiver, settings_for, webhook_test
 from tests.support.api_client import Api
 from tests.support.certificates import CA
-from tests.integration.test_api import deliver, publish
 
 
 @pytest.fixture
@@ -172,7 +171,8 @@ class TestMutualTls:
             "type": "mtls", "certificate": one.certificate, "key": other.key}})
         assert mismatched.status == 422 and "does not belong" in mismatched.body["error"]["message"]
         now = datetime.now(UTC)
-        old = client_ca.issue("old", server=False, not_before=now - timedelta(days=9), not_after=now - timedelta(days=1))
+        old = client_ca.issue("old", server=False, not_before=now - timedelta(days=9),
+                              not_after=now - timedelta(days=1))
         expired = await api.call("POST", "/v1/webhooks", json_body={"url": server.url("/a"), "auth": {
             "type": "mtls", "certificate": old.certificate, "key": old.key}})
         assert expired.status == 422 and "the certificate expired at" in expired.body["error"]["message"]

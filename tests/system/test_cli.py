@@ -127,7 +127,8 @@ def test_endpoint_headers_and_auth_are_set_by_flags_and_never_printed_back(
     assert (endpoint["header_names"], endpoint["auth"]) == (["X-Api-Key", "X-Tenant"], {"type": "bearer"})
     listed = deliverer(dsn, "endpoints", "list")
     assert "X-Api-Key,X-Tenant" in listed.stdout and "bearer" in listed.stdout
-    for text in (created.stdout, listed.stdout, str(db.execute("SELECT headers, auth FROM webhook_endpoint").fetchone())):
+    stored_text = str(db.execute("SELECT headers, auth FROM webhook_endpoint").fetchone())
+    for text in (created.stdout, listed.stdout, stored_text):
         assert "acme" not in text and "k-123" not in text and "t0k3n-from-stdin" not in text
     stored = db.execute("SELECT auth FROM webhook_endpoint").fetchone()
     assert stored is not None and json.loads(sealing.unseal(stored[0]))["token"] == "t0k3n-from-stdin"

@@ -308,7 +308,8 @@ class TestMutualTls:
         client = send.Client(allowed=LOOPBACK, new_ssl_context=self.trust)
         try:
             without = await post(client, url)
-            wrong = await client.post(url, b"{}", {}, timeout=2, client_certificate=(stranger.certificate, stranger.key))
+            wrong = await client.post(url, b"{}", {}, timeout=2,
+                                      client_certificate=(stranger.certificate, stranger.key))
             right = await client.post(url, b"{}", {}, timeout=2, client_certificate=(good.certificate, good.key))
         finally:
             await client.close()
