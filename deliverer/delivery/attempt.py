@@ -59,7 +59,8 @@ class Attempter:
         self._http: send.Client | None = None
 
     async def __aenter__(self) -> "Attempter":
-        self._http = send.Client(allowed=self.settings.networks, max_idle=self.settings.max_in_flight)
+        self._http = send.Client(allowed=self.settings.networks, max_idle=self.settings.max_in_flight,
+                                 proxy=self.settings.proxy)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -6,8 +6,12 @@ crash or stall a worker. The whole exchange, connecting included, is bounded by
 the timeout, and at most ``EXCERPT_BYTES`` of a response body are ever read, so
 an endless or huge body costs nothing but the connection, which is then closed.
 
+With an egress proxy (DELIVERER_EGRESS_PROXY) each new connection is a tunnel
+through it to the address the SSRF guard vetted (``deliverer.delivery.tunnel``);
+TLS runs inside the tunnel, and the tunnel is kept alive like any connection.
+
 Why a client of our own: a webhook attempt is always the same request (a POST
-of a small body, no redirects, no cookies, no proxies, no compression), and in
+of a small body, no redirects, no cookies, no compression), and in
 a profile of the drain benchmark aiohttp's general-purpose client was 40% of
 the worker's CPU, more than signing, the database and the event loop together.
 :class:`Client` does only what an attempt needs, over keep-alive connections
@@ -24,6 +28,7 @@ Error classes recorded in the log:
 | tls_error          | the TLS handshake failed, e.g. an untrusted certificate           |
 | protocol_error     | connected, but the answer was not HTTP or the connection was cut  |
 | ssrf_blocked       | the destination is not a public address (see deliverer.ssrf)      |
+| proxy_error        | the egress proxy was unreachable, refused the tunnel or broke it  |
 | invalid_url        | the stored URL cannot be requested                                |
 """
 
@@ -42,7 +47,9 @@ from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
 from deliverer.facts import ErrorClass
+from deliverer.delivery import tunnel
 from deliverer.security import client_certificates, ssrf
+from deliverer.security.egress import Proxy
 
 EXCERPT_BYTES = 1024
 """How much of a response body is kept in the log. The rest is never read."""
@@ -282,15 +289,17 @@ class Client:
     directly. TLS is always verified, against the server name. A request with a
     client certificate (mutual TLS) goes on connections of its own, made with a
     TLS context that presents it; connections are never shared between different
-    client identities. ``resolver`` and the TLS contexts (``new_ssl_context``, which
+    client identities. With a ``proxy`` every new connection is a tunnel through it
+    to a vetted address. ``resolver`` and the TLS contexts (``new_ssl_context``, which
     also makes the ones with client certificates) are for tests.
     """
 
     def __init__(self, *, allowed: tuple[ssrf.Network, ...] = (), resolver: AbstractResolver | None = None,
                  ssl_context: ssl.SSLContext | None = None,
                  new_ssl_context: Callable[[], ssl.SSLContext] = ssl.create_default_context,
-                 max_idle: int = 200) -> None:
+                 max_idle: int = 200, proxy: Proxy | None = None) -> None:
         self.allowed = allowed
+        self.proxy = proxy
         self.resolver = ssrf.GuardedResolver(allowed, inner=resolver or ThreadedResolver())
         self.ssl_context = ssl_context or new_ssl_context()
         self.new_ssl_context = new_ssl_context
@@ -437,10 +446,18 @@ class Client:
         loop = asyncio.get_running_loop()
         error: _Failed | None = None
         for host in hosts:
+            context, name = (route.ssl_context, target.host) if target.tls else (None, None)
             try:
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(target.tls), host, target.port, ssl=route.ssl_context if target.tls else None,
-                    server_hostname=target.host if target.tls else None)
+                if self.proxy is None:
+                    _, conn = await loop.create_connection(lambda: _Connection(target.tls), host, target.port,
+                                                           ssl=context, server_hostname=name)
+                else:
+                    sock = await tunnel.open_tunnel(self.proxy, host, target.port)
+                    _, conn = await loop.create_connection(lambda: _Connection(target.tls), sock=sock,
+                                                           ssl=context, server_hostname=name)
+            except tunnel.TunnelError as exc:
+                error = _Failed(ErrorClass.PROXY_ERROR, str(exc))
+                continue
             except ssl.SSLError as exc:
                 raise _Failed(ErrorClass.TLS_ERROR, f"TLS failed: {exc}") from None
             except OSError as exc:

@@ -10,7 +10,7 @@ refer to these names, and a test checks that they agree.
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 OUTCOME_CLASSES = ("success", "http_3xx", "http_4xx", "http_5xx", "timeout", "connect_error", "tls_error",
-                   "protocol_error", "ssrf_blocked", "endpoint_disabled", "shutdown", "no_room", "other")
+                   "protocol_error", "proxy_error", "ssrf_blocked", "endpoint_disabled", "shutdown", "no_room", "other")
 
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
