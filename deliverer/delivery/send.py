@@ -46,8 +46,8 @@ from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
-from deliverer.facts import ErrorClass
 from deliverer.delivery import tunnel
+from deliverer.facts import ErrorClass
 from deliverer.security import client_certificates, ssrf
 from deliverer.security.egress import Proxy
 
