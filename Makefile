@@ -8,10 +8,10 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[deliverer,sqlalchemy,dev]'
+	$(PY) -m pip install -q -e '.[deliverer,sqlalchemy,otel,dev]'
 	touch $@
 
-install: $(VENV)/.installed ## create .venv: the package with its deliverer and sqlalchemy extras, and the dev tools
+install: $(VENV)/.installed ## create .venv: the package with its deliverer, sqlalchemy and otel extras, and the dev tools
 
 demo: install ## run the end-to-end demo (embedded PostgreSQL unless DATABASE_URL is set)
 	$(PY) -m deliverer demo

@@ -107,6 +107,11 @@ CREATE TABLE IF NOT EXISTS outbox_event (
     txid        xid8        NOT NULL DEFAULT pg_current_xact_id()  -- commit-order cursor for pollers
 ) PARTITION BY RANGE (id);
 
+-- The publisher's W3C trace context, NULL outside a trace (outbox/tracecontext.py): every
+-- attempt continues that trace and sends the receiver a traceparent in it.
+ALTER TABLE outbox_event ADD COLUMN IF NOT EXISTS traceparent text;
+ALTER TABLE outbox_event ADD COLUMN IF NOT EXISTS tracestate text;
+
 -- Pollers read an org's events in commit order (see events_after in deliverer/queries.sql).
 CREATE INDEX IF NOT EXISTS outbox_event_org_txid ON outbox_event (org_id, txid, id);
 
@@ -340,6 +345,9 @@ DECLARE
     newest timestamptz;
 BEGIN
     IF NOT (SELECT relispartition FROM pg_class WHERE oid = to_regclass('outbox_event_legacy')) THEN
+        -- A partition has every column of its parent: the trace context's too (NULL).
+        ALTER TABLE outbox_event_legacy ADD COLUMN IF NOT EXISTS traceparent text,
+                                        ADD COLUMN IF NOT EXISTS tracestate text;
         SELECT to_timestamp(('x' || left(replace(id::text, '-', ''), 12))::bit(48)::bigint / 1000.0)
         INTO newest FROM outbox_event_legacy ORDER BY id DESC LIMIT 1;
         newest := date_trunc('day', greatest(now(), newest), 'UTC') + interval '1 day';

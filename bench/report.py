@@ -108,6 +108,21 @@ def _fan_out_rows(fan: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _tracing_rows(t: dict[str, Any]) -> list[Row]:
+    off, on = t["export_off"], t["export_on"]
+    return [
+        (f"13. tracing: {t['events']:,} events published in a trace, {t['processes']} processes, "
+         f"{t['endpoints']} endpoints", "", ""),
+        ("  export off: deliveries/s; deliverer CPU per delivery",
+         f"{_n(off['deliveries_per_s'])}; {_us(off['deliverer_cpu_ms_per_1000'])}", ""),
+        ("  every attempt a span, exported over OTLP: deliveries/s; deliverer CPU per delivery",
+         f"{_n(on['deliveries_per_s'])}; {_us(on['deliverer_cpu_ms_per_1000'])}", ""),
+        ("  export on vs off: deliveries/s ratio", f"{t['ratio']:.2f}", ""),
+        ("  OTLP export requests to the sink (on)", _n(on["spans_posts"]), ""),
+        ("  duplicates / lost (on)", f"{on['duplicates']:.0f} / {on['lost']:.0f}", "0 / 0"),
+    ]
+
+
 def _us(value: float) -> str:
     return f"{value:,.0f} µs"
 
@@ -276,7 +291,7 @@ def table(results: dict[str, Any]) -> str:
     for key, render in (("drain", _drain_rows), ("latency", _latency_rows), ("publish", _publish_rows),
                         ("backlog", _backlog_rows), ("slow_receivers", _slow_rows), ("fan_out", _fan_out_rows),
                         ("hot", _hot_rows), ("peers", _peers_rows), ("floor", _floor_rows), ("mix", _mix_rows),
-                        ("wakeups", _wakeups_rows), ("limits", _limits_rows)):
+                        ("wakeups", _wakeups_rows), ("limits", _limits_rows), ("tracing", _tracing_rows)):
         if key in results:
             rows += render(results[key])
     width = max(len(r[0]) for r in rows) + 2

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from opentelemetry import context, trace
 
 import outbox
 from bench import database, machine
@@ -111,10 +112,10 @@ async def measure_drain(bench: Bench, dsn: str, processes: int, expected: int, *
                         only_counted: bool = False) -> dict[str, Any]:
     """Start ``processes`` deliverers, release the staged deliveries, and measure until all are recorded.
 
-    ``expected`` requests must reach the sink; the rate is over the receipts
-    whose path starts with ``counted`` (first to last). With ``only_counted``,
-    ``expected`` counts only those, and the measure ends when they have all
-    arrived: the rest (hanging receivers) is left to the deliverers' shutdown.
+    ``expected`` requests to paths starting with ``counted`` must reach the sink
+    (the rate is over them, first to last; other requests, such as exported
+    spans, are not deliveries). With ``only_counted``, the measure ends when they
+    have all arrived: the rest (hanging receivers) is left to the deliverers' shutdown.
     """
     dbname = database.dbname(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -132,7 +133,7 @@ async def measure_drain(bench: Bench, dsn: str, processes: int, expected: int, *
                 deliverers_before, sink_before = deliverers.cpu(), machine.process_cpu(bench.sink.pid)
                 released = time.monotonic()
                 database.release(conn)
-                received = await bench.sink.wait_for(expected, timeout, prefix=counted if only_counted else "")
+                received = await bench.sink.wait_for(expected, timeout, prefix=counted)
                 if received < expected:
                     raise RuntimeError(f"only {received} of {expected} requests reached the sink in {timeout} s; "
                                        f"deliverer log:\n{deliverers.tail()}")
@@ -152,8 +153,7 @@ async def measure_drain(bench: Bench, dsn: str, processes: int, expected: int, *
                 sink_cpu = machine.process_cpu(bench.sink.pid) - sink_before
                 own_cpu = machine.process_cpu(own_pid) + machine.process_cpu(sampler.backend_pid) - own_before
             records = await bench.sink.dump()
-    if only_counted:
-        records = [r for r in records if r[0].startswith(counted)]
+    records = [r for r in records if r[0].startswith(counted)]  # not, say, spans exported to the sink
     await asyncio.sleep(0.2)  # exiting backends flush their statistics
     with psycopg.connect(dsn, autocommit=True) as conn:
         started, claims, succeeded, taken_over = conn.execute(
@@ -433,6 +433,40 @@ async def backlog(bench: Bench, *, backlog_size: int, events: int, processes: in
     return {"backlog": backlog_size, "due_events": events, "processes": processes, "repeat": repeat,
             "load_seconds": load_s, "empty": medians(runs["empty"]), "with_backlog": medians(runs["backlog"]),
             "ratio": statistics.median(ratios), "claim_plan": plan, "runs": runs}
+
+
+# 13. Tracing ------------------------------------------------------------------------
+
+TRACE_PARENT = trace.SpanContext(trace_id=0x0AF7651916CD43DD8448EB211C80319C, span_id=0xB7AD6B7169203331,
+                                 is_remote=True, trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED))
+"""The producer's span every traced event is published in."""
+
+
+async def tracing_cost(bench: Bench, *, events: int, processes: int, repeat: int) -> dict[str, Any]:
+    """The same drain of events published inside a trace, with export off and with every attempt's span
+    exported over OTLP (http/protobuf) to the sink, which answers 200 as a collector would."""
+    exporting = {"OTEL_TRACES_EXPORTER": "otlp",
+                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": bench.sink.url("/otlp/v1/traces")}
+    with bench.server.database("tracing_template") as template:
+        database.add_endpoints(template, bench.hooks(ORGS))
+        token = context.attach(trace.set_span_in_context(trace.NonRecordingSpan(TRACE_PARENT)))
+        try:
+            database.stage(template, events, ORGS)  # each event stores the producer's traceparent
+        finally:
+            context.detach(token)
+        runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+        for _ in range(repeat):
+            for label, settings in (("off", {}), ("on", exporting)):
+                with bench.server.database(f"tracing_{label}", template=template) as dsn:
+                    runs[label].append(await measure_drain(bench, dsn, processes, events, counted="/hook/",
+                                                           settings=settings))
+                    if label == "on":
+                        runs[label][-1]["spans_posts"] = await bench.sink.count("/otlp/")
+    ratios = [on["deliveries_per_s"] / off["deliveries_per_s"]
+              for off, on in zip(runs["off"], runs["on"], strict=True)]
+    return {"events": events, "endpoints": ORGS, "processes": processes, "repeat": repeat,
+            "export_off": medians(runs["off"]),
+            "export_on": medians(runs["on"]), "ratio": statistics.median(ratios), "runs": runs}
 
 
 # 5. Slow receivers ------------------------------------------------------------------

@@ -113,6 +113,9 @@ class Settings:
     log_level: str = setting("info", "DELIVERER_LOG_LEVEL", "debug, info, warning or error")
     log_format: str = setting("auto", "DELIVERER_LOG_FORMAT", "json, console, or auto: JSON lines unless stderr is "
                               "a terminal")
+    traces_exporter: str = setting(
+        "none", "OTEL_TRACES_EXPORTER", "none, otlp or console: export a span per attempt, claim and outcome batch "
+        "(needs the `otel` extra; the other `OTEL_*` variables configure it, [Tracing](tracing.md))")
 
     def validated(self) -> "Settings":
         if self.http_timeout <= 0:
@@ -132,6 +135,15 @@ class Settings:
             raise ConfigError("shutdown_grace must be zero or more seconds")
         if not 0 <= self.retry_jitter < 1:
             raise ConfigError("retry_jitter must be a fraction in [0, 1)")
+        self._check_egress()
+        if self.traces_exporter not in ("none", "otlp", "console"):
+            raise ConfigError("OTEL_TRACES_EXPORTER must be none, otlp or console")
+        if self.log_format not in ("auto", "json", "console"):
+            raise ConfigError("log_format must be auto, json or console")
+        return self
+
+    def _check_egress(self) -> None:
+        """Where webhooks may go and through what."""
         try:
             ssrf.parse_networks(self.allowed_networks)
         except ValueError as exc:
@@ -140,9 +152,6 @@ class Settings:
             egress.parse(self.egress_proxy)
         except egress.ProxyUrlError as exc:
             raise ConfigError(str(exc)) from None
-        if self.log_format not in ("auto", "json", "console"):
-            raise ConfigError("log_format must be auto, json or console")
-        return self
 
     @property
     def proxy(self) -> egress.Proxy | None:

@@ -18,6 +18,9 @@ written by a statement with plain parameters (one without dedupe for the common
 case), a batch by one statement whose arrays are sent in binary (psycopg quotes
 every element of a text array in Python, which cost more than the database
 work), and psycopg connections prepare the statements on first use.
+
+Inside a trace (``outbox.tracecontext``) each statement has a twin that also
+stores the caller's trace context with the event; outside one, nothing changes.
 """
 
 import json
@@ -28,7 +31,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from outbox import catalog, ids, sqlfile
+from outbox import catalog, ids, sqlfile, tracecontext
 from outbox.errors import InvalidPayload, MissingOrgId, OutboxError, PayloadTooLarge, UnsupportedConnection
 
 MAX_BODY_BYTES = 256 * 1024
@@ -99,15 +102,24 @@ def _prepare(event_type: str, data: Mapping[str, Any], org_id: str, dedupe_key: 
     return ids.new_event_hex(), org_id, event_type, body, dedupe_key
 
 
+def _traced(name: str, params: dict[str, Any]) -> Statement:
+    """Statement ``name``, or its twin that stores the caller's trace context when there is one."""
+    traceparent, tracestate = tracecontext.current()
+    if traceparent is None:
+        return _QUERIES[name], params
+    params["traceparent"], params["tracestate"] = traceparent, tracestate
+    return _QUERIES[f"{name}_traced"], params
+
+
 def _plan_one(event_id: str, org_id: str, event_type: str, body: str,
               dedupe_key: str | None) -> Generator[Statement, Rows, str]:
     """Write one prepared event; returns its public id (the first event's, when deduplicated)."""
     params = {"id": event_id, "org_id": org_id, "event_type": event_type, "body": body}
     if dedupe_key is None:
-        yield _QUERIES["publish_event"], params
+        yield _traced("publish_event", params)
         return ids.EVENT_PREFIX + event_id
     params["dedupe_key"] = dedupe_key
-    rows = yield _QUERIES["publish_event_deduplicated"], params
+    rows = yield _traced("publish_event_deduplicated", params)
     owner: uuid.UUID | None = rows[0][0]
     if owner is None:
         # The key was taken by a transaction that committed after this statement's
@@ -125,13 +137,13 @@ def _plan_many(rows: list[_Row]) -> Generator[Statement, Rows, list[str]]:
         return [(yield from _plan_one(*rows[0]))]
     if not rows:
         return []
-    result = yield _QUERIES["publish_events"], {
+    result = yield _traced("publish_events", {
         "ids": [r[0] for r in rows],
         "org_ids": [r[1] for r in rows],
         "event_types": [r[2] for r in rows],
         "bodies": [r[3] for r in rows],
         "dedupe_keys": [r[4] for r in rows],
-    }
+    })
     keyed = [r for r in rows if r[4] is not None]
     if not keyed:
         return [ids.EVENT_PREFIX + r[0] for r in rows]

@@ -6,6 +6,11 @@
 -- sends one notification: PostgreSQL folds identical notifications within a
 -- transaction. A new delivery is due at the event's created_at, which is now(): the
 -- start of the transaction.
+--
+-- Each has a *_traced twin for a publisher inside a trace, which also stores its W3C
+-- trace context (traceparent, tracestate) with the event: every attempt continues
+-- that trace. The untraced statements stay as they were, so publishing outside a
+-- trace costs nothing more, and works on a database not yet migrated to the columns.
 
 -- name: publish_event
 -- One event without a dedupe key, in plain parameters: no arrays to unpack, and a
@@ -13,6 +18,26 @@
 WITH event AS (
     INSERT INTO outbox_event (id, org_id, event_type, body)
     VALUES (%(id)s::uuid, %(org_id)s, %(event_type)s, %(body)s)
+),
+queued AS (
+    INSERT INTO delivery_queue (delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at)
+    SELECT gen_random_uuid(), %(id)s::uuid, w.id, w.org_id, 1, 0, now()
+    FROM webhook_endpoint w
+    WHERE w.org_id = %(org_id)s AND w.enabled AND w.deleted_at IS NULL
+      AND (w.event_types IS NULL OR %(event_type)s = ANY (w.event_types))
+    RETURNING delivery_id, event_id, endpoint_id, org_id
+),
+logged AS (
+    INSERT INTO delivery_log (kind, delivery_id, event_id, endpoint_id, org_id, series, attempt, next_attempt_at)
+    SELECT 'scheduled', delivery_id, event_id, endpoint_id, org_id, 1, 0, now() FROM queued
+)
+SELECT pg_notify('outbox_delivery', txid_current()::text) FROM (SELECT FROM queued LIMIT 1) AS any_delivery
+
+-- name: publish_event_traced
+-- publish_event, storing the publisher's trace context.
+WITH event AS (
+    INSERT INTO outbox_event (id, org_id, event_type, body, traceparent, tracestate)
+    VALUES (%(id)s::uuid, %(org_id)s, %(event_type)s, %(body)s, %(traceparent)s, %(tracestate)s)
 ),
 queued AS (
     INSERT INTO delivery_queue (delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at)
@@ -63,6 +88,39 @@ SELECT coalesce((SELECT event_id FROM claimed),
                 (SELECT event_id FROM outbox_dedupe WHERE org_id = %(org_id)s AND dedupe_key = %(dedupe_key)s)),
        (SELECT count(*) FROM woken) AS notified
 
+-- name: publish_event_deduplicated_traced
+-- publish_event_deduplicated, storing the publisher's trace context.
+WITH claimed AS (
+    INSERT INTO outbox_dedupe (org_id, dedupe_key, event_id)
+    VALUES (%(org_id)s, %(dedupe_key)s, %(id)s::uuid)
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+),
+event AS (
+    INSERT INTO outbox_event (id, org_id, event_type, body, dedupe_key, traceparent, tracestate)
+    SELECT event_id, %(org_id)s, %(event_type)s, %(body)s, %(dedupe_key)s, %(traceparent)s, %(tracestate)s
+    FROM claimed
+),
+queued AS (
+    INSERT INTO delivery_queue (delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at)
+    SELECT gen_random_uuid(), c.event_id, w.id, w.org_id, 1, 0, now()
+    FROM claimed c
+    JOIN webhook_endpoint w
+      ON w.org_id = %(org_id)s AND w.enabled AND w.deleted_at IS NULL
+     AND (w.event_types IS NULL OR %(event_type)s = ANY (w.event_types))
+    RETURNING delivery_id, event_id, endpoint_id, org_id
+),
+logged AS (
+    INSERT INTO delivery_log (kind, delivery_id, event_id, endpoint_id, org_id, series, attempt, next_attempt_at)
+    SELECT 'scheduled', delivery_id, event_id, endpoint_id, org_id, 1, 0, now() FROM queued
+),
+woken AS (
+    SELECT pg_notify('outbox_delivery', txid_current()::text) FROM (SELECT FROM queued LIMIT 1) AS any_delivery
+)
+SELECT coalesce((SELECT event_id FROM claimed),
+                (SELECT event_id FROM outbox_dedupe WHERE org_id = %(org_id)s AND dedupe_key = %(dedupe_key)s)),
+       (SELECT count(*) FROM woken) AS notified
+
 -- name: publish_events
 -- Many events, as one array per column (sent in binary: no quoting to do per
 -- element). Events whose (org, dedupe key) is already taken, by an earlier event or
@@ -83,6 +141,45 @@ claimed_keys AS (
 events AS (
     INSERT INTO outbox_event (id, org_id, event_type, body, dedupe_key)
     SELECT id, org_id, event_type, body, dedupe_key FROM input
+    WHERE dedupe_key IS NULL OR id IN (SELECT event_id FROM claimed_keys)
+    RETURNING id, org_id, event_type, dedupe_key
+),
+queued AS (
+    INSERT INTO delivery_queue (delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at)
+    SELECT gen_random_uuid(), e.id, w.id, e.org_id, 1, 0, now()
+    FROM events e
+    JOIN webhook_endpoint w
+      ON w.org_id = e.org_id AND w.enabled AND w.deleted_at IS NULL
+     AND (w.event_types IS NULL OR e.event_type = ANY (w.event_types))
+    RETURNING delivery_id, event_id, endpoint_id, org_id
+),
+logged AS (
+    INSERT INTO delivery_log (kind, delivery_id, event_id, endpoint_id, org_id, series, attempt, next_attempt_at)
+    SELECT 'scheduled', delivery_id, event_id, endpoint_id, org_id, 1, 0, now() FROM queued
+),
+woken AS (
+    SELECT pg_notify('outbox_delivery', txid_current()::text) FROM (SELECT FROM queued LIMIT 1) AS any_delivery
+)
+SELECT ARRAY(SELECT id FROM events WHERE dedupe_key IS NOT NULL) AS keyed,
+       (SELECT count(*) FROM woken) AS notified
+
+-- name: publish_events_traced
+-- publish_events, storing the publisher's trace context (one context for the whole batch: the caller's).
+WITH input AS (
+    SELECT *
+    FROM unnest(%(ids)b::uuid[], %(org_ids)b::text[], %(event_types)b::text[],
+                %(bodies)b::text[], %(dedupe_keys)b::text[])
+         AS i (id, org_id, event_type, body, dedupe_key)
+),
+claimed_keys AS (
+    INSERT INTO outbox_dedupe (org_id, dedupe_key, event_id)
+    SELECT org_id, dedupe_key, id FROM input WHERE dedupe_key IS NOT NULL
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+),
+events AS (
+    INSERT INTO outbox_event (id, org_id, event_type, body, dedupe_key, traceparent, tracestate)
+    SELECT id, org_id, event_type, body, dedupe_key, %(traceparent)s, %(tracestate)s FROM input
     WHERE dedupe_key IS NULL OR id IN (SELECT event_id FROM claimed_keys)
     RETURNING id, org_id, event_type, dedupe_key
 ),

@@ -26,6 +26,7 @@ from deliverer.api.errors import ApiError, error_response
 from deliverer.api.handlers import OPENAPI
 from deliverer.delivery.worker import default_worker_id
 from deliverer.history import ping
+from deliverer.ops import tracing
 from deliverer.ops.metrics import METRICS
 from deliverer.registry import apikeys
 from deliverer.settings import Settings
@@ -91,6 +92,13 @@ async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 @web.middleware
+async def continue_trace(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request with a ``traceparent`` runs in that trace: the test event it sends continues it."""
+    with tracing.continued(request.headers):
+        return await handler(request)
+
+
+@web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path == "/v1/openapi.json" or not request.path.startswith("/v1/"):
         return await handler(request)
@@ -128,7 +136,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[measure, errors_as_json, authenticate], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[measure, continue_trace, errors_as_json, authenticate],
+                          client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
     app[HEALTH] = Health()
     for method, path, handler in ROUTES:

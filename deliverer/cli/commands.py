@@ -32,7 +32,7 @@ from deliverer.cli.terminal import progress_bars
 from deliverer.delivery import backlog
 from deliverer.history import logs as history
 from deliverer.history import projection
-from deliverer.ops import probes
+from deliverer.ops import probes, tracing
 from deliverer.registry import apikeys, endpoints
 from deliverer.registry.errors import EndpointError
 from deliverer.storage import connections, schema
@@ -122,6 +122,14 @@ def _timestamp(value: str, flag: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def _export_traces(settings: config.Settings, service: str) -> None:
+    """Start exporting spans if OTEL_TRACES_EXPORTER asks for it (``tracing.shutdown`` flushes them)."""
+    try:
+        tracing.configure(settings.traces_exporter, service)
+    except (ModuleNotFoundError, ValueError) as exc:
+        raise config.ConfigError(str(exc)) from None
+
+
 def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
     """Run ``main`` on uvloop where it is installed (Linux, macOS): it halves the event loop's
     share of a worker's CPU. Elsewhere, on asyncio's own loop."""
@@ -151,7 +159,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _require_sealing_keys()
-    run_event_loop(_deliver(settings, _metrics_port(args, probes.RUN_PORT)))
+    _export_traces(settings, "deliverer")
+    try:
+        run_event_loop(_deliver(settings, _metrics_port(args, probes.RUN_PORT)))
+    finally:
+        tracing.shutdown()
     return 0
 
 
@@ -210,6 +222,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     app = create_app(settings)
     health = app[HEALTH]
     server = _serve_probes(metrics_port, health.heartbeat, lambda: health.ready)
+    _export_traces(settings, "deliverer-api")  # test events are attempts too
     try:
         web.run_app(app, host=host, port=port, access_log=None, print=None)
     except OSError as exc:
@@ -218,6 +231,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         raise _cannot_listen(exc, port, "DELIVERER_API_PORT") from None
     finally:
         server.shutdown()
+        tracing.shutdown()
     return 0
 
 

@@ -4,27 +4,34 @@ Nothing here touches the database: the caller records the ``Result`` (the worker
 in batches, a test event at once). A receiver's behaviour never raises: every
 answer, timeout or network error is an outcome, and the retry schedule (with the
 receiver's Retry-After, within bounds) decides when the next attempt is due.
+
+An attempt continues the trace its event was published in, if any
+(``deliverer.ops.tracing``): the request carries a ``traceparent``, and with an
+exporter the attempt is a span.
 """
 
 import logging
 import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
+from opentelemetry import trace
 
 from deliverer.delivery import send, sign
 from deliverer.delivery.claim import Claimed, Clock
 from deliverer.delivery.schedule import RETRY_AFTER_CAP, honour_retry_after, retry_delay
 from deliverer.facts import ErrorClass, Outcome
+from deliverer.ops import tracing
 from deliverer.ops.metrics import METRICS, outcome_class
+from deliverer.ops.tracing import TRACING
 from deliverer.registry import request_options
 from deliverer.security import sealing
 from deliverer.settings import Settings
 from outbox.ids import delivery_public_id, event_public_id
 
 log = structlog.get_logger("deliverer.worker")
-
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,7 @@ class Result:
     started_at: datetime
     retry_after: float | None  # None: the delivery is finished (delivered or failed)
     abandoned: bool = False  # handed back at shutdown: the outcome is unknown, the delivery is due again
+    span: trace.SpanContext | None = None  # the attempt's span, when exported: the outcome's write links to it
 
     @property
     def pause(self) -> float | None:
@@ -72,6 +80,27 @@ class Attempter:
 
     async def attempt(self, claimed: Claimed) -> Result:
         """Send one claimed delivery and decide what happens next; never raises for the receiver's sake."""
+        if TRACING.tracer is None:
+            # Not exported: the publisher's context, if any, goes to the receiver as it was stored.
+            return await self._attempt(claimed, tracing.forwarded(claimed.traceparent, claimed.tracestate))
+        span = tracing.start_attempt(claimed.traceparent, claimed.tracestate, link=claimed.claim_span, attributes={
+            "webhook.endpoint_id": claimed.endpoint_id, "webhook.event_type": claimed.event_type,
+            "webhook.event_id": event_public_id(claimed.event_id),
+            "webhook.delivery_id": delivery_public_id(claimed.delivery_id),
+            "webhook.series": claimed.series, "webhook.attempt": claimed.attempt,
+        })
+        result: Result | None = None
+        exported = span.is_recording()  # until it ends
+        try:
+            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                result = await self._attempt(claimed, tracing.headers(span))
+        finally:
+            # Cut off at shutdown (cancelled), the span ends too, as an attempt with no outcome.
+            tracing.finish_attempt(span, succeeded=result is not None and result.outcome.succeeded,
+                                   attributes=_span_outcome(result))
+        return replace(result, span=span.get_span_context()) if exported else result
+
+    async def _attempt(self, claimed: Claimed, trace_headers: dict[str, str] | None) -> Result:
         started_at = self.now()
         if not claimed.endpoint_enabled:
             outcome = send.Outcome(
@@ -96,6 +125,8 @@ class Attempter:
             event_type=claimed.event_type, delivery_id=delivery_public_id(claimed.delivery_id),
             attempt=claimed.attempt, timestamp=int(started_at.timestamp()),
         )
+        if trace_headers is not None:
+            headers |= trace_headers
         client_certificate = None
         if extra:
             headers |= extra  # registration refuses the names signing writes
@@ -168,6 +199,7 @@ class Attempter:
             METRICS.retries_scheduled.inc()
 
     def _log(self, claimed: Claimed, outcome: send.Outcome, retry_after: float | None) -> None:
+        # Inside the attempt's span, when there is one: the lines carry its trace_id and span_id.
         # Successes are in the delivery log and the metrics; a line each would be most of
         # the log volume (and of the worker's CPU) at thousands of deliveries a second.
         if outcome.succeeded and not log.is_enabled_for(logging.DEBUG):
@@ -181,6 +213,8 @@ class Attempter:
             "status": outcome.http_status,
             "duration_ms": round(outcome.duration_ms, 2),
         }
+        if claimed.traceparent is not None and TRACING.tracer is None:
+            fields |= tracing.log_fields(claimed.traceparent)  # exported, the current span's are logged instead
         if outcome.succeeded:
             log.debug("delivered", **fields)
         elif retry_after is None:
@@ -188,3 +222,19 @@ class Attempter:
         else:
             log.info("attempt failed", error_class=outcome.error_class, error=outcome.error_message,
                      retry_in_s=retry_after, **fields)
+
+
+def _span_outcome(result: Result | None) -> dict[str, Any]:
+    """The attributes an attempt's span ends with."""
+    if result is None:
+        return {"error.type": "cancelled"}
+    outcome = result.outcome
+    attributes: dict[str, Any] = {"webhook.outcome": outcome_class(outcome.error_class),
+                                  "webhook.duration_ms": round(outcome.duration_ms, 3)}
+    if outcome.http_status is not None:
+        attributes["http.response.status_code"] = outcome.http_status
+    if outcome.error_class is not None:
+        attributes["error.type"] = str(outcome.error_class)
+    if result.retry_after is not None:
+        attributes["webhook.retry_in_s"] = result.retry_after
+    return attributes

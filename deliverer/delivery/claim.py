@@ -11,14 +11,17 @@ the same statement, from state every worker shares (see ``deliverer.delivery.lim
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
+
+from opentelemetry import trace
 
 from deliverer.delivery import limits
 from deliverer.delivery.connection import Reopening
 from deliverer.delivery.limits import Skips
 from deliverer.delivery.queries import QUERIES
+from deliverer.ops import tracing
 from deliverer.ops.metrics import METRICS
 from deliverer.settings import Settings
 
@@ -43,8 +46,11 @@ class Claimed:
     previous_secret: str | None  # sealed; set while a rotated-out secret is still valid
     endpoint_enabled: bool
     lease_until: datetime  # with the attempt number, the fencing token of this lease
+    traceparent: str | None = None  # the publisher's W3C trace context (outbox.tracecontext); None: untraced
+    tracestate: str | None = None
     headers: dict[str, str] | None = None  # custom headers, values sealed (deliverer.registry.request_options)
     auth: str | None = None  # sealed
+    claim_span: trace.SpanContext | None = None  # the claim's span, when exported: the attempt's links to it
 
 
 class Claimer:
@@ -95,6 +101,7 @@ class Claimer:
         ``ahead``: lease up to this many times each endpoint's limit (``limits``), the rest
         to be sent as requests end (``deliverer.delivery.gates``); 1 sends all at once.
         """
+        span = tracing.start_linked(tracing.CLAIM, (), worker_id=self.worker_id, limit=limit)
         claimed = await self._claim(limit, slow_start, ahead)
         if self._unknown:
             # Endpoints with no pacing row yet were passed over: make their rows, then take their share.
@@ -103,6 +110,10 @@ class Claimer:
                 limits = self.limits
                 claimed += await self._claim(limit - len(claimed), slow_start, ahead)
                 self.limits = limits | self.limits
+        if span is not None:  # exported: each attempt's span links to this one
+            span.set_attribute("deliverer.claimed", len(claimed))
+            claimed = [replace(c, claim_span=span.get_span_context()) for c in claimed]
+            span.end()
         METRICS.claim_batch.observe(len(claimed))
         METRICS.last_poll.set(time.time())
         return claimed
@@ -114,7 +125,7 @@ class Claimer:
         # The statement's last row: what it learnt.
         *_, self.next_due_in, full, blocked, blocked_for, unknown, limited, limits = rows.pop()
         self.limits = dict(zip(limited or (), limits or (), strict=True))
-        claimed = [Claimed(*row[:16]) for row in rows]
+        claimed = [Claimed(*row[:18]) for row in rows]
         # Endpoints newly found with no room may have filled the scan window with rows this
         # claim could not take: worth claiming again at once, past them (see Worker._claim_loop).
         self.learnt = bool(self.skips.full(full or ()) | self.skips.blocked(blocked or (), blocked_for or ()))

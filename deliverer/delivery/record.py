@@ -25,6 +25,7 @@ from deliverer.delivery.connection import Reopening
 from deliverer.delivery.health import EndpointHealth
 from deliverer.delivery.queries import QUERIES
 from deliverer.facts import FactKind
+from deliverer.ops import tracing
 from deliverer.ops.metrics import METRICS
 from deliverer.settings import Settings
 from outbox.ids import delivery_public_id
@@ -57,6 +58,7 @@ async def write(conn: psycopg.AsyncConnection[Any], results: list[Result], *, wo
     """
     if not results:
         return []
+    span = tracing.start_linked(tracing.RECORD, (r.span for r in results), outcomes=len(results))
     cur = await conn.execute(QUERIES["record_results"], {
         "now": now,
         "worker_id": worker_id,
@@ -71,6 +73,7 @@ async def write(conn: psycopg.AsyncConnection[Any], results: list[Result], *, wo
         } for r in results]).decode(),
         "default_max_in_flight": default_max_in_flight, "paced": paced,
     })
+    tracing.end(span)  # a batch that fails to be written leaves its span unended, unexported: it is written again
     return [Recorded(delivery_id, FactKind(kind), due) for delivery_id, kind, due in await cur.fetchall()]
 
 

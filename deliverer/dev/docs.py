@@ -21,12 +21,12 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from deliverer import settings
-from deliverer.ops.metrics import OUTCOME_CLASSES, Metrics
+from deliverer.ops.metrics import DB_OPERATIONS, OUTCOME_CLASSES, Metrics
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 # The bounded values of a label, where one set of them is written down in the code.
-_LABEL_VALUES = {"outcome": OUTCOME_CLASSES}
+_LABEL_VALUES = {"outcome": OUTCOME_CLASSES, "operation": DB_OPERATIONS}
 
 
 def _flag(name: str) -> str:

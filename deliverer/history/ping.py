@@ -22,6 +22,7 @@ from deliverer.settings import Settings
 from outbox.events import TEST_MESSAGE, format_timestamp
 from outbox.ids import delivery_public_id, event_public_id, new_event_uuid
 from outbox.publish import serialize
+from outbox.tracecontext import current as current_trace
 
 
 class EndpointDisabled(Exception):
@@ -56,15 +57,18 @@ async def send(conn: psycopg.AsyncConnection[Any], sender: Sender, endpoint: Tar
         raise EndpointDisabled(f"endpoint {endpoint_id} is disabled; enable it before sending a test event")
     body = serialize("webhook.test", {"message": TEST_MESSAGE, "timestamp": format_timestamp(datetime.now(UTC))})
     event_uuid = new_event_uuid()
+    traceparent, tracestate = current_trace()  # like publish: the test attempt continues the caller's trace
     cur = await conn.execute(QUERIES["publish_test_event"], {
         "event_id": event_uuid, "org_id": org_id, "body": body, "endpoint_id": endpoint_id,
         "worker_id": sender.sender_id, "lease_seconds": sender.settings.lease_seconds, "now": None,
+        "traceparent": traceparent, "tracestate": tracestate,
     })
     row = await cur.fetchone()
     assert row is not None
     delivery_id, event_id, created_at, lease_until = row
     claimed = Claimed(delivery_id, event_id, endpoint_id, org_id, 1, 1, "webhook.test", body, created_at,
-                      url, secret, previous_secret, True, lease_until, headers, auth)
+                      url, secret, previous_secret, True, lease_until, traceparent, tracestate,
+                      headers=headers, auth=auth)
     result = dataclasses.replace(await sender.attempter.attempt(claimed), retry_after=None)
     await record.write(conn, [result], worker_id=sender.sender_id, paced=False,
                        default_max_in_flight=sender.settings.endpoint_max_in_flight)

@@ -60,8 +60,8 @@ ORDER BY l.seq
 -- asked for it, so its answer does not wait behind other deliveries. Should that
 -- sender die, the lease runs out and the deliverers retry it like any other.
 WITH event AS (
-    INSERT INTO outbox_event (id, org_id, event_type, body)
-    VALUES (%(event_id)s, %(org_id)s, 'webhook.test', %(body)s)
+    INSERT INTO outbox_event (id, org_id, event_type, body, traceparent, tracestate)
+    VALUES (%(event_id)s, %(org_id)s, 'webhook.test', %(body)s, %(traceparent)s, %(tracestate)s)
     RETURNING id, org_id, created_at
 ),
 delivery AS (

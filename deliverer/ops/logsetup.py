@@ -3,7 +3,8 @@
 Standard-library loggers (aiohttp, psycopg, asyncio) go through the same
 processors, so one stream carries everything. Tracebacks are rendered as data
 without local variables, and anything that looks like a secret is redacted
-before rendering, whichever logger it came from.
+before rendering, whichever logger it came from. A line logged inside a trace (an
+attempt of an event published in one, say) carries its ``trace_id`` and ``span_id``.
 """
 
 import logging
@@ -14,6 +15,8 @@ from typing import Any
 
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
+
+from deliverer.ops import tracing
 
 _SECRET_VALUE = re.compile(
     r"(whsec_[A-Za-z0-9+/=_-]+|sk_(?:live|test)_[A-Za-z0-9_-]+|(?:Bearer|Basic)\s+\S+"
@@ -52,6 +55,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        tracing.log_ids,
     ]
     if fmt == "json":
         final: list[structlog.types.Processor] = [

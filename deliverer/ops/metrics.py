@@ -12,6 +12,10 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 OUTCOME_CLASSES = ("success", "http_3xx", "http_4xx", "http_5xx", "timeout", "connect_error", "tls_error",
                    "protocol_error", "proxy_error", "ssrf_blocked", "endpoint_disabled", "shutdown", "no_room", "other")
 
+DB_OPERATIONS = ("claim", "record", "listen", "backlog", "partitions")
+"""What ``deliverer_db_errors_total`` counts errors of: each series exists from the start, at 0, so the
+dashboard's panel and the alert's rate have data before the first error (tests/system/test_prometheus.py)."""
+
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
 
@@ -69,6 +73,8 @@ class Metrics:
             registry=registry, buckets=_LATENCY_BUCKETS)
         for outcome in OUTCOME_CLASSES:
             self.attempts.labels(outcome)
+        for operation in DB_OPERATIONS:
+            self.db_errors.labels(operation)
 
 
 METRICS = Metrics()

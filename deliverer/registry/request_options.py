@@ -2,7 +2,8 @@
 
 ``headers`` is an object of header name → value, sent with every request. The
 names the deliverer writes itself (the signatures, the ids, Content-Type, Host,
-Content-Length, the Standard Webhooks headers, the connection's own) are refused,
+Content-Length, the Standard Webhooks headers, the W3C trace context, the
+connection's own) are refused,
 and so is Authorization: that is what ``auth`` is for.
 
 ``auth`` is one of ``{"type": "basic", "username", "password"}``,
@@ -36,8 +37,8 @@ MAX_CREDENTIAL = 4096
 
 RESERVED_HEADERS = frozenset({
     "authorization", "connection", "content-encoding", "content-length", "content-type", "expect", "host",
-    "keep-alive", "proxy-authorization", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
-    "user-agent",
+    "keep-alive", "proxy-authorization", "proxy-connection", "te", "trailer", "traceparent", "tracestate",
+    "transfer-encoding", "upgrade", "user-agent",
 })
 RESERVED_PREFIXES = ("x-docextract-", "webhook-")
 AUTH_TYPES = ("basic", "bearer", "mtls")

@@ -257,6 +257,20 @@ class TestTestEvents:
         assert request.headers["X-DocExtract-Event-Id"] == reply.body["event_id"]
         assert db.execute("SELECT state FROM delivery_state").fetchall() == [("delivered",)]
 
+    async def test_a_test_event_continues_the_trace_of_the_request_that_sent_it(
+            self, api: Api, receiver: Receiver, db: psycopg.Connection) -> None:
+        """A POST /v1/webhooks/test carrying a traceparent stores it with the test event, and the receiver
+        gets it (no exporter here: the caller's own span is forwarded)."""
+        created = await register(api, receiver, "/hook")
+        traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        reply = await api.call("POST", "/v1/webhooks/test", json_body={"webhook_id": created["id"]},
+                               headers={"traceparent": traceparent, "tracestate": "rojo=00f067aa0ba902b7"})
+        assert reply.body["delivered"] is True
+        [request] = receiver.requests
+        assert (request.headers["traceparent"], request.headers["tracestate"]) == (
+            traceparent, "rojo=00f067aa0ba902b7")
+        assert db.execute("SELECT traceparent FROM outbox_event").fetchall() == [(traceparent,)]
+
     async def test_failing_receiver_is_reported_not_retried(self, api: Api, receiver: Receiver,
                                                             db: psycopg.Connection) -> None:
         """A test event answered with 500 reports the status and error, and is not retried later."""

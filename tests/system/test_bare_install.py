@@ -1,7 +1,8 @@
 """`pip install docextract-webhooks`, without extras, is the producer side alone: outbox on psycopg.
 
 The wheel is built from this worktree and installed into a fresh virtual
-environment; only its one dependency, psycopg, comes from the package index.
+environment; only its dependencies, psycopg and opentelemetry-api (the trace
+context stored with each event), come from the package index.
 """
 
 import subprocess

@@ -8,11 +8,12 @@ from pathlib import Path
 
 
 def test_bench_quick(pg_server: str, tmp_path: Path) -> None:
-    """`python -m bench --quick` runs the first six scenarios end to end and loses and duplicates nothing."""
+    """`python -m bench --quick` runs the first six scenarios and tracing's end to end and loses and duplicates
+    nothing; with export on, the spans reach the sink over OTLP."""
     output = tmp_path / "bench.json"
     env = {**os.environ, "BENCH_DATABASE_URL": pg_server}
     result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only",
-                             "drain,latency,publish,backlog,slow,fanout", "--output", str(output)], env=env,
+                             "drain,latency,publish,backlog,slow,fanout,tracing", "--output", str(output)], env=env,
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "deliveries/s" in result.stdout
@@ -22,6 +23,9 @@ def test_bench_quick(pg_server: str, tmp_path: Path) -> None:
         assert (run["lost"], run["duplicates"], run["succeeded"]) == (0, 0, run["deliveries"]), processes
     assert all(run["lost"] == 0 for run in results["latency"]["by_rate"].values())
     assert results["fan_out"]["lost_events"] == 0
+    for label in ("export_off", "export_on"):
+        assert (results["tracing"][label]["lost"], results["tracing"][label]["duplicates"]) == (0, 0), label
+    assert results["tracing"]["export_on"]["spans_posts"] > 0
 
 
 def test_bench_quick_scale(pg_server: str, tmp_path: Path) -> None:

@@ -69,6 +69,7 @@ def test_dockerfile_is_multi_stage_non_root_exec_form() -> None:
 
 
 def test_image_installs_the_deliverer_extra() -> None:
-    """The image builds and installs the package with its [deliverer] extra, which the worker and the API need."""
+    """The image builds and installs the package with its [deliverer] extra, which the worker and the API need,
+    and [otel], which exports their spans."""
     runs = [line for line in (DEPLOY / "Dockerfile").read_text().splitlines() if line.startswith("RUN pip ")]
-    assert len(runs) == 2 and all("[deliverer]" in line for line in runs), runs
+    assert len(runs) == 2 and all("[deliverer,otel]" in line for line in runs), runs

@@ -10,10 +10,13 @@ from tests.support.paths import DEPLOY, ROOT
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
-def test_the_bare_install_is_psycopg_alone() -> None:
-    """outbox needs psycopg only; SQLAlchemy and the deliverer's libraries are extras."""
-    assert [dep.split(">")[0] for dep in PROJECT["dependencies"]] == ["psycopg[binary]"]
+def test_the_bare_install_is_psycopg_and_the_tracing_api() -> None:
+    """outbox needs psycopg and the OpenTelemetry API only; SQLAlchemy, the deliverer's libraries and the
+    OpenTelemetry SDK are extras."""
+    assert [dep.split(">")[0] for dep in PROJECT["dependencies"]] == ["psycopg[binary]", "opentelemetry-api"]
     extras = PROJECT["optional-dependencies"]
+    assert [dep.split(">")[0] for dep in extras["otel"]] == ["opentelemetry-sdk",
+                                                             "opentelemetry-exporter-otlp-proto-http"]
     assert [dep.split(">")[0] for dep in extras["sqlalchemy"]] == ["sqlalchemy[asyncio]"]
     assert {"aiohttp", "structlog", "prometheus-client", "cryptography"} <= {
         dep.split(">")[0] for dep in extras["deliverer"]}
