@@ -24,7 +24,7 @@ class TestHeaders:
 
     @pytest.mark.parametrize("name", [
         "X-DocExtract-Signature", "x-docextract-event-id", "webhook-signature", "Webhook-Id", "Content-Type",
-        "content-length", "Host", "User-Agent", "Transfer-Encoding", "Connection",
+        "content-length", "Host", "User-Agent", "Transfer-Encoding", "Connection", "traceparent", "TraceState",
     ])
     def test_reserved_names_are_refused(self, name: str) -> None:
         """The headers the deliverer writes cannot be overridden, whatever their case."""
