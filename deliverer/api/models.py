@@ -67,8 +67,9 @@ _HEADERS = {
     "description": f"Headers sent with every request to this endpoint, name to value (at most {MAX_HEADERS}, "
                    f"{MAX_HEADERS_TOTAL} characters in all). Reserved, refused: Authorization (use auth), "
                    "Content-Type, Content-Length, Host, User-Agent, traceparent, tracestate, the connection's "
-                   "own headers, X-DocExtract-* and webhook-*. Values are sealed at rest and never returned: responses list the names "
-                   "(header_names). On update the object replaces every header; null or {} removes them",
+                   "own headers, X-DocExtract-* and webhook-*. Values are sealed at rest and never returned: "
+                   "responses list the names (header_names). On update the object replaces every header; null "
+                   "or {} removes them",
 }
 _SECRET_TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_CREDENTIAL}
 _PEM = {"type": "string", "minLength": 1, "description": "PEM"}
