@@ -155,6 +155,13 @@ ALTER TABLE webhook_endpoint ADD COLUMN IF NOT EXISTS max_in_flight integer
     CONSTRAINT webhook_endpoint_max_in_flight_positive CHECK (max_in_flight >= 1);
 ALTER TABLE webhook_endpoint ADD COLUMN IF NOT EXISTS rate_limit double precision
     CONSTRAINT webhook_endpoint_rate_limit_positive CHECK (rate_limit > 0);
+-- What the endpoint adds to every request (see deliverer.registry.request_options):
+-- custom headers as {name: sealed value}, names in the clear for listings, and its
+-- authentication, the type in the clear and the credentials sealed (JSON).
+ALTER TABLE webhook_endpoint ADD COLUMN IF NOT EXISTS headers jsonb;
+ALTER TABLE webhook_endpoint ADD COLUMN IF NOT EXISTS auth_type text
+    CONSTRAINT webhook_endpoint_auth_type_known CHECK (auth_type IN ('basic', 'bearer', 'mtls'));
+ALTER TABLE webhook_endpoint ADD COLUMN IF NOT EXISTS auth text;
 
 -- Fan-out reads this on every publish.
 CREATE INDEX IF NOT EXISTS webhook_endpoint_org ON webhook_endpoint (org_id) WHERE enabled AND deleted_at IS NULL;

@@ -43,6 +43,7 @@ class ErrorClass(StrEnum):
     TLS_ERROR = "tls_error"
     PROTOCOL_ERROR = "protocol_error"
     SSRF_BLOCKED = "ssrf_blocked"
+    PROXY_ERROR = "proxy_error"  # the egress proxy was unreachable or refused the tunnel
     INVALID_URL = "invalid_url"
     ENDPOINT_DISABLED = "endpoint_disabled"
     SHUTDOWN = "shutdown"

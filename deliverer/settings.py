@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, NamedTuple, TypeVar
 
-from deliverer.security import ssrf
+from deliverer.security import egress, ssrf
 
 # The customer contract's retry schedule: after attempt 1 fails, 5 s, 30 s, 2 min, 10 min
 # and 1 h after each failure; deliverer.delivery.schedule applies it.
@@ -101,6 +101,10 @@ class Settings:
     allowed_networks: str = setting(
         "", "DELIVERER_ALLOWED_NETWORKS", "non-public networks webhooks may still reach, e.g. `10.1.0.0/16,::1` "
         "(in development mode, the only ones, if set)", shown="none")
+    egress_proxy: str = setting(
+        "", "DELIVERER_EGRESS_PROXY", "forward proxy for every webhook connection: `http://[user:password@]host:port` "
+        "(CONNECT tunnel) or `socks5://[user:password@]host:port`; the SSRF guard vets the destination and the proxy "
+        "is asked for that address (docs/security.md, Egress proxy)", shown="none")
     disable_after: float = setting(
         5 * 24 * 3600.0, "DELIVERER_DISABLE_AFTER", "seconds of nothing but failures before an endpoint is "
         "disabled", shown="432000 (5 days)")
@@ -131,15 +135,28 @@ class Settings:
             raise ConfigError("shutdown_grace must be zero or more seconds")
         if not 0 <= self.retry_jitter < 1:
             raise ConfigError("retry_jitter must be a fraction in [0, 1)")
-        try:
-            ssrf.parse_networks(self.allowed_networks)
-        except ValueError as exc:
-            raise ConfigError(f"DELIVERER_ALLOWED_NETWORKS: {exc}") from None
+        self._check_egress()
         if self.traces_exporter not in ("none", "otlp", "console"):
             raise ConfigError("OTEL_TRACES_EXPORTER must be none, otlp or console")
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError("log_format must be auto, json or console")
         return self
+
+    def _check_egress(self) -> None:
+        """Where webhooks may go and through what."""
+        try:
+            ssrf.parse_networks(self.allowed_networks)
+        except ValueError as exc:
+            raise ConfigError(f"DELIVERER_ALLOWED_NETWORKS: {exc}") from None
+        try:
+            egress.parse(self.egress_proxy)
+        except egress.ProxyUrlError as exc:
+            raise ConfigError(str(exc)) from None
+
+    @property
+    def proxy(self) -> egress.Proxy | None:
+        """The egress proxy, None for direct connections."""
+        return egress.parse(self.egress_proxy)
 
     @property
     def networks(self) -> tuple[ssrf.Network, ...]:

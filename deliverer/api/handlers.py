@@ -28,7 +28,7 @@ from deliverer.api.validation import (
 from deliverer.history import logs as history
 from deliverer.history import ping, replay
 from deliverer.registry import endpoints
-from deliverer.registry.endpoints import EndpointError
+from deliverer.registry.errors import EndpointError
 from outbox.ids import delivery_public_id, parse_delivery_id, parse_event_id
 
 OPENAPI: dict[str, Any] = openapi.document()
@@ -54,11 +54,12 @@ def _endpoint_json(endpoint: endpoints.Endpoint) -> dict[str, Any]:
 async def create_webhook(request: web.Request) -> web.Response:
     body = await json_body(request, models.WebhookCreate)
     limits = endpoints.Limits(body.max_in_flight, body.rate_limit)
+    options = endpoints.RequestOptions(body.headers, body.auth)
     async with request.app[POOL].connection() as conn:
         try:
             endpoint = await endpoints.add_async(
                 conn, org_id=request[ORG], url=body.url, event_types=body.events, description=body.description,
-                limits=limits, allow_insecure=request.app[SETTINGS].allow_insecure_urls,
+                limits=limits, options=options, allow_insecure=request.app[SETTINGS].allow_insecure_urls,
                 allowed=request.app[SETTINGS].networks)
         except EndpointError as exc:
             raise _invalid(exc) from None

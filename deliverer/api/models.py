@@ -15,6 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from deliverer.facts import FactKind, Outcome
 from deliverer.registry.endpoints import MAX_DESCRIPTION, MAX_IN_FLIGHT_CEILING, MAX_RATE_LIMIT, MAX_URL_LENGTH
+from deliverer.registry.request_options import (
+    MAX_CREDENTIAL,
+    MAX_HEADER_NAME,
+    MAX_HEADER_VALUE,
+    MAX_HEADERS,
+    MAX_HEADERS_TOTAL,
+)
 
 REF = "#/components/schemas/{model}"
 # The catalog's (see catalog.schemas). In allOf: pydantic resolves a field's own $ref among its models.
@@ -53,6 +60,38 @@ _RATE_LIMIT = {
 MaxInFlight = Annotated[Any, WithJsonSchema(_MAX_IN_FLIGHT)]
 RateLimit = Annotated[Any, WithJsonSchema(_RATE_LIMIT)]
 Enabled = Annotated[bool, Label("true or false")]
+_HEADERS = {
+    "type": ["object", "null"], "maxProperties": MAX_HEADERS,
+    "propertyNames": {"pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", "maxLength": MAX_HEADER_NAME},
+    "additionalProperties": {"type": "string", "maxLength": MAX_HEADER_VALUE},
+    "description": f"Headers sent with every request to this endpoint, name to value (at most {MAX_HEADERS}, "
+                   f"{MAX_HEADERS_TOTAL} characters in all). Reserved, refused: Authorization (use auth), "
+                   "Content-Type, Content-Length, Host, User-Agent, traceparent, tracestate, the connection's "
+                   "own headers, X-DocExtract-* and webhook-*. Values are sealed at rest and never returned: "
+                   "responses list the names (header_names). On update the object replaces every header; null "
+                   "or {} removes them",
+}
+_SECRET_TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_CREDENTIAL}
+_PEM = {"type": "string", "minLength": 1, "description": "PEM"}
+_AUTH = {
+    "description": "How the deliverer authenticates to the endpoint. The credentials are sealed at rest and never "
+                   "returned: responses show only the type. A client certificate must match its key and be valid "
+                   "now, or it is refused. On update the object replaces the auth; null removes it",
+    "oneOf": [
+        {"type": "object", "additionalProperties": False, "required": ["type", "username", "password"],
+         "properties": {"type": {"const": "basic"}, "username": _SECRET_TEXT | {"pattern": "^[^:]*$"},
+                        "password": {"type": "string", "maxLength": MAX_CREDENTIAL}}},
+        {"type": "object", "additionalProperties": False, "required": ["type", "token"],
+         "properties": {"type": {"const": "bearer"}, "token": _SECRET_TEXT | {"pattern": "^[^ ]+$"}}},
+        {"type": "object", "additionalProperties": False, "required": ["type", "certificate", "key"],
+         "description": "mutual TLS: the client certificate (then any intermediates) and its unencrypted key",
+         "properties": {"type": {"const": "mtls"}, "certificate": _PEM, "key": _PEM}},
+        {"type": "null"},
+    ],
+}
+# Any: registry.request_options judges the value, for the CLI too.
+Headers = Annotated[Any, WithJsonSchema(_HEADERS)]
+Auth = Annotated[Any, WithJsonSchema(_AUTH)]
 
 
 def _no_default(schema: dict[str, Any]) -> None:
@@ -95,10 +134,13 @@ class WebhookCreate(Request):
     description: Description = ""
     max_in_flight: MaxInFlight = None
     rate_limit: RateLimit = None
+    headers: Headers = None
+    auth: Auth = None
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "url": "https://your-domain.com/webhooks/docextract", "events": ["job.completed", "job.failed"],
-        "description": "production", "max_in_flight": 10, "rate_limit": 25}]})
+        "description": "production", "max_in_flight": 10, "rate_limit": 25,
+        "headers": {"X-Tenant": "acme"}, "auth": {"type": "bearer", "token": "s3cr3t-token"}}]})
 
 
 class WebhookUpdate(Request):
@@ -110,9 +152,13 @@ class WebhookUpdate(Request):
     enabled: Enabled = absent(True)
     max_in_flight: MaxInFlight = absent(None)
     rate_limit: RateLimit = absent(None)
+    headers: Headers = absent(None)
+    auth: Auth = absent(None)
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"max_in_flight": 5, "rate_limit": 2.5},
-                                                              {"max_in_flight": None, "rate_limit": None}]})
+                                                              {"max_in_flight": None, "rate_limit": None},
+                                                              {"auth": {"type": "basic", "username": "docextract",
+                                                                        "password": "hunter2"}}]})
 
 
 class Pacing(Response):
@@ -124,6 +170,10 @@ class Pacing(Response):
                                              "to max_in_flight, halves on a timeout, connection error, 429 or 503")
     paused_until: NullableTimestamp = Field(
         description="Nothing is sent before this time: the endpoint asked for a pause with Retry-After")
+
+
+class WebhookAuth(Response):
+    type: Literal["basic", "bearer", "mtls"]
 
 
 class Webhook(Response):
@@ -139,6 +189,10 @@ class Webhook(Response):
                     "failed for DELIVERER_DISABLE_AFTER")
     max_in_flight: Annotated[int | None, WithJsonSchema(_MAX_IN_FLIGHT)]
     rate_limit: Annotated[float | None, WithJsonSchema(_RATE_LIMIT)]
+    header_names: list[str] = Field(description="The names of the endpoint's custom headers; their values are "
+                                                "never returned")
+    auth: WebhookAuth | None = Field(description="That the endpoint has auth, and its type; the credentials are "
+                                                 "never returned")
     secret: Annotated[str | None, WithJsonSchema({
         "type": "string", "description": "Only in the responses of create and rotate-secret"})] = absent(None)
     pacing: Pacing | None = absent(None)
@@ -147,7 +201,8 @@ class Webhook(Response):
         "id": "ep_3f2a9c1d7e5b4a6c8d0e1f2a", "url": "https://your-domain.com/webhooks/docextract",
         "events": ["job.completed", "job.failed"], "description": "production", "enabled": True,
         "disabled_reason": None, "created_at": "2024-11-23T10:00:00Z", "updated_at": "2024-11-23T10:05:00Z",
-        "max_in_flight": 10, "rate_limit": 25.0, "pacing": {"in_flight": 3, "allowance": 10, "paused_until": None}}]})
+        "max_in_flight": 10, "rate_limit": 25.0, "header_names": ["X-Tenant"], "auth": {"type": "bearer"},
+        "pacing": {"in_flight": 3, "allowance": 10, "paused_until": None}}]})
 
 
 class WebhookList(Response):
@@ -279,6 +334,6 @@ class EventPage(Response):
 
 REQUESTS: tuple[type[Request], ...] = (WebhookCreate, WebhookUpdate, TestRequest, RecoverRequest)
 RESPONSES: tuple[type[Response], ...] = (
-    Error, Webhook, WebhookList, TestResult, Attempt, AttemptPage, RecoverResult, HistoryEntry, Delivery,
+    Error, Webhook, WebhookAuth, WebhookList, TestResult, Attempt, AttemptPage, RecoverResult, HistoryEntry, Delivery,
     EventDelivery, Event, EventSummary, EventPage,
 )

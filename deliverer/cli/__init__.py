@@ -15,7 +15,7 @@ import psycopg
 from deliverer import settings as config
 from deliverer.cli.parser import build_parser
 from deliverer.ops import logsetup
-from deliverer.registry.endpoints import EndpointError
+from deliverer.registry.errors import EndpointError
 from deliverer.security.sealing import SealingError
 
 REFUSED = 2

@@ -14,11 +14,13 @@ import gc
 import getpass
 import os
 import signal
+import sys
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from http.server import ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -32,6 +34,7 @@ from deliverer.history import logs as history
 from deliverer.history import projection
 from deliverer.ops import probes, tracing
 from deliverer.registry import apikeys, endpoints
+from deliverer.registry.errors import EndpointError
 from deliverer.storage import connections, schema
 from outbox.catalog import EVENT_TYPES
 from outbox.ids import delivery_public_id, parse_delivery_id
@@ -263,13 +266,68 @@ def _limit_changes(args: argparse.Namespace) -> dict[str, Any]:
     return {name: _limit(raw) for name, raw in given.items() if raw is not None}
 
 
+def _header_flags(raw: list[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for line in raw:
+        name, colon, value = line.partition(":")
+        if not colon or not name.strip():
+            raise EndpointError(f"--header {line!r} must be 'Name: value'", "headers")
+        if name.strip() in headers:
+            raise EndpointError(f"header {name.strip()!r} is given twice", "headers")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def _credential(raw: str) -> str:
+    """A flag's credential, or the first line of stdin for - (so it is not on the command line)."""
+    return sys.stdin.readline().rstrip("\r\n") if raw == "-" else raw
+
+
+def _pem_file(path: str, flag: str) -> str:
+    try:
+        return Path(path).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise config.ConfigError(f"{flag} {path}: cannot read it as a PEM file: {exc}") from None
+
+
+def _auth_flags(args: argparse.Namespace) -> dict[str, str] | None:
+    """The auth the flags give; None when they give none."""
+    if (args.client_cert is None) != (args.client_key is None):
+        raise config.ConfigError("mutual TLS needs both --client-cert and --client-key")
+    if args.basic_auth is not None:
+        username, _, password = _credential(args.basic_auth).partition(":")
+        return {"type": "basic", "username": username, "password": password}
+    if args.bearer_token is not None:
+        return {"type": "bearer", "token": _credential(args.bearer_token)}
+    if args.client_cert is not None:
+        return {"type": "mtls", "certificate": _pem_file(args.client_cert, "--client-cert"),
+                "key": _pem_file(args.client_key, "--client-key")}
+    return None
+
+
+def _option_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The header and auth flags given, as update takes them (a flag left out keeps the endpoint's)."""
+    changes: dict[str, Any] = {}
+    if args.no_headers and args.headers:
+        raise config.ConfigError("give --header or --no-headers, not both")
+    if args.headers or args.no_headers:
+        changes["headers"] = _header_flags(args.headers or [])
+    auth = _auth_flags(args)
+    if auth is not None and args.no_auth:
+        raise config.ConfigError("give an auth flag or --no-auth, not both")
+    if auth is not None or args.no_auth:
+        changes["auth"] = auth
+    return changes
+
+
 def cmd_endpoints_add(args: argparse.Namespace) -> int:
     settings = _settings(args)
     events = args.events.split(",") if args.events else None
+    options = endpoints.RequestOptions(_header_flags(args.headers or []), _auth_flags(args))
     with _connect(settings) as conn:
         endpoint = endpoints.add(
             conn, org_id=args.org, url=args.url, event_types=events, secret=args.secret,
-            description=args.description or "", limits=endpoints.Limits(**_limit_changes(args)),
+            description=args.description or "", limits=endpoints.Limits(**_limit_changes(args)), options=options,
             allow_insecure=settings.allow_insecure_urls, allowed=settings.networks,
         )
     if args.json:
@@ -281,13 +339,14 @@ def cmd_endpoints_add(args: argparse.Namespace) -> int:
 
 def cmd_endpoints_update(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    changes: dict[str, Any] = {"url": args.url, "description": args.description, **_limit_changes(args)}
+    options = _option_changes(args)
+    changes: dict[str, Any] = {"url": args.url, "description": args.description, **_limit_changes(args), **options}
     if args.events is not None:
         changes["event_types"] = args.events.split(",")
-    if not any(v is not None for v in (args.url, args.description, args.events, args.limit_max_in_flight,
-                                       args.limit_rate_limit)):
-        raise config.ConfigError("nothing to change: give --url, --events, --description, --max-in-flight "
-                                 "or --rate-limit")
+    if not options and not any(v is not None for v in (args.url, args.description, args.events,
+                                                       args.limit_max_in_flight, args.limit_rate_limit)):
+        raise config.ConfigError("nothing to change: give --url, --events, --description, --max-in-flight, "
+                                 "--rate-limit, --header, --no-headers, an auth flag or --no-auth")
 
     async def run() -> endpoints.Endpoint | None:
         async with await _aconnect(settings) as conn:

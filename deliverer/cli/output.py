@@ -27,7 +27,7 @@ DELIVERY_HEADERS = ["delivery", "event", "type", "endpoint", "url", "state", "se
                     "updated"]
 ATTEMPT_HEADERS = ["time", "type", "delivery", "attempt", "kind", "outcome", "status", "ms", "error"]
 LOG_HEADERS = ["time", "event type", "event", "delivery", "attempt", "outcome", "status", "ms", "error"]
-ENDPOINT_HEADERS = ["id", "org", "url", "events", "enabled", "max in flight", "rate limit/s"]
+ENDPOINT_HEADERS = ["id", "org", "url", "events", "enabled", "max in flight", "rate limit/s", "headers", "auth"]
 
 
 def _cell(value: Any) -> str:
@@ -94,7 +94,8 @@ def print_endpoints(items: list[Endpoint], as_json: bool, settings: Settings) ->
         print_json([e.as_json() for e in items])
         return
     print_table(ENDPOINT_HEADERS, [
-        [e.id, e.org_id, e.url, ",".join(e.event_types or ["*"]), e.enabled, *limit_cells(e, settings)]
+        [e.id, e.org_id, e.url, ",".join(e.event_types or ["*"]), e.enabled, *limit_cells(e, settings),
+         ",".join(e.header_names or []), e.auth_type or ""]
         for e in items])
 
 
@@ -111,6 +112,10 @@ def print_new_endpoint(endpoint: Endpoint, settings: Settings) -> None:
     print(f"events: {','.join(endpoint.event_types or ['*'])}")
     most, rate = limit_cells(endpoint, settings)
     print(f"max in flight: {most}; rate limit/s: {rate}")
+    if endpoint.header_names:
+        print(f"headers: {', '.join(endpoint.header_names)} (values sealed, not shown again)")
+    if endpoint.auth_type:
+        print(f"auth: {endpoint.auth_type} (credentials sealed, not shown again)")
     print(f"secret: {endpoint.secret}")
     print("Copy the secret now: it is not shown again.")
 

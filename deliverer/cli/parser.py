@@ -100,12 +100,16 @@ def _endpoints(commands: Subcommands) -> None:
     add.add_argument("--events", help="comma-separated event types (default: all)")
     add.add_argument("--secret", help="import an existing signing secret instead of generating one")
     add.add_argument("--description", help="free text shown in listings")
-    update = _endpoint_action(actions, "update", "change an endpoint's URL, events, description or limits; "
-                              "what is not given stays as it is", cmd.cmd_endpoints_update, limits=True)
+    _request_option_flags(add)
+    update = _endpoint_action(actions, "update", "change an endpoint's URL, events, description, limits, headers "
+                              "or auth; what is not given stays as it is", cmd.cmd_endpoints_update, limits=True)
     update.add_argument("endpoint_id")
     update.add_argument("--url", help="new https:// URL")
     update.add_argument("--events", help="comma-separated event types, or * for all")
     update.add_argument("--description", help="free text shown in listings")
+    _request_option_flags(update)
+    update.add_argument("--no-headers", action="store_true", help="remove every custom header")
+    update.add_argument("--no-auth", action="store_true", help="remove the endpoint's auth")
     listing = _endpoint_action(actions, "list", "list endpoints", cmd.cmd_endpoints_list)
     listing.add_argument("--org", help="only this org's endpoints")
     for name, help_text, func in (("disable", "stop delivering to an endpoint", cmd.cmd_endpoints_disable),
@@ -123,6 +127,18 @@ def _endpoint_action(actions: Subcommands, name: str, help_text: str, func: Comm
     # --max-in-flight is the endpoint's limit here; the process setting of that name only matters to `run`.
     setting_flags(sub, frozenset({"max_in_flight"} if limits else ()))
     return sub
+
+
+def _request_option_flags(sub: argparse.ArgumentParser) -> None:
+    """Custom headers and auth; a credential given as - is read from the first line of stdin (not on argv)."""
+    sub.add_argument("--header", dest="headers", action="append", metavar="'NAME: VALUE'",
+                     help="a header sent with every request, repeatable; on update the headers given replace all")
+    auth = sub.add_mutually_exclusive_group()
+    auth.add_argument("--basic-auth", metavar="USER:PASSWORD|-", help="HTTP Basic authentication")
+    auth.add_argument("--bearer-token", metavar="TOKEN|-", help="an Authorization: Bearer token")
+    auth.add_argument("--client-cert", metavar="PEM_FILE",
+                      help="mutual TLS: the client certificate (then any intermediates); needs --client-key")
+    sub.add_argument("--client-key", metavar="PEM_FILE", help="mutual TLS: the certificate's unencrypted key")
 
 
 def _limit_flags(sub: argparse.ArgumentParser) -> None:

@@ -26,6 +26,7 @@ from deliverer.facts import ErrorClass, Outcome
 from deliverer.ops import tracing
 from deliverer.ops.metrics import METRICS, outcome_class
 from deliverer.ops.tracing import TRACING
+from deliverer.registry import request_options
 from deliverer.security import sealing
 from deliverer.settings import Settings
 from outbox.ids import delivery_public_id, event_public_id
@@ -66,7 +67,8 @@ class Attempter:
         self._http: send.Client | None = None
 
     async def __aenter__(self) -> "Attempter":
-        self._http = send.Client(allowed=self.settings.networks, max_idle=self.settings.max_in_flight)
+        self._http = send.Client(allowed=self.settings.networks, max_idle=self.settings.max_in_flight,
+                                 proxy=self.settings.proxy)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -110,6 +112,8 @@ class Attempter:
         try:
             secret = sealing.unseal(claimed.secret)
             previous = () if claimed.previous_secret is None else (sealing.unseal(claimed.previous_secret),)
+            extra = request_options.unseal_headers(claimed.headers)
+            credentials = None if claimed.auth is None else request_options.credentials(claimed.auth)
         except sealing.SealingError as exc:
             # Nothing is sent unsigned: the attempt fails and is retried on the schedule once keys are fixed.
             outcome = send.Outcome(False, 0.0, error_class=ErrorClass.OTHER, error_message=str(exc))
@@ -123,9 +127,17 @@ class Attempter:
         )
         if trace_headers is not None:
             headers |= trace_headers
+        client_certificate = None
+        if extra:
+            headers |= extra  # registration refuses the names signing writes
+        if credentials is not None and credentials.authorization is not None:
+            headers["Authorization"] = credentials.authorization
+        elif credentials is not None and credentials.certificate is not None and credentials.key is not None:
+            client_certificate = (credentials.certificate, credentials.key)
         assert self._http is not None, "use the Attempter as an async context manager"
         self.sending.add(claimed.delivery_id)
-        outcome = await self._http.post(claimed.url, body, headers, timeout=self.settings.http_timeout)
+        outcome = await self._http.post(claimed.url, body, headers, timeout=self.settings.http_timeout,
+                                        client_certificate=client_certificate)
         self.sending.discard(claimed.delivery_id)  # left in place only when a shutdown cuts the send off
         if outcome.http_status == 410:
             # Gone: the receiver asks us to stop, so this is final and the endpoint gets disabled.

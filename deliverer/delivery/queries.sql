@@ -217,7 +217,7 @@ SELECT l.delivery_id, l.event_id, l.endpoint_id, l.org_id, l.series, l.attempt,
        e.event_type, e.body, e.created_at, w.url, w.secret,
        CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END AS previous_secret,
        w.enabled AND w.deleted_at IS NULL AS endpoint_enabled, l.due_at AS lease_until,
-       e.traceparent, e.tracestate,
+       e.traceparent, e.tracestate, w.headers, w.auth,
        NULL::float8 AS next_due_in, NULL::text[] AS full_endpoints, NULL::text[] AS blocked_endpoints,
        NULL::float8[] AS blocked_for, NULL::text[] AS unknown_endpoints,
        NULL::text[] AS limited_endpoints, NULL::int[] AS limits
@@ -234,7 +234,7 @@ UNION ALL
 -- here). If PostgreSQL crashes before the flush, the lease is lost and the delivery
 -- is sent again; the first send's outcome is then logged as a late result. Nothing
 -- is lost: the event and every outcome are committed synchronously.
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        (SELECT extract(epoch FROM min(q.due_at) - coalesce(%(now)s::timestamptz, now()))::float8
         FROM delivery_queue q
         WHERE q.delivery_id NOT IN (SELECT delivery_id FROM due)),

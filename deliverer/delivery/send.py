@@ -6,8 +6,12 @@ crash or stall a worker. The whole exchange, connecting included, is bounded by
 the timeout, and at most ``EXCERPT_BYTES`` of a response body are ever read, so
 an endless or huge body costs nothing but the connection, which is then closed.
 
+With an egress proxy (DELIVERER_EGRESS_PROXY) each new connection is a tunnel
+through it to the address the SSRF guard vetted (``deliverer.delivery.tunnel``);
+TLS runs inside the tunnel, and the tunnel is kept alive like any connection.
+
 Why a client of our own: a webhook attempt is always the same request (a POST
-of a small body, no redirects, no cookies, no proxies, no compression), and in
+of a small body, no redirects, no cookies, no compression), and in
 a profile of the drain benchmark aiohttp's general-purpose client was 40% of
 the worker's CPU, more than signing, the database and the event loop together.
 :class:`Client` does only what an attempt needs, over keep-alive connections
@@ -24,6 +28,7 @@ Error classes recorded in the log:
 | tls_error          | the TLS handshake failed, e.g. an untrusted certificate           |
 | protocol_error     | connected, but the answer was not HTTP or the connection was cut  |
 | ssrf_blocked       | the destination is not a public address (see deliverer.ssrf)      |
+| proxy_error        | the egress proxy was unreachable, refused the tunnel or broke it  |
 | invalid_url        | the stored URL cannot be requested                                |
 """
 
@@ -31,7 +36,7 @@ import asyncio
 import socket
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -41,8 +46,10 @@ from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
+from deliverer.delivery import tunnel
 from deliverer.facts import ErrorClass
-from deliverer.security import ssrf
+from deliverer.security import client_certificates, ssrf
+from deliverer.security.egress import Proxy
 
 EXCERPT_BYTES = 1024
 """How much of a response body is kept in the log. The rest is never read."""
@@ -55,6 +62,12 @@ IDLE_SECONDS = 15.0
 
 MAX_HEAD_BYTES = 64 * 1024
 """Largest status line and headers read; a receiver sending more is cut off (the parser would keep it all)."""
+
+MAX_CLIENT_CERTIFICATES = 1000
+"""TLS contexts kept for mutual TLS, one per client certificate; a bound, as endpoints are few."""
+
+ClientCertificate = tuple[str, str]
+"""A client certificate (chain) and its key, PEM, for mutual TLS."""
 
 
 @dataclass(frozen=True)
@@ -117,10 +130,21 @@ def _target(url: str) -> _Target:
     return _Target((parsed.scheme, host, port), host, port, parsed.scheme == "https", head)
 
 
+@dataclass(frozen=True)
+class _Route:
+    """How one request travels: to the target, on connections of pool ``pool``, with this TLS context."""
+
+    target: _Target
+    pool: tuple[object, ...]  # the origin, and the client identity when there is one
+    ssl_context: ssl.SSLContext
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; it carries one exchange at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: bool = False) -> None:
+        self.tls = tls
+        self.proven = False  # a byte has come back on it: the receiver accepted the connection
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[None] | None = None
@@ -174,7 +198,7 @@ class _Connection(asyncio.Protocol):
         if self.waiter is None:
             self.close()  # bytes nobody asked for: the connection is out of step, never reuse it
             return
-        self.received = True
+        self.received = self.proven = True
         if not self.headers_done:
             self.head_bytes += len(data)  # judged after parsing: this read may finish the headers
         try:
@@ -201,6 +225,13 @@ class _Connection(asyncio.Protocol):
         if self.headers_done and not self.framed and exc is None:
             self.complete = True  # a body delimited by the end of the connection has ended
             self._settle()
+        elif self.tls and not self.proven:
+            # With TLS 1.3 the client's side of the handshake is done before the server judges the
+            # client certificate, so a refusal (none sent where one is required, or one it does not
+            # trust) shows only as the new connection closing before any answer (the alert is often lost).
+            self._settle(_Failed(ErrorClass.TLS_ERROR,
+                                 "TLS failed: the receiver closed the new TLS connection before any response; "
+                                 f"it may require a client certificate or refuse the one sent{_cause(exc)}"))
         elif not self.received:
             self._settle(_Lost(f"the connection was closed before any response{_cause(exc)}"))
         else:
@@ -255,17 +286,26 @@ class Client:
 
     Names resolve through the SSRF guard on every new connection (no DNS cache),
     and the connection goes to the vetted addresses; IP literals are vetted
-    directly. TLS is always verified, against the server name. ``resolver`` and
-    ``ssl_context`` are for tests.
+    directly. TLS is always verified, against the server name. A request with a
+    client certificate (mutual TLS) goes on connections of its own, made with a
+    TLS context that presents it; connections are never shared between different
+    client identities. With a ``proxy`` every new connection is a tunnel through it
+    to a vetted address. ``resolver`` and the TLS contexts (``new_ssl_context``, which
+    also makes the ones with client certificates) are for tests.
     """
 
     def __init__(self, *, allowed: tuple[ssrf.Network, ...] = (), resolver: AbstractResolver | None = None,
-                 ssl_context: ssl.SSLContext | None = None, max_idle: int = 200) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 new_ssl_context: Callable[[], ssl.SSLContext] = ssl.create_default_context,
+                 max_idle: int = 200, proxy: Proxy | None = None) -> None:
         self.allowed = allowed
+        self.proxy = proxy
         self.resolver = ssrf.GuardedResolver(allowed, inner=resolver or ThreadedResolver())
-        self.ssl_context = ssl_context or ssl.create_default_context()
+        self.ssl_context = ssl_context or new_ssl_context()
+        self.new_ssl_context = new_ssl_context
+        self._client_contexts: dict[str, ssl.SSLContext] = {}
         self.max_idle = max_idle
-        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._idle: dict[tuple[object, ...], list[_Connection]] = {}
         self._idle_count = 0
         self._targets: dict[str, _Target] = {}
         self._sweeper: asyncio.TimerHandle | None = None
@@ -281,14 +321,16 @@ class Client:
         self._idle_count = 0
         await self.resolver.close()
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str], *, timeout: float) -> Outcome:
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str], *, timeout: float,
+                   client_certificate: ClientCertificate | None = None) -> Outcome:
         started = time.perf_counter()
         try:
             target = self._targets.get(url) or self._remember(url)
             request = b"".join((target.head, f"Content-Length: {len(body)}\r\n".encode(), *(
                 f"{name}: {value}\r\n".encode("latin-1") for name, value in headers.items()), b"\r\n"))
+            route = self._route(target, client_certificate)
             async with asyncio.timeout(timeout):
-                conn = await self._exchange(target, request, body)
+                conn = await self._exchange(route, request, body)
         except TimeoutError:
             return _failure(started, ErrorClass.TIMEOUT, f"no complete response within {timeout:g} s")
         except _Failed as exc:
@@ -298,7 +340,7 @@ class Client:
         duration_ms = (time.perf_counter() - started) * 1000
         status, excerpt = conn.status, loggable(conn.excerpt.decode("utf-8", "replace")) or None
         retry_after = conn.retry_after
-        self._release(target, conn)
+        self._release(route, conn)
         if 200 <= status < 300:
             return Outcome(True, duration_ms, http_status=status, response_excerpt=excerpt)
         wait = (parse_retry_after(retry_after.decode("latin-1")) if retry_after is not None
@@ -313,8 +355,24 @@ class Client:
         self._targets[url] = target
         return target
 
-    async def _exchange(self, target: _Target, request: bytes, body: bytes) -> _Connection:
-        conn = self._reuse(target)
+    def _route(self, target: _Target, client_certificate: ClientCertificate | None) -> "_Route":
+        if client_certificate is None or not target.tls:
+            return _Route(target, target.origin, self.ssl_context)
+        identity = client_certificates.fingerprint(*client_certificate)
+        context = self._client_contexts.get(identity)
+        if context is None:
+            try:
+                context = client_certificates.load(self.new_ssl_context(), *client_certificate)
+            except ssl.SSLError as exc:
+                raise _Failed(ErrorClass.TLS_ERROR,
+                              f"the endpoint's client certificate cannot be used: {exc}") from None
+            if len(self._client_contexts) >= MAX_CLIENT_CERTIFICATES:
+                self._client_contexts.clear()
+            self._client_contexts[identity] = context
+        return _Route(target, (*target.origin, identity), context)
+
+    async def _exchange(self, route: "_Route", request: bytes, body: bytes) -> _Connection:
+        conn = self._reuse(route)
         if conn is not None:
             try:
                 await self._await(conn, conn.send(request, body))
@@ -324,7 +382,7 @@ class Client:
                 # idle keep-alive connections, often after 2 to 5 s). Nothing of the request was
                 # answered; webhooks are delivered at least once, so it goes again on a fresh one.
                 pass
-        conn = await self._connect(target)
+        conn = await self._connect(route)
         await self._await(conn, conn.send(request, body))
         return conn
 
@@ -336,8 +394,8 @@ class Client:
             conn.close()  # timed out or cancelled mid-exchange: its state is unknown
             raise
 
-    def _reuse(self, target: _Target) -> _Connection | None:
-        pool = self._idle.get(target.origin)
+    def _reuse(self, route: "_Route") -> _Connection | None:
+        pool = self._idle.get(route.pool)
         while pool:
             conn = pool.pop()
             self._idle_count -= 1
@@ -345,12 +403,12 @@ class Client:
                 return conn
         return None
 
-    def _release(self, target: _Target, conn: _Connection) -> None:
+    def _release(self, route: "_Route", conn: _Connection) -> None:
         if not conn.reusable or self._idle_count >= self.max_idle:
             conn.close()
             return
         conn.idle_since = time.monotonic()
-        self._idle.setdefault(target.origin, []).append(conn)
+        self._idle.setdefault(route.pool, []).append(conn)
         self._idle_count += 1
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(IDLE_SECONDS / 3, self._sweep)
@@ -372,7 +430,8 @@ class Client:
         if self._idle_count:
             self._sweeper = asyncio.get_running_loop().call_later(IDLE_SECONDS / 3, self._sweep)
 
-    async def _connect(self, target: _Target) -> _Connection:
+    async def _connect(self, route: "_Route") -> _Connection:
+        target = route.target
         address = ssrf.literal(target.host)
         try:
             if address is not None:
@@ -387,10 +446,18 @@ class Client:
         loop = asyncio.get_running_loop()
         error: _Failed | None = None
         for host in hosts:
+            context, name = (route.ssl_context, target.host) if target.tls else (None, None)
             try:
-                _, conn = await loop.create_connection(
-                    _Connection, host, target.port, ssl=self.ssl_context if target.tls else None,
-                    server_hostname=target.host if target.tls else None)
+                if self.proxy is None:
+                    _, conn = await loop.create_connection(lambda: _Connection(target.tls), host, target.port,
+                                                           ssl=context, server_hostname=name)
+                else:
+                    sock = await tunnel.open_tunnel(self.proxy, host, target.port)
+                    _, conn = await loop.create_connection(lambda: _Connection(target.tls), sock=sock,
+                                                           ssl=context, server_hostname=name)
+            except tunnel.TunnelError as exc:
+                error = _Failed(ErrorClass.PROXY_ERROR, str(exc))
+                continue
             except ssl.SSLError as exc:
                 raise _Failed(ErrorClass.TLS_ERROR, f"TLS failed: {exc}") from None
             except OSError as exc:

@@ -52,7 +52,7 @@ class Sender:
 
 async def send(conn: psycopg.AsyncConnection[Any], sender: Sender, endpoint: Target) -> dict[str, Any]:
     """Send a webhook.test event to ``endpoint`` and report what happened."""
-    endpoint_id, org_id, url, secret, previous_secret, enabled = endpoint
+    endpoint_id, org_id, url, secret, previous_secret, enabled, headers, auth = endpoint
     if not enabled:
         raise EndpointDisabled(f"endpoint {endpoint_id} is disabled; enable it before sending a test event")
     body = serialize("webhook.test", {"message": TEST_MESSAGE, "timestamp": format_timestamp(datetime.now(UTC))})
@@ -67,7 +67,8 @@ async def send(conn: psycopg.AsyncConnection[Any], sender: Sender, endpoint: Tar
     assert row is not None
     delivery_id, event_id, created_at, lease_until = row
     claimed = Claimed(delivery_id, event_id, endpoint_id, org_id, 1, 1, "webhook.test", body, created_at,
-                      url, secret, previous_secret, True, lease_until, traceparent, tracestate)
+                      url, secret, previous_secret, True, lease_until, traceparent, tracestate,
+                      headers=headers, auth=auth)
     result = dataclasses.replace(await sender.attempter.attempt(claimed), retry_after=None)
     await record.write(conn, [result], worker_id=sender.sender_id, paced=False,
                        default_max_in_flight=sender.settings.endpoint_max_in_flight)

@@ -18,14 +18,19 @@ from structlog.tracebacks import ExceptionDictTransformer
 
 from deliverer.ops import tracing
 
-_SECRET_VALUE = re.compile(r"(whsec_[A-Za-z0-9+/=_-]+|sk_(?:live|test)_[A-Za-z0-9_-]+|Bearer\s+\S+)")
-_SECRET_KEYS = {"secret", "authorization", "api_key", "key", "password"}
+_SECRET_VALUE = re.compile(
+    r"(whsec_[A-Za-z0-9+/=_-]+|sk_(?:live|test)_[A-Za-z0-9_-]+|(?:Bearer|Basic)\s+\S+"
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$))", re.DOTALL)
+# The user information of a URL (an egress proxy's): scheme://user:password@host.
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+_SECRET_KEYS = {"secret", "authorization", "api_key", "key", "password", "token", "auth", "headers",
+                "proxy_authorization"}
 REDACTED = "[redacted]"
 
 
 def _redact(value: Any) -> Any:
     if isinstance(value, str):
-        return _SECRET_VALUE.sub(REDACTED, value)
+        return _URL_CREDENTIALS.sub(REDACTED + "@", _SECRET_VALUE.sub(REDACTED, value))
     if isinstance(value, dict):
         return {k: REDACTED if str(k).lower() in _SECRET_KEYS else _redact(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -34,7 +39,9 @@ def _redact(value: Any) -> Any:
 
 
 def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Drop secret-looking values: endpoint secrets, API keys, bearer tokens."""
+    """Drop secret-looking values: endpoint secrets, API keys, Authorization credentials, private keys,
+    the password of a URL; and whatever is logged under a name that says it is one (an endpoint's
+    headers and auth included)."""
     for key, value in event_dict.items():
         event_dict[key] = REDACTED if key.lower() in _SECRET_KEYS else _redact(value)
     return event_dict

@@ -10,7 +10,7 @@ refer to these names, and a test checks that they agree.
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 OUTCOME_CLASSES = ("success", "http_3xx", "http_4xx", "http_5xx", "timeout", "connect_error", "tls_error",
-                   "protocol_error", "ssrf_blocked", "endpoint_disabled", "shutdown", "no_room", "other")
+                   "protocol_error", "proxy_error", "ssrf_blocked", "endpoint_disabled", "shutdown", "no_room", "other")
 
 DB_OPERATIONS = ("claim", "record", "listen", "backlog", "partitions")
 """What ``deliverer_db_errors_total`` counts errors of: each series exists from the start, at 0, so the

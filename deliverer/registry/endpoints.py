@@ -7,8 +7,11 @@ settings). New secrets follow the Standard Webhooks format: ``whsec_`` and
 the base64 of 32 random bytes. An existing secret can be imported instead, so
 customers moving from another sender keep theirs.
 
-Secrets are stored sealed (``deliverer.security.sealing``); ``reseal_secrets`` seals
-them again after a key rotation. ``Target`` is an endpoint as sending to it needs it.
+An endpoint may add custom headers and authentication (basic, bearer or a client
+certificate) to its requests (``deliverer.registry.request_options``). Secrets,
+header values and credentials are stored sealed (``deliverer.security.sealing``) and
+never read back for display; ``reseal_secrets`` seals them again after a key
+rotation. ``Target`` is an endpoint as sending to it needs it.
 """
 
 import asyncio
@@ -22,7 +25,10 @@ from urllib.parse import SplitResult, urlsplit
 
 import psycopg
 from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
 
+from deliverer.registry import request_options
+from deliverer.registry.errors import EndpointError as EndpointError  # where callers have long found it
 from deliverer.registry.queries import QUERIES
 from deliverer.security import sealing, ssrf
 from outbox.catalog import EVENT_TYPES
@@ -40,17 +46,6 @@ ROTATION_GRACE_SECONDS = 24 * 3600
 SECRET_BYTES = 32
 
 
-class EndpointError(ValueError):
-    """The endpoint cannot be registered as given; the message says how to fix it.
-
-    ``field`` names the input it is about, as the API's error object reports it.
-    """
-
-    def __init__(self, message: str, field: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
 @dataclass(frozen=True)
 class Endpoint:
     id: str
@@ -64,6 +59,8 @@ class Endpoint:
     disabled_reason: str | None = None  # why it was disabled automatically (410 Gone, failing for days)
     max_in_flight: int | None = None  # None: DELIVERER_ENDPOINT_MAX_IN_FLIGHT
     rate_limit: float | None = None  # deliveries a second; None: DELIVERER_ENDPOINT_RATE_LIMIT
+    header_names: list[str] | None = None  # of its custom headers; their values are never read back
+    auth_type: str | None = None  # basic, bearer or mtls; the credentials are never read back
     secret: str | None = None  # only filled in right after creation or rotation
 
     def as_json(self) -> dict[str, Any]:
@@ -73,6 +70,8 @@ class Endpoint:
             "enabled": self.enabled, "disabled_reason": self.disabled_reason,
             "created_at": iso(self.created_at), "updated_at": iso(self.updated_at),
             "max_in_flight": self.max_in_flight, "rate_limit": self.rate_limit,
+            "header_names": self.header_names or [],
+            "auth": None if self.auth_type is None else {"type": self.auth_type},
         }
         if self.secret is not None:
             out["secret"] = self.secret
@@ -207,6 +206,28 @@ def check_description(description: str) -> str:
 
 
 @dataclass(frozen=True)
+class RequestOptions:
+    """What the endpoint adds to every request, as given: custom headers and auth (None: none)."""
+
+    headers: Any = None
+    auth: Any = None
+
+    def checked(self) -> dict[str, Any]:
+        """The insert's parameters, sealed: the database never sees a header value or credential in the clear."""
+        return {**_sealed_headers(self.headers), **_sealed_auth(self.auth)}
+
+
+def _sealed_headers(headers: Any) -> dict[str, Any]:
+    sealed = request_options.seal_headers(request_options.check_headers(headers))
+    return {"headers": None if sealed is None else Jsonb(sealed)}
+
+
+def _sealed_auth(auth: Any) -> dict[str, Any]:
+    checked = request_options.check_auth(auth)
+    return {"auth_type": None if checked is None else checked["type"], "auth": request_options.seal_auth(checked)}
+
+
+@dataclass(frozen=True)
 class Limits:
     """An endpoint's own limits as given; None is the deployment's default."""
 
@@ -220,9 +241,9 @@ class Limits:
 
 def _new_endpoint_params(org_id: str, url: str, event_types: Iterable[str] | None, secret: str | None,
                          description: str, limits: Limits | None, allow_insecure: bool,
-                         allowed: Sequence[ssrf.Network] | None) -> dict[str, Any]:
+                         allowed: Sequence[ssrf.Network] | None, options: RequestOptions | None) -> dict[str, Any]:
     _check_org(org_id)
-    return {
+    return {**(options or RequestOptions()).checked(),
         "id": new_endpoint_id(), "org_id": org_id,
         "url": check_url(url, allow_insecure=allow_insecure, allowed=allowed),
         "plain_secret": new_secret() if secret is None else check_secret(secret),
@@ -244,11 +265,12 @@ def _too_many(org_id: str) -> EndpointError:
 
 def add(conn: psycopg.Connection, *, org_id: str, url: str, event_types: Iterable[str] | None = None,
         secret: str | None = None, description: str = "", limits: Limits | None = None, allow_insecure: bool = False,
-        allowed: Sequence[ssrf.Network] | None = None) -> Endpoint:
+        allowed: Sequence[ssrf.Network] | None = None, options: RequestOptions | None = None) -> Endpoint:
     """Register an endpoint; the returned Endpoint carries the secret (shown once).
 
     ``allow_insecure`` and ``allowed`` are the URL rules of :func:`check_url`."""
-    params = _new_endpoint_params(org_id, url, event_types, secret, description, limits, allow_insecure, allowed)
+    params = _new_endpoint_params(org_id, url, event_types, secret, description, limits, allow_insecure, allowed,
+                                  options)
     endpoint = _one(conn, "insert_endpoint", _sealed(params))
     if endpoint is None:
         raise _too_many(org_id)
@@ -258,11 +280,12 @@ def add(conn: psycopg.Connection, *, org_id: str, url: str, event_types: Iterabl
 async def add_async(conn: psycopg.AsyncConnection[Any], *, org_id: str, url: str,
                     event_types: Iterable[str] | None = None, secret: str | None = None,
                     description: str = "", limits: Limits | None = None, allow_insecure: bool = False,
-                    allowed: Sequence[ssrf.Network] | None = None) -> Endpoint:
+                    allowed: Sequence[ssrf.Network] | None = None,
+                    options: RequestOptions | None = None) -> Endpoint:
     """:func:`add` on an async connection."""
     # Checking the URL may resolve its host name: not on the event loop.
     params = await asyncio.to_thread(_new_endpoint_params, org_id, url, event_types, secret, description, limits,
-                                     allow_insecure, allowed)
+                                     allow_insecure, allowed, options)
     endpoint = await _one_async(conn, "insert_endpoint", _sealed(params))
     if endpoint is None:
         raise _too_many(org_id)
@@ -297,13 +320,23 @@ def _settable(name: str, value: Any, check: Callable[[Any], Any]) -> dict[str, A
     return {f"set_{name}": value is not _UNSET, name: None if value is _UNSET else check(value)}
 
 
+def _settable_options(headers: Any, auth: Any) -> dict[str, Any]:
+    """Headers and auth are replaced whole when given (None: none); sealed like the insert's."""
+    return {"set_headers": headers is not _UNSET, "set_auth": auth is not _UNSET,
+            **(_sealed_headers(None) if headers is _UNSET else _sealed_headers(headers)),
+            **(_sealed_auth(None) if auth is _UNSET else _sealed_auth(auth))}
+
+
 async def update(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: str | None, *,
                  url: str | None = None, event_types: Any = _UNSET, description: str | None = None,
                  enabled: bool | None = None, max_in_flight: Any = _UNSET, rate_limit: Any = _UNSET,
+                 headers: Any = _UNSET, auth: Any = _UNSET,
                  allow_insecure: bool = False, allowed: Sequence[ssrf.Network] | None = None) -> Endpoint | None:
-    """Change the given fields; None keeps a field as it is, except event_types and the limits, whose None
-    means every type or the default: those change whenever they are given. A None org_id: any org's."""
+    """Change the given fields; None keeps a field as it is, except event_types, the limits, headers and auth,
+    whose None means every type, the default or none: those change whenever they are given (headers and auth
+    as a whole). A None org_id: any org's."""
     return await _one_async(conn, "update_endpoint", {
+        **_settable_options(headers, auth),
         "id": endpoint_id, "org_id": org_id,
         "url": None if url is None else await asyncio.to_thread(check_url, url, allow_insecure=allow_insecure,
                                                                 allowed=allowed),
@@ -356,6 +389,8 @@ class _StoredSecrets:
     id: str
     secret: str
     previous_secret: str | None
+    headers: dict[str, str] | None
+    auth: str | None
 
 
 def reseal_secrets(conn: psycopg.Connection) -> int:
@@ -367,13 +402,15 @@ def reseal_secrets(conn: psycopg.Connection) -> int:
             conn.execute(QUERIES["store_sealed_secrets"], {
                 "id": row.id, "secret": sealing.reseal(row.secret),
                 "previous_secret": None if row.previous_secret is None else sealing.reseal(row.previous_secret),
+                "headers": None if row.headers is None else Jsonb(request_options.reseal_headers(row.headers)),
+                "auth": None if row.auth is None else sealing.reseal(row.auth),
             })
     return len(stored)
 
 
 class Target(NamedTuple):
     """An endpoint as sending to it needs it: where, its sealed secrets (the previous one while its grace
-    lasts), and whether it is enabled. A tuple in the columns' order, so code unpacking the row keeps working."""
+    lasts), whether it is enabled, and its sealed custom headers and auth. A tuple in the columns' order."""
 
     id: str
     org_id: str
@@ -381,6 +418,8 @@ class Target(NamedTuple):
     secret: str
     previous_secret: str | None
     enabled: bool
+    headers: dict[str, str] | None = None
+    auth: str | None = None
 
 
 async def target_by_url(conn: psycopg.AsyncConnection[Any], org_id: str | None, url: str) -> Target | None:

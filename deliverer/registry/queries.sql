@@ -9,17 +9,21 @@
 
 -- name: insert_endpoint
 -- Registers nothing (no row returned) when the org already has max_endpoints.
-INSERT INTO webhook_endpoint (id, org_id, url, secret, event_types, description, max_in_flight, rate_limit)
+INSERT INTO webhook_endpoint (id, org_id, url, secret, event_types, description, max_in_flight, rate_limit,
+                              headers, auth_type, auth)
 SELECT %(id)s, %(org_id)s, %(url)s, %(secret)s, %(event_types)s, %(description)s,
-       %(max_in_flight)s::integer, %(rate_limit)s::double precision
+       %(max_in_flight)s::integer, %(rate_limit)s::double precision,
+       %(headers)s::jsonb, %(auth_type)s, %(auth)s
 WHERE (SELECT count(*) FROM webhook_endpoint
        WHERE org_id = %(org_id)s AND deleted_at IS NULL) < %(max_endpoints)s
 RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason,
-          max_in_flight, rate_limit
+          max_in_flight, rate_limit,
+          (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(headers) k) AS header_names, auth_type
 
 -- name: list_endpoints
 SELECT id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason,
-       max_in_flight, rate_limit
+       max_in_flight, rate_limit,
+       (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(headers) k) AS header_names, auth_type
 FROM webhook_endpoint
 WHERE deleted_at IS NULL AND (%(org_id)s::text IS NULL OR org_id = %(org_id)s)
 ORDER BY created_at, id
@@ -32,7 +36,8 @@ SET enabled = %(enabled)s, updated_at = now(),
     failing_since = CASE WHEN %(enabled)s THEN NULL ELSE failing_since END
 WHERE id = %(id)s AND deleted_at IS NULL
 RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason,
-          max_in_flight, rate_limit
+          max_in_flight, rate_limit,
+          (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(headers) k) AS header_names, auth_type
 
 -- name: insert_api_key
 INSERT INTO api_key (id, org_id, key_hash, prefix) VALUES (%(id)s, %(org_id)s, %(key_hash)s, %(prefix)s)
@@ -43,19 +48,24 @@ SELECT org_id, id AS key_id FROM api_key WHERE key_hash = %(key_hash)s AND revok
 
 -- name: get_endpoint
 SELECT id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason,
-       max_in_flight, rate_limit
+       max_in_flight, rate_limit,
+       (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(headers) k) AS header_names, auth_type
 FROM webhook_endpoint
 WHERE id = %(id)s AND (%(org_id)s::text IS NULL OR org_id = %(org_id)s) AND deleted_at IS NULL
 
 -- name: update_endpoint
--- NULL leaves a field as it is; event_types and the limits change only when their
--- set_ flag is true, since NULL is a value of theirs (every type; the default).
+-- NULL leaves a field as it is; event_types, the limits, headers and auth change only
+-- when their set_ flag is true, since NULL is a value of theirs (every type; the
+-- default; none).
 -- A NULL org_id (the CLI, an operator) matches the endpoint of any org.
 UPDATE webhook_endpoint
 SET url = coalesce(%(url)s, url),
     event_types = CASE WHEN %(set_event_types)s THEN %(event_types)s::text[] ELSE event_types END,
     max_in_flight = CASE WHEN %(set_max_in_flight)s THEN %(max_in_flight)s::integer ELSE max_in_flight END,
     rate_limit = CASE WHEN %(set_rate_limit)s THEN %(rate_limit)s::double precision ELSE rate_limit END,
+    headers = CASE WHEN %(set_headers)s THEN %(headers)s::jsonb ELSE headers END,
+    auth_type = CASE WHEN %(set_auth)s THEN %(auth_type)s ELSE auth_type END,
+    auth = CASE WHEN %(set_auth)s THEN %(auth)s ELSE auth END,
     description = coalesce(%(description)s, description),
     enabled = coalesce(%(enabled)s, enabled),
     disabled_reason = CASE WHEN %(enabled)s THEN NULL ELSE disabled_reason END,
@@ -63,7 +73,8 @@ SET url = coalesce(%(url)s, url),
     updated_at = now()
 WHERE id = %(id)s AND (%(org_id)s::text IS NULL OR org_id = %(org_id)s) AND deleted_at IS NULL
 RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason,
-          max_in_flight, rate_limit
+          max_in_flight, rate_limit,
+          (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(headers) k) AS header_names, auth_type
 
 -- name: delete_endpoint
 -- Endpoints are kept for the log's sake; deleted ones get nothing more.
@@ -80,7 +91,8 @@ SET previous_secret = secret,
     updated_at = now()
 WHERE id = %(id)s AND org_id = %(org_id)s AND deleted_at IS NULL
 RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason,
-          max_in_flight, rate_limit
+          max_in_flight, rate_limit,
+          (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(headers) k) AS header_names, auth_type
 
 -- name: endpoint_pacing
 -- The endpoint's live limits state, shared by every deliverer (see deliverer.delivery.limits):
@@ -95,17 +107,20 @@ JOIN webhook_endpoint w ON w.id = f.endpoint_id
 WHERE f.endpoint_id = %(id)s
 
 -- name: endpoint_secrets
--- Every stored secret, for re-sealing under the current key. FOR UPDATE: a
--- rotation running meanwhile waits instead of being overwritten.
-SELECT id, secret, previous_secret FROM webhook_endpoint ORDER BY id FOR UPDATE
+-- Every stored secret (and sealed header value and auth), for re-sealing under the
+-- current key. FOR UPDATE: a rotation running meanwhile waits instead of being overwritten.
+SELECT id, secret, previous_secret, headers, auth FROM webhook_endpoint ORDER BY id FOR UPDATE
 
 -- name: store_sealed_secrets
-UPDATE webhook_endpoint SET secret = %(secret)s, previous_secret = %(previous_secret)s WHERE id = %(id)s
+UPDATE webhook_endpoint
+SET secret = %(secret)s, previous_secret = %(previous_secret)s, headers = %(headers)s::jsonb, auth = %(auth)s
+WHERE id = %(id)s
 
 -- name: find_endpoint_by_url
 -- What sending a test event needs; the previous secret only while its grace lasts.
 SELECT id, org_id, url, secret,
-       CASE WHEN previous_secret_expires_at > now() THEN previous_secret END AS previous_secret, enabled
+       CASE WHEN previous_secret_expires_at > now() THEN previous_secret END AS previous_secret, enabled,
+       headers, auth
 FROM webhook_endpoint
 WHERE (%(org_id)s::text IS NULL OR org_id = %(org_id)s) AND url = %(url)s AND deleted_at IS NULL
 ORDER BY enabled DESC, created_at
@@ -113,6 +128,7 @@ LIMIT 1
 
 -- name: endpoint_for_test
 SELECT id, org_id, url, secret,
-       CASE WHEN previous_secret_expires_at > now() THEN previous_secret END AS previous_secret, enabled
+       CASE WHEN previous_secret_expires_at > now() THEN previous_secret END AS previous_secret, enabled,
+       headers, auth
 FROM webhook_endpoint
 WHERE id = %(id)s AND (%(org_id)s::text IS NULL OR org_id = %(org_id)s) AND deleted_at IS NULL

@@ -20,10 +20,10 @@ def _operator_env(dsn: str | None, env: dict[str, str]) -> dict[str, str]:
     return environ | env
 
 
-def deliverer(dsn: str | None, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m deliverer *args`` as an operator would, its output into pipes."""
+def deliverer(dsn: str | None, *args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m deliverer *args`` as an operator would, its output into pipes (``stdin`` typed in)."""
     return subprocess.run([sys.executable, "-m", "deliverer", *args], env=_operator_env(dsn, env),
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, input=stdin)
 
 
 _ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

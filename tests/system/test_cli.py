@@ -2,11 +2,13 @@
 
 import asyncio
 import json
+from pathlib import Path
 
 import psycopg
 
 from deliverer.security import sealing
 from tests.support import failed_deliveries
+from tests.support.certificates import CA
 from tests.support.processes import deliverer
 
 
@@ -84,7 +86,7 @@ def test_endpoint_limits_are_set_on_add_changed_by_update_and_listed(dsn: str, d
         None, None, ["job.failed"], "https://example.com/new")
     deliverer(dsn, "endpoints", "add", "--org", "org_a", "--url", "https://example.com/two", "--max-in-flight", "7")
     table = deliverer(dsn, "endpoints", "list", DELIVERER_ENDPOINT_RATE_LIMIT="100").stdout.splitlines()
-    assert table[0].split()[-5:] == ["max", "in", "flight", "rate", "limit/s"]
+    assert table[0].split()[-7:] == ["max", "in", "flight", "rate", "limit/s", "headers", "auth"]
     assert table[2].split()[-4:] == ["50", "(default)", "100", "(default)"]
     assert table[3].split()[-3:] == ["7", "100", "(default)"]
     assert deliverer(dsn, "endpoints", "list").stdout.splitlines()[3].split()[-3:] == ["7", "none", "(default)"]
@@ -110,6 +112,46 @@ def test_bad_endpoint_limits_are_one_line_naming_what_is_allowed(dsn: str, db: p
     assert missing.returncode == 2 and "no endpoint 'ep_nope'" in missing.stderr
     assert db.execute("SELECT count(*), max(max_in_flight), max(rate_limit) FROM webhook_endpoint").fetchone() == (
         1, None, None)
+
+
+def test_endpoint_headers_and_auth_are_set_by_flags_and_never_printed_back(
+        dsn: str, db: psycopg.Connection, tmp_path: Path) -> None:
+    """--header (repeatable) and the auth flags on add and update; a token given as - is read from stdin;
+    list and JSON show the header names and the auth type only; a reserved header and a mismatched client key
+    are one line on stderr with status 2, and nothing changes."""
+    created = deliverer(dsn, "endpoints", "add", "--org", "org_a", "--url", "https://example.com/hook",
+                        "--header", "X-Tenant: acme", "--header", "X-Api-Key:k-123", "--bearer-token", "-", "--json",
+                        stdin="t0k3n-from-stdin\n")
+    assert created.returncode == 0, created.stderr
+    endpoint = json.loads(created.stdout)
+    assert (endpoint["header_names"], endpoint["auth"]) == (["X-Api-Key", "X-Tenant"], {"type": "bearer"})
+    listed = deliverer(dsn, "endpoints", "list")
+    assert "X-Api-Key,X-Tenant" in listed.stdout and "bearer" in listed.stdout
+    stored_text = str(db.execute("SELECT headers, auth FROM webhook_endpoint").fetchone())
+    for text in (created.stdout, listed.stdout, stored_text):
+        assert "acme" not in text and "k-123" not in text and "t0k3n-from-stdin" not in text
+    stored = db.execute("SELECT auth FROM webhook_endpoint").fetchone()
+    assert stored is not None and json.loads(sealing.unseal(stored[0]))["token"] == "t0k3n-from-stdin"
+
+    ca = CA()
+    one, other = ca.issue("one", server=False), ca.issue("other", server=False)
+    cert, _ = one.write(tmp_path, "one")
+    _, wrong_key = other.write(tmp_path, "other")
+    refused = deliverer(dsn, "endpoints", "update", endpoint["id"], "--client-cert", str(cert), "--client-key",
+                        str(wrong_key))
+    assert (refused.returncode, refused.stderr) == (2, "deliverer: error: auth of type mtls refused: the key does "
+                                                       "not belong to the certificate (their public keys differ)\n")
+    reserved = deliverer(dsn, "endpoints", "update", endpoint["id"], "--header", "X-DocExtract-Signature: forged")
+    assert reserved.returncode == 2 and "header 'X-DocExtract-Signature' is reserved" in reserved.stderr
+    cert, key = one.write(tmp_path, "one")
+    mtls = deliverer(dsn, "endpoints", "update", endpoint["id"], "--client-cert", str(cert), "--client-key", str(key),
+                     "--no-headers", "--json")
+    assert mtls.returncode == 0, mtls.stderr
+    assert (json.loads(mtls.stdout)["header_names"], json.loads(mtls.stdout)["auth"]) == ([], {"type": "mtls"})
+    assert "PRIVATE KEY" not in mtls.stdout
+    removed = deliverer(dsn, "endpoints", "update", endpoint["id"], "--no-auth", "--json")
+    assert json.loads(removed.stdout)["auth"] is None
+    assert db.execute("SELECT headers, auth_type, auth FROM webhook_endpoint").fetchone() == (None, None, None)
 
 
 def test_rebuild_projections_check_and_repair(dsn: str, db: psycopg.Connection) -> None:

@@ -339,3 +339,20 @@ class TestDashboard:
         await page.get_by_role("button", name="Sign out").click()
         await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
         assert await page.evaluate("sessionStorage.length") == 0
+
+
+async def test_cards_show_header_names_and_the_auth_type_never_their_values(
+        page: Page, dashboard: Dashboard, db: psycopg.Connection) -> None:
+    """An endpoint's custom headers are listed by name and its auth by type; no value reaches the page."""
+    endpoints.add(db, org_id="org_a", url="https://example.com/with-auth", options=endpoints.RequestOptions(
+        headers={"X-Tenant": "acme", "X-Api-Key": "k-123"}, auth={"type": "bearer", "token": "t0k3n-abc"}))
+    endpoints.add(db, org_id="org_a", url="https://example.com/plain")
+    await sign_in(page, dashboard)
+    card = page.get_by_role("listitem").filter(has_text="https://example.com/with-auth")
+    await expect(card).to_contain_text("Custom headersX-Api-Key, X-Tenant")
+    await expect(card).to_contain_text("AuthenticationBearer token")
+    plain = page.get_by_role("listitem").filter(has_text="https://example.com/plain")
+    await expect(plain).to_contain_text("Custom headersNone")
+    await expect(plain).to_contain_text("AuthenticationNone")
+    content = await page.content()
+    assert "acme" not in content and "k-123" not in content and "t0k3n-abc" not in content

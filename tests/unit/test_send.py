@@ -17,6 +17,7 @@ from aiohttp.resolver import ThreadedResolver
 
 from deliverer.delivery import send
 from deliverer.security import ssrf
+from tests.support.certificates import CA
 
 LOOPBACK = ssrf.parse_networks("127.0.0.0/8")
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK"
@@ -271,3 +272,62 @@ def test_on_uvloop(scenario: Callable[[send.Client], Awaitable[None]]) -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
         runner.run(test_tls_is_verified_against_the_name_and_kept_alive())
+
+
+class TestMutualTls:
+    """A receiver that requires a client certificate from its own CA, on loopback."""
+
+    @pytest.fixture
+    async def receiver(self) -> AsyncIterator[tuple[str, CA, list[str]]]:
+        """The URL of an HTTPS server requiring a client certificate from the returned CA; and, per request,
+        the common name of the certificate it came with."""
+        server_ca, client_ca = CA("server CA"), CA("client CA")
+        context = server_ca.server_context("127.0.0.1", require_client_from=client_ca)
+        seen: list[str] = []
+
+        async def hook(request: web.Request) -> web.Response:
+            peer = request.transport.get_extra_info("peercert") if request.transport else None
+            seen.append(dict(pair[0] for pair in peer["subject"])["commonName"] if peer else "")
+            return web.Response(text="OK")
+        app = web.Application()
+        app.router.add_post("/hook", hook)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
+        self.trust = server_ca.trusting
+        yield f"https://127.0.0.1:{runner.addresses[0][1]}/hook", client_ca, seen
+        await runner.cleanup()
+
+    async def test_refused_without_the_right_client_certificate(
+            self, receiver: tuple[str, CA, list[str]]) -> None:
+        """No certificate, or one from another CA: the handshake is refused (tls_error) and nothing reaches
+        the receiver's handler; the CA's certificate is accepted."""
+        url, client_ca, seen = receiver
+        stranger = CA("another CA").issue("intruder", server=False)
+        good = client_ca.issue("customer-a", server=False)
+        client = send.Client(allowed=LOOPBACK, new_ssl_context=self.trust)
+        try:
+            without = await post(client, url)
+            wrong = await client.post(url, b"{}", {}, timeout=2,
+                                      client_certificate=(stranger.certificate, stranger.key))
+            right = await client.post(url, b"{}", {}, timeout=2, client_certificate=(good.certificate, good.key))
+        finally:
+            await client.close()
+        assert (without.error_class, wrong.error_class) == ("tls_error", "tls_error"), (without, wrong)
+        assert right.succeeded, right
+        assert seen == ["customer-a"]
+
+    async def test_connections_are_kept_per_client_identity(self, receiver: tuple[str, CA, list[str]]) -> None:
+        """Two endpoints at one origin with different certificates never share a connection; each keeps its own
+        alive."""
+        url, client_ca, seen = receiver
+        a, b = client_ca.issue("customer-a", server=False), client_ca.issue("customer-b", server=False)
+        client = send.Client(allowed=LOOPBACK, new_ssl_context=self.trust)
+        try:
+            outcomes = [await client.post(url, b"{}", {}, timeout=2, client_certificate=(c.certificate, c.key))
+                        for c in (a, b, a, b)]
+        finally:
+            await client.close()
+        assert all(o.succeeded for o in outcomes), outcomes
+        assert seen == ["customer-a", "customer-b", "customer-a", "customer-b"]
+        assert client.connections_made == 2

@@ -268,6 +268,17 @@
     return endpoint.rate_limit === null ? "Default" : `${endpoint.rate_limit} per second`;
   }
 
+  // Header values and credentials are sealed and never returned: only the names and the type are known here.
+  function headersText(endpoint) {
+    return endpoint.header_names.length ? endpoint.header_names.join(", ") : "None";
+  }
+
+  const AUTH_NAMES = { basic: "HTTP Basic", bearer: "Bearer token", mtls: "Mutual TLS (client certificate)" };
+
+  function authText(endpoint) {
+    return endpoint.auth === null ? "None" : AUTH_NAMES[endpoint.auth.type] || endpoint.auth.type;
+  }
+
   // Empty is null (the default). Anything that is not a finite number is sent as typed, so the server
   // refuses it with the message the API and the CLI share (JSON would turn NaN or Infinity into null).
   function limitValue(input) {
@@ -305,6 +316,8 @@
         h("dt", { text: "Status" }), status,
         h("dt", { text: "Max in flight" }), h("dd", { text: maxInFlightText(endpoint) }),
         h("dt", { text: "Rate limit" }), h("dd", { text: rateLimitText(endpoint) }),
+        h("dt", { text: "Custom headers" }), h("dd", { class: "mono", text: headersText(endpoint) }),
+        h("dt", { text: "Authentication" }), h("dd", { text: authText(endpoint) }),
         h("dt", { text: "Recent success rate" }), rate),
       h("div", { class: "actions" },
         button("Send test event", () => sendTest(endpoint, result), "primary"),
