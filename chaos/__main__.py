@@ -22,6 +22,7 @@ from pathlib import Path
 from chaos import (
     concurrent_producers,
     database_outage,
+    database_partition,
     graceful_shutdown,
     read_only,
     receiver_matrix,
@@ -54,6 +55,10 @@ def scenarios(quick: bool) -> dict[str, tuple[str, Scenario]]:
         return database_outage.run_restart(workdir, events=400 if quick else 4000, down_seconds=1 if quick else 3,
                                            crash=True)
 
+    def db_partition(dsn: str, workdir: Path) -> Awaitable[Report]:
+        return database_partition.run(dsn, workdir, events=600 if quick else 3000,
+                                      partition_seconds=8 if quick else 10)
+
     def matrix(dsn: str, workdir: Path) -> Awaitable[Report]:
         return receiver_matrix.run(dsn, workdir, healthy_events=100 if quick else 500)
 
@@ -78,6 +83,7 @@ def scenarios(quick: bool) -> dict[str, tuple[str, Scenario]]:
     return {
         "1": ("worker crashes", crashes), "2a": ("pg_terminate_backend", terminate),
         "2b": ("server restart", restart), "2c": ("server crash", crash),
+        "2d": ("partition to the database", db_partition),
         "3": ("receiver matrix", matrix), "4": ("graceful shutdown", shutdown),
         "5": ("concurrent producers", producers), "6": ("schedule property", schedule),
         "8": ("read-only database", readonly), "9": ("receivers behind a partition", partition),
@@ -99,7 +105,7 @@ async def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the reduced sizes of the pytest versions")
     parser.add_argument("--only", action="append",
-                        help="run only this scenario (1, 2a, 2b, 2c, 3, 4, 5, 6, 8, 9); repeatable")
+                        help="run only this scenario (1, 2a, 2b, 2c, 2d, 3, 4, 5, 6, 8, 9); repeatable")
     args = parser.parse_args(argv)
     # Scenarios 3 and 6 run in-process workers whose failed deliveries are the point, not news.
     logconfig.configure("error", "console")

@@ -87,6 +87,10 @@ class Settings:
     endpoint_initial_concurrency: int = setting(
         4, "DELIVERER_ENDPOINT_INITIAL_CONCURRENCY", "sends in flight an endpoint starts with (new, or idle for a "
         "minute): a dead endpoint holds this many, not the ceiling, before its first timeout")
+    db_timeout: float = setting(
+        10.0, "DELIVERER_DB_TIMEOUT", "seconds a worker waits for the database to answer a statement before it "
+        "gives the connection up as lost: a partition that drops packets answers nothing, and without it a claim "
+        "would wait as long as TCP does (minutes)")
     poll_interval: float = setting(1.0, "DELIVERER_POLL_INTERVAL", "longest sleep in seconds between claims when "
                                    "no notification comes")
     retry_delays: tuple[float, ...] = setting(

@@ -102,14 +102,15 @@ class Claimer:
         to be sent as requests end (``deliverer.delivery.gates``); 1 sends all at once.
         """
         span = tracing.start_linked(tracing.CLAIM, (), worker_id=self.worker_id, limit=limit)
-        claimed = await self._claim(limit, slow_start, ahead)
-        if self._unknown:
-            # Endpoints with no pacing row yet were passed over: make their rows, then take their share.
-            await self.ensure_flow(self._unknown, slow_start=slow_start)
-            if len(claimed) < limit:
-                limits = self.limits
-                claimed += await self._claim(limit - len(claimed), slow_start, ahead)
-                self.limits = limits | self.limits
+        async with self.db.answered():
+            claimed = await self._claim(limit, slow_start, ahead)
+            if self._unknown:
+                # Endpoints with no pacing row yet were passed over: make their rows, then take their share.
+                await self.ensure_flow(self._unknown, slow_start=slow_start)
+                if len(claimed) < limit:
+                    limits = self.limits
+                    claimed += await self._claim(limit - len(claimed), slow_start, ahead)
+                    self.limits = limits | self.limits
         if span is not None:  # exported: each attempt's span links to this one
             span.set_attribute("deliverer.claimed", len(claimed))
             claimed = [replace(c, claim_span=span.get_span_context()) for c in claimed]
@@ -142,7 +143,8 @@ class Claimer:
 
     async def seconds_until_due(self) -> float | None:
         """Seconds until the earliest open delivery is due (a retry, or a lease running out); None if none."""
-        conn = await self.db.get()
-        cur = await conn.execute(QUERIES["seconds_until_due"], {"now": self.clock() if self.clock else None})
-        row = await cur.fetchone()
+        async with self.db.answered():
+            conn = await self.db.get()
+            cur = await conn.execute(QUERIES["seconds_until_due"], {"now": self.clock() if self.clock else None})
+            row = await cur.fetchone()
         return None if row is None else row[0]

@@ -110,10 +110,11 @@ class Recorder:
         """Write outcomes now, then update the health of their endpoints."""
         if not results:
             return []
-        conn = await self.db.get()
-        recorded = await write(conn, results, worker_id=self.worker_id, now=self.clock() if self.clock else None,
-                               default_max_in_flight=self.default_max_in_flight)
-        await self.health.update(conn, results)
+        async with self.db.answered():
+            conn = await self.db.get()
+            recorded = await write(conn, results, worker_id=self.worker_id, now=self.clock() if self.clock else None,
+                                   default_max_in_flight=self.default_max_in_flight)
+            await self.health.update(conn, results)
         return recorded
 
     async def run(self) -> None:

@@ -27,7 +27,7 @@ import psycopg
 import structlog
 
 from deliverer.delivery.backoff import Backoff
-from deliverer.delivery.connection import Reopening
+from deliverer.delivery.connection import Reopening, answered_within
 from deliverer.delivery.queries import QUERIES
 from deliverer.ops.metrics import METRICS
 from deliverer.settings import Settings
@@ -75,7 +75,8 @@ class Listener:
                 # (DELIVERER_LISTEN_DATABASE_URL), unlike every other one.
                 async with await connections.aconnect(self.settings, f"deliverer {self.worker_id}",
                                                       listen=True) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
+                    async with answered_within(self.settings.db_timeout):
+                        await conn.execute(f"LISTEN {CHANNEL}")
                     backoff.reset()
                     self.wake.set()  # anything committed while not listening
                     await self._hear(conn)
@@ -87,9 +88,11 @@ class Listener:
 
     async def _hear(self, conn: psycopg.AsyncConnection[Any]) -> None:
         while True:
-            cur = await conn.execute(QUERIES["presence_heartbeat"], {
-                "worker_id": self.worker_id, "alive_for": ALIVE_FOR, "forget_after": FORGET_AFTER})
-            row = await cur.fetchone()
+            # The heartbeat is also how a partition is noticed here: notifications just stop coming.
+            async with answered_within(self.settings.db_timeout):
+                cur = await conn.execute(QUERIES["presence_heartbeat"], {
+                    "worker_id": self.worker_id, "alive_for": ALIVE_FOR, "forget_after": FORGET_AFTER})
+                row = await cur.fetchone()
             self.peers = row[0] if row else []
             async for note in conn.notifies(timeout=BEAT):
                 self._heard(note.payload)
@@ -121,4 +124,5 @@ class Listener:
         """Leave the list of live workers, so notifications stop choosing this one. Best effort: a
         worker stopping without its database is forgotten when its heartbeats stop."""
         with contextlib.suppress(psycopg.Error):
-            await (await db.get()).execute(QUERIES["presence_leave"], {"worker_id": self.worker_id})
+            async with db.answered():
+                await (await db.get()).execute(QUERIES["presence_leave"], {"worker_id": self.worker_id})

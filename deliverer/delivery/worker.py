@@ -249,7 +249,8 @@ class Worker:
         """More may be due than this worker can take now: another worker is woken to claim it."""
         self._passed += 1
         with contextlib.suppress(psycopg.Error):  # best effort: the others poll anyway
-            await self.listener.pass_on(await self.claimer.db.get(), self._passed)
+            async with self.claimer.db.answered():
+                await self.listener.pass_on(await self.claimer.db.get(), self._passed)
 
     def _room_here(self) -> int:
         """How many more this process may claim: DELIVERER_MAX_IN_FLIGHT counts its requests open; the
