@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from chaos import (
+    abusive_receivers,
     concurrent_producers,
     database_outage,
     database_partition,
@@ -55,6 +56,9 @@ def scenarios(quick: bool) -> dict[str, tuple[str, Scenario]]:
         return database_outage.run_restart(workdir, events=400 if quick else 4000, down_seconds=1 if quick else 3,
                                            crash=True)
 
+    def abusive(dsn: str, workdir: Path) -> Awaitable[Report]:
+        return abusive_receivers.run(dsn, workdir, endpoints_count=600 if quick else 10_000)
+
     def db_partition(dsn: str, workdir: Path) -> Awaitable[Report]:
         return database_partition.run(dsn, workdir, events=600 if quick else 3000,
                                       partition_seconds=8 if quick else 10)
@@ -87,6 +91,7 @@ def scenarios(quick: bool) -> dict[str, tuple[str, Scenario]]:
         "3": ("receiver matrix", matrix), "4": ("graceful shutdown", shutdown),
         "5": ("concurrent producers", producers), "6": ("schedule property", schedule),
         "8": ("read-only database", readonly), "9": ("receivers behind a partition", partition),
+        "10": ("many endpoints, abusive receivers", abusive),
     }
 
 
@@ -105,7 +110,7 @@ async def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the reduced sizes of the pytest versions")
     parser.add_argument("--only", action="append",
-                        help="run only this scenario (1, 2a, 2b, 2c, 2d, 3, 4, 5, 6, 8, 9); repeatable")
+                        help="run only this scenario (1, 2a, 2b, 2c, 2d, 3, 4, 5, 6, 8, 9, 10); repeatable")
     args = parser.parse_args(argv)
     # Scenarios 3 and 6 run in-process workers whose failed deliveries are the point, not news.
     logconfig.configure("error", "console")
