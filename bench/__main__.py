@@ -25,7 +25,7 @@ from deliverer.dev import database as devdb
 from deliverer.security import sealing
 
 SCENARIOS = ("drain", "latency", "publish", "backlog", "slow", "fanout", "hot", "peers", "floor", "mix", "wakeups",
-             "limits", "tracing")
+             "limits", "tracing", "clients")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -101,6 +101,8 @@ async def run(args: argparse.Namespace, server: database.Server) -> dict[str, An
                                                   rated_events=100 if quick else 1000)),
         ("tracing", "tracing", lambda: scenarios.tracing_cost(bench, events=1000 if quick else 10_000,
                                                               processes=p, repeat=repeat)),
+        ("clients", "http_clients", lambda: scenarios.http_clients(bench, events=1000 if quick else 10_000,
+                                                                   processes=p, repeat=repeat)),
     ]
     try:
         for name, key, step in steps:
@@ -133,9 +135,10 @@ def problems(results: dict[str, Any]) -> list[str]:
         for system, run_list in results.get(key, {}).get("runs", {}).items():
             found += [f"{key} ({system}): {r['duplicates']} duplicates, {r['lost']} lost"
                       for r in run_list if r["duplicates"] or r["lost"]]
-    for label, run_list in results.get("tracing", {}).get("runs", {}).items():
-        found += [f"tracing (export {label}): {r['duplicates']} duplicates, {r['lost']} lost"
-                  for r in run_list if r["duplicates"] or r["lost"]]
+    for key in ("tracing", "http_clients"):
+        for label, run_list in results.get(key, {}).get("runs", {}).items():
+            found += [f"{key} ({label}): {r['duplicates']} duplicates, {r['lost']} lost"
+                      for r in run_list if r["duplicates"] or r["lost"]]
     for count, r in results.get("wakeups", {}).get("by_processes", {}).items():
         if r["lost"]:
             found.append(f"wakeups with {count} processes: {r['lost']} lost")

@@ -123,6 +123,19 @@ def _tracing_rows(t: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _clients_rows(c: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = [(f"14. HTTP clients: {c['events']:,} queued events, {c['processes']} processes, "
+                        f"{c['endpoints']} endpoints", "", "")]
+    for label in ("default", "aiohttp"):
+        r = c[label]
+        rows.append((f"  {label}: deliveries/s; deliverer CPU per delivery",
+                     f"{_n(r['deliveries_per_s'])}; {_us(r['deliverer_cpu_ms_per_1000'])}", ""))
+    rows += [("  aiohttp vs default: deliveries/s ratio", f"{c['ratio']:.2f}", ""),
+             ("  duplicates / lost (aiohttp)", f"{c['aiohttp']['duplicates']:.0f} / {c['aiohttp']['lost']:.0f}",
+              "0 / 0")]
+    return rows
+
+
 def _us(value: float) -> str:
     return f"{value:,.0f} µs"
 
@@ -291,7 +304,8 @@ def table(results: dict[str, Any]) -> str:
     for key, render in (("drain", _drain_rows), ("latency", _latency_rows), ("publish", _publish_rows),
                         ("backlog", _backlog_rows), ("slow_receivers", _slow_rows), ("fan_out", _fan_out_rows),
                         ("hot", _hot_rows), ("peers", _peers_rows), ("floor", _floor_rows), ("mix", _mix_rows),
-                        ("wakeups", _wakeups_rows), ("limits", _limits_rows), ("tracing", _tracing_rows)):
+                        ("wakeups", _wakeups_rows), ("limits", _limits_rows), ("tracing", _tracing_rows),
+                        ("http_clients", _clients_rows)):
         if key in results:
             rows += render(results[key])
     width = max(len(r[0]) for r in rows) + 2

@@ -22,7 +22,7 @@ import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -454,19 +454,51 @@ async def tracing_cost(bench: Bench, *, events: int, processes: int, repeat: int
             database.stage(template, events, ORGS)  # each event stores the producer's traceparent
         finally:
             context.detach(token)
-        runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-        for _ in range(repeat):
-            for label, settings in (("off", {}), ("on", exporting)):
-                with bench.server.database(f"tracing_{label}", template=template) as dsn:
-                    runs[label].append(await measure_drain(bench, dsn, processes, events, counted="/hook/",
-                                                           settings=settings))
-                    if label == "on":
-                        runs[label][-1]["spans_posts"] = await bench.sink.count("/otlp/")
-    ratios = [on["deliveries_per_s"] / off["deliveries_per_s"]
-              for off, on in zip(runs["off"], runs["on"], strict=True)]
+        runs = await _variants(bench, template, processes, events, repeat, {"off": {}, "on": exporting},
+                               after={"on": lambda run: _count_spans(bench, run)})
     return {"events": events, "endpoints": ORGS, "processes": processes, "repeat": repeat,
-            "export_off": medians(runs["off"]),
-            "export_on": medians(runs["on"]), "ratio": statistics.median(ratios), "runs": runs}
+            "export_off": medians(runs["off"]), "export_on": medians(runs["on"]),
+            "ratio": _median_ratio(runs["on"], runs["off"]), "runs": runs}
+
+
+async def _count_spans(bench: Bench, run: dict[str, Any]) -> None:
+    run["spans_posts"] = await bench.sink.count("/otlp/")
+
+
+async def _variants(bench: Bench, template: str, processes: int, events: int, repeat: int,
+                    variants: dict[str, dict[str, str]],
+                    after: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] | None = None,
+                    ) -> dict[str, list[dict[str, Any]]]:
+    """The same drain (a copy of ``template`` each time) with each variant's settings, interleaved repeat by
+    repeat so that a ratio pairs runs close in time."""
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label in variants}
+    for _ in range(repeat):
+        for label, settings in variants.items():
+            with bench.server.database(f"variant_{label}", template=template) as dsn:
+                run = await measure_drain(bench, dsn, processes, events, counted="/hook/", settings=settings)
+                if after and label in after:
+                    await after[label](run)
+                runs[label].append(run)
+    return runs
+
+
+def _median_ratio(these: list[dict[str, Any]], those: list[dict[str, Any]]) -> float:
+    return statistics.median(a["deliveries_per_s"] / b["deliveries_per_s"] for a, b in zip(these, those, strict=True))
+
+
+# 14. HTTP clients -----------------------------------------------------------------
+
+
+async def http_clients(bench: Bench, *, events: int, processes: int, repeat: int) -> dict[str, Any]:
+    """The same drain sent by the default client and by DELIVERER_HTTP_CLIENT=aiohttp."""
+    with bench.server.database("clients_template") as template:
+        database.add_endpoints(template, bench.hooks(ORGS))
+        database.stage(template, events, ORGS)
+        runs = await _variants(bench, template, processes, events, repeat,
+                               {"default": {}, "aiohttp": {"DELIVERER_HTTP_CLIENT": "aiohttp"}})
+    return {"events": events, "endpoints": ORGS, "processes": processes, "repeat": repeat,
+            "default": medians(runs["default"]), "aiohttp": medians(runs["aiohttp"]),
+            "ratio": _median_ratio(runs["aiohttp"], runs["default"]), "runs": runs}
 
 
 # 5. Slow receivers ------------------------------------------------------------------

@@ -109,6 +109,9 @@ class Settings:
         "", "DELIVERER_EGRESS_PROXY", "forward proxy for every webhook connection: `http://[user:password@]host:port` "
         "(CONNECT tunnel) or `socks5://[user:password@]host:port`; the SSRF guard vets the destination and the proxy "
         "is asked for that address (docs/security.md, Egress proxy)", shown="none")
+    http_client: str = setting(
+        "default", "DELIVERER_HTTP_CLIENT", "`default` (the deliverer's own keep-alive client) or `aiohttp` (aiohttp's "
+        "client: the same requests and outcomes at a higher CPU cost, no egress proxy; docs/performance.md)")
     disable_after: float = setting(
         5 * 24 * 3600.0, "DELIVERER_DISABLE_AFTER", "seconds of nothing but failures before an endpoint is "
         "disabled", shown="432000 (5 days)")
@@ -156,6 +159,11 @@ class Settings:
             egress.parse(self.egress_proxy)
         except egress.ProxyUrlError as exc:
             raise ConfigError(str(exc)) from None
+        if self.http_client not in ("default", "aiohttp"):
+            raise ConfigError("DELIVERER_HTTP_CLIENT must be default or aiohttp")
+        if self.http_client == "aiohttp" and self.egress_proxy:
+            raise ConfigError("DELIVERER_EGRESS_PROXY needs DELIVERER_HTTP_CLIENT=default: the aiohttp client "
+                              "cannot send to the address the SSRF guard vetted through a proxy")
 
     @property
     def proxy(self) -> egress.Proxy | None:

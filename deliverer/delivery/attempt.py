@@ -20,6 +20,7 @@ import structlog
 from opentelemetry import trace
 
 from deliverer.delivery import send, sign
+from deliverer.delivery.aiohttp_send import AiohttpClient
 from deliverer.delivery.claim import Claimed, Clock
 from deliverer.delivery.schedule import RETRY_AFTER_CAP, honour_retry_after, retry_delay
 from deliverer.facts import ErrorClass, Outcome
@@ -64,11 +65,14 @@ class Attempter:
         self.settings = settings
         self.clock = clock
         self.sending: set[uuid.UUID] = set()  # the request may have reached the receiver
-        self._http: send.Client | None = None
+        self._http: send.Client | AiohttpClient | None = None
 
     async def __aenter__(self) -> "Attempter":
-        self._http = send.Client(allowed=self.settings.networks, max_idle=self.settings.max_in_flight,
-                                 proxy=self.settings.proxy)
+        if self.settings.http_client == "aiohttp":
+            self._http = AiohttpClient(allowed=self.settings.networks, max_idle=self.settings.max_in_flight)
+        else:
+            self._http = send.Client(allowed=self.settings.networks, max_idle=self.settings.max_in_flight,
+                                     proxy=self.settings.proxy)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

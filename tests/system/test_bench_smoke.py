@@ -8,12 +8,12 @@ from pathlib import Path
 
 
 def test_bench_quick(pg_server: str, tmp_path: Path) -> None:
-    """`python -m bench --quick` runs the first six scenarios and tracing's end to end and loses and duplicates
+    """`python -m bench --quick` runs the first six scenarios, tracing's and the HTTP clients' end to end and loses and duplicates
     nothing; with export on, the spans reach the sink over OTLP."""
     output = tmp_path / "bench.json"
     env = {**os.environ, "BENCH_DATABASE_URL": pg_server}
     result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only",
-                             "drain,latency,publish,backlog,slow,fanout,tracing", "--output", str(output)], env=env,
+                             "drain,latency,publish,backlog,slow,fanout,tracing,clients", "--output", str(output)], env=env,
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "deliveries/s" in result.stdout
@@ -26,6 +26,8 @@ def test_bench_quick(pg_server: str, tmp_path: Path) -> None:
     for label in ("export_off", "export_on"):
         assert (results["tracing"][label]["lost"], results["tracing"][label]["duplicates"]) == (0, 0), label
     assert results["tracing"]["export_on"]["spans_posts"] > 0
+    for label in ("default", "aiohttp"):
+        assert (results["http_clients"][label]["lost"], results["http_clients"][label]["duplicates"]) == (0, 0)
 
 
 def test_bench_quick_scale(pg_server: str, tmp_path: Path) -> None:
