@@ -17,8 +17,9 @@ from deliverer.facts import FactKind, Outcome
 from deliverer.registry.endpoints import MAX_DESCRIPTION, MAX_IN_FLIGHT_CEILING, MAX_RATE_LIMIT, MAX_URL_LENGTH
 
 REF = "#/components/schemas/{model}"
-# The catalog's (see catalog.schemas). In allOf: pydantic resolves a field's own $ref among its models.
-EVENT_TYPE_REF = {"allOf": [{"$ref": REF.format(model="EventType")}]}
+# The catalog's (see catalog.schemas), or the operator's. Wrapped: pydantic resolves a field's own $ref among
+# its models.
+EVENT_TYPE_REF = {"anyOf": [{"$ref": REF.format(model="EventType")}, {"$ref": REF.format(model="OperatorEventType")}]}
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,8 @@ class Webhook(Response):
 
 class WebhookList(Response):
     data: list[Webhook]
+    operator: bool = Field(description="The org is the operator's: its endpoints may also subscribe to the "
+                                       "operator event types (x-operator-webhooks)")
 
 
 class TestRequest(Request):

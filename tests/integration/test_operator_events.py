@@ -4,17 +4,21 @@ The same with real `deliverer run` processes, two of them racing, is tests/syste
 """
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import psycopg
 import pytest
 from aiohttp import web
 
 import outbox
+from deliverer.api.app import OPENAPI, create_app
 from deliverer.delivery.worker import Worker
-from deliverer.registry import endpoints
+from deliverer.registry import apikeys, endpoints
 from outbox.catalog import OPERATOR_EVENT_TYPES, OPERATOR_ORG, OPERATOR_SCHEMAS
 from tests.support import FakeClock, Receiver, add_endpoint, settings_for, webhook_test
+from tests.support.api_client import Api
 
 
 def publish(dsn: str, org_id: str = "org_a") -> str:
@@ -138,3 +142,60 @@ class TestSubscribing:
         ops = endpoints.add(db, org_id=OPERATOR_ORG, url="https://ops.example/hook",
                             event_types=["endpoint.disabled", "delivery.exhausted"], allow_insecure=True)
         assert ops.event_types == ["endpoint.disabled", "delivery.exhausted"]
+
+
+@pytest.fixture
+async def api(dsn: str, db: psycopg.Connection) -> AsyncIterator[Api]:
+    """The API, its key the operator org's; other_key a customer's."""
+    runner = web.AppRunner(create_app(settings_for(dsn)), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    async with aiohttp.ClientSession() as http:
+        yield Api(http, f"http://127.0.0.1:{runner.addresses[0][1]}", apikeys.create(db, OPERATOR_ORG).key,
+                  apikeys.create(db, "org_a").key)
+    await runner.cleanup()
+
+
+class TestApi:
+    def test_the_document_lists_them_apart_from_the_customer_webhooks(self) -> None:
+        """x-operator-webhooks holds the operator types, with their schemas; webhooks holds none of them."""
+        assert not set(OPERATOR_EVENT_TYPES) & set(OPENAPI["webhooks"])
+        assert list(OPENAPI["x-operator-webhooks"]) == list(OPERATOR_EVENT_TYPES)
+        components = OPENAPI["components"]["schemas"]
+        assert components["OperatorEventType"]["enum"] == list(OPERATOR_EVENT_TYPES)
+        for schema in OPERATOR_SCHEMAS.values():
+            assert components[schema["title"]]["properties"] == schema["properties"]
+
+    async def test_the_operator_registers_an_endpoint_for_them_and_reads_them(
+            self, api: Api, dsn: str, receiver: Receiver, db: psycopg.Connection) -> None:
+        """With the operator org's key: the list says operator, operator types are accepted, and their events
+        and deliveries are listed; a customer's key is refused them. Every reply fits the document."""
+        listed = await api.call("GET", "/v1/webhooks")
+        assert listed.body == {"data": [], "operator": True}
+        assert (await api.call("GET", "/v1/webhooks", key=api.other_key)).body["operator"] is False
+        refused = await api.call("POST", "/v1/webhooks", key=api.other_key, json_body={
+            "url": receiver.url("/x"), "events": ["endpoint.disabled"]})
+        assert refused.status == 422 and refused.body["error"]["field"] == "events"
+        created = await api.call("POST", "/v1/webhooks", json_body={
+            "url": receiver.url("/ops"), "events": ["endpoint.disabled", "delivery.exhausted"]})
+        assert created.status == 201, created.body
+        receiver.secrets["/ops"] = created.body["secret"]
+        add_endpoint(db, receiver, "/gone", events=["webhook.test"])
+        receiver.behave("/gone", _gone)
+        publish(dsn)
+        async with Worker(settings_for(dsn)) as worker:
+            await drain(worker)
+        events = await api.call("GET", "/v1/events")
+        assert sorted(e["type"] for e in events.body["data"]) == ["delivery.exhausted", "endpoint.disabled"]
+        assert {e["data"]["org_id"] for e in events.body["data"]} == {"org_a"}
+        logs = await api.call("GET", f"/v1/webhooks/{created.body['id']}/logs")
+        assert sorted(a["event_type"] for a in logs.body["data"]) == ["delivery.exhausted", "endpoint.disabled"]
+        filtered = await api.call("GET", f"/v1/webhooks/{created.body['id']}/logs",
+                                  params={"event_type": "delivery.exhausted"})
+        assert [a["event_type"] for a in filtered.body["data"]] == ["delivery.exhausted"]
+        customer = await api.call("GET", "/v1/events", key=api.other_key)
+        assert {e["type"] for e in customer.body["data"]} == {"webhook.test", "webhook.endpoint_disabled"}
+
+
+async def _gone(request: web.Request, n: int) -> web.StreamResponse:
+    return web.Response(status=410)
