@@ -13,7 +13,7 @@ from aiohttp import web
 import outbox
 from outbox.catalog import OPERATOR_EVENT_TYPES, OPERATOR_ORG
 from tests.support import Receiver, add_endpoint, aeventually, count, webhook_test
-from tests.support.processes import WorkerProcess
+from tests.support.processes import WorkerProcess, deliverer
 
 FAST = {"DELIVERER_RETRY_DELAYS": "0.05,0.05,0.05,0.05,0.05", "DELIVERER_BATCH_SIZE": "5",
         "DELIVERER_MAX_IN_FLIGHT": "10"}
@@ -117,3 +117,18 @@ def _answer(status: int):  # type: ignore[no-untyped-def]
 
 def _ids(receiver: Receiver, path: str) -> set[str]:
     return {r.delivery_id for r in receiver.to(path)}
+
+
+def test_the_cli_registers_an_operator_endpoint_and_refuses_a_customer_one(dsn: str) -> None:
+    """`endpoints add --operator` registers an endpoint of the operator org for the operator events; a customer's
+    endpoint asking for one is refused in one line."""
+    result = deliverer(dsn, "endpoints", "add", "--operator", "--url", "https://ops.example/hook", "--json")
+    assert result.returncode == 0, result.stderr
+    created = json.loads(result.stdout)
+    assert (created["org_id"], created["events"]) == (OPERATOR_ORG, list(OPERATOR_EVENT_TYPES))
+    refused = deliverer(dsn, "endpoints", "add", "--org", "org_a", "--url", "https://hooks.example/a",
+                        "--events", "delivery.exhausted")
+    assert refused.returncode != 0
+    assert "operator event types go only to endpoints of the operator org" in refused.stderr
+    logs = deliverer(dsn, "logs", "--event-type", "delivery.exhausted", "--json")
+    assert logs.returncode == 0, logs.stderr
