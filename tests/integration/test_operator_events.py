@@ -3,8 +3,10 @@
 The same with real `deliverer run` processes, two of them racing, is tests/system/test_operator_events.py.
 """
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -14,10 +16,11 @@ from aiohttp import web
 
 import outbox
 from deliverer.api.app import OPENAPI, create_app
+from deliverer.delivery.queries import QUERIES
 from deliverer.delivery.worker import Worker
 from deliverer.registry import apikeys, endpoints
 from outbox.catalog import OPERATOR_EVENT_TYPES, OPERATOR_ORG, OPERATOR_SCHEMAS
-from tests.support import FakeClock, Receiver, add_endpoint, settings_for, webhook_test
+from tests.support import FakeClock, Receiver, add_endpoint, aeventually, settings_for, webhook_test
 from tests.support.api_client import Api
 
 
@@ -199,3 +202,34 @@ class TestApi:
 
 async def _gone(request: web.Request, n: int) -> web.StreamResponse:
     return web.Response(status=410)
+
+
+def _health(endpoint_id: str, *, succeeded: bool, gone: bool) -> dict[str, Any]:
+    return {"now": None, "disable_after": 3600.0, "endpoint_ids": [endpoint_id], "succeeded": [succeeded],
+            "gone": [gone], "first_failure": [None if succeeded else datetime.now(UTC)]}
+
+
+class TestRacingWorkers:
+    @pytest.mark.parametrize(("succeeded", "gone", "setup"), [
+        (False, True, "UPDATE webhook_endpoint SET failing_since = NULL"),
+        (True, False, "UPDATE webhook_endpoint SET failing_since = now() - interval '1 minute'"),
+    ], ids=["disable", "recover"])
+    async def test_the_second_of_two_racing_health_updates_changes_nothing(
+            self, dsn: str, db: psycopg.Connection, succeeded: bool, gone: bool, setup: str) -> None:
+        """Two workers judge the same endpoint from the same snapshot; the second, which waited for the first's
+        row lock, finds the state changed and returns no transition to announce."""
+        endpoint = endpoints.add(db, org_id="org_a", url="https://hooks.example/a", allow_insecure=True)
+        db.execute(setup)
+        params = _health(endpoint.id, succeeded=succeeded, gone=gone)
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as first, \
+                await psycopg.AsyncConnection.connect(dsn, autocommit=True) as second:
+            await first.execute("BEGIN")
+            won = await (await first.execute(QUERIES["update_endpoint_health"], params)).fetchall()
+            assert len(won) == 1
+            waiting = asyncio.create_task(second.execute(QUERIES["update_endpoint_health"], params))
+            await aeventually(lambda: db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            ).fetchone() == (1,), "the second update to wait for the first's row lock")
+            await first.execute("COMMIT")
+            lost = await (await waiting).fetchall()
+        assert lost == []
