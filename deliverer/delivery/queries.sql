@@ -366,8 +366,7 @@ judged AS (
     SELECT w.id, h.succeeded, h.gone,
            coalesce(w.failing_since, h.first_failure) AS failing_since,
            NOT h.succeeded AND coalesce(w.failing_since, h.first_failure)
-               <= coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(disable_after)s) AS expired,
-           w.failing_since IS NULL AS was_healthy
+               <= coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(disable_after)s) AS expired
     FROM webhook_endpoint w JOIN h ON h.endpoint_id = w.id
     WHERE w.enabled AND w.deleted_at IS NULL
 ),
