@@ -165,6 +165,8 @@ ALTER TABLE webhook_endpoint ADD COLUMN IF NOT EXISTS auth text;
 
 -- Fan-out reads this on every publish.
 CREATE INDEX IF NOT EXISTS webhook_endpoint_org ON webhook_endpoint (org_id) WHERE enabled AND deleted_at IS NULL;
+-- The endpoints in a run of failures: every worker reads them to notice the run's end.
+CREATE INDEX IF NOT EXISTS webhook_endpoint_failing ON webhook_endpoint (id) WHERE failing_since IS NOT NULL;
 
 -- API keys: only a SHA-256 of the key is stored. Keys carry 32 random bytes, so a
 -- fast hash is enough; the prefix helps operators recognise a key in listings.

@@ -1,12 +1,16 @@
 """The event catalog as OpenAPI 3.1: each event type's payload schema, its envelope and a
 ``webhooks`` entry saying what the deliverer POSTs to a receiver, from ``outbox.catalog``
 (the schemas publish validates with), so customers generate receiver types from the contract.
+
+The operator event types are not the customer's: ``webhooks`` and the events page leave them
+out, and the document describes them apart, in ``x-operator-webhooks`` (the same shape), with
+their schemas beside the others under ``components.schemas``.
 """
 
 import json
 from typing import Any
 
-from outbox.catalog import EVENT_TYPES, SCHEMAS
+from outbox.catalog import EVENT_TYPES, OPERATOR_EVENT_TYPES, OPERATOR_ORG, OPERATOR_SCHEMAS, SCHEMAS
 
 _REF = "#/components/schemas/"
 
@@ -26,18 +30,27 @@ HEADERS: dict[str, str] = {
 }
 
 
+_ALL = SCHEMAS | OPERATOR_SCHEMAS
+
+
 def _name(event_type: str) -> str:
     """The schema's title without ``Data``: ``job.completed`` is JobCompleted."""
-    title: str = SCHEMAS[event_type]["title"]
+    title: str = _ALL[event_type]["title"]
     return title.removesuffix("Data")
 
 
 def schemas() -> dict[str, Any]:
-    """components.schemas entries: EventType, and for each type its data (``…Data``) and its body (``…Event``)."""
-    out: dict[str, Any] = {"EventType": {"type": "string", "enum": list(EVENT_TYPES),
-                                         "description": "An event type of the catalog (see `webhooks`)"}}
-    for event_type in EVENT_TYPES:
-        data = {k: v for k, v in SCHEMAS[event_type].items() if k not in ("$schema", "$id")}
+    """components.schemas entries: EventType and OperatorEventType, and for each type its data (``…Data``)
+    and its body (``…Event``)."""
+    out: dict[str, Any] = {
+        "EventType": {"type": "string", "enum": list(EVENT_TYPES),
+                      "description": "An event type of the catalog (see `webhooks`)"},
+        "OperatorEventType": {"type": "string", "enum": list(OPERATOR_EVENT_TYPES),
+                              "description": "An operator event type (see `x-operator-webhooks`): only endpoints "
+                                             f"of the operator org, {OPERATOR_ORG}, receive them"},
+    }
+    for event_type in (*EVENT_TYPES, *OPERATOR_EVENT_TYPES):
+        data = {k: v for k, v in _ALL[event_type].items() if k not in ("$schema", "$id")}
         out[data["title"]] = data
         out[_name(event_type) + "Event"] = {
             "type": "object", "title": _name(event_type) + "Event", "required": ["event", "data"],
@@ -49,12 +62,27 @@ def schemas() -> dict[str, Any]:
 
 def webhooks() -> dict[str, Any]:
     """The OpenAPI 3.1 ``webhooks`` section: one POST per event type, as receivers get it."""
+    return _posts(EVENT_TYPES)
+
+
+def operator_webhooks() -> dict[str, Any]:
+    """``x-operator-webhooks``: the same for the operator event types, which are not the customer contract."""
+    return _posts(OPERATOR_EVENT_TYPES)
+
+
+def _tag(event_type: str) -> str:
+    if event_type in OPERATOR_SCHEMAS:
+        return "operator"
+    return "operational" if SCHEMAS[event_type].get("x-operational") else "events"
+
+
+def _posts(event_types: tuple[str, ...]) -> dict[str, Any]:
     parameters = [{"name": name, "in": "header", "required": True, "description": text, "schema": {"type": "string"}}
                   for name, text in HEADERS.items()]
     return {event_type: {"post": {
-        "summary": SCHEMAS[event_type]["description"],
+        "summary": _ALL[event_type]["description"],
         "operationId": _name(event_type)[0].lower() + _name(event_type)[1:],
-        "tags": ["operational" if SCHEMAS[event_type].get("x-operational") else "events"],
+        "tags": [_tag(event_type)],
         "parameters": parameters,
         "requestBody": {"required": True, "content": {"application/json": {
             "schema": {"$ref": _REF + _name(event_type) + "Event"}}}},
@@ -63,7 +91,7 @@ def webhooks() -> dict[str, Any]:
             "410": {"description": "Gone: the endpoint is disabled and nothing more is sent to it"},
             "default": {"description": "Anything else, or no answer in time: retried on the schedule"},
         },
-    }} for event_type in EVENT_TYPES}
+    }} for event_type in event_types}
 
 
 def _type(node: dict[str, Any]) -> str:

@@ -29,6 +29,7 @@ from deliverer.history import logs as history
 from deliverer.history import ping, replay
 from deliverer.registry import endpoints
 from deliverer.registry.errors import EndpointError
+from outbox.catalog import OPERATOR_ORG
 from outbox.ids import delivery_public_id, parse_delivery_id, parse_event_id
 
 OPENAPI: dict[str, Any] = openapi.document()
@@ -69,7 +70,7 @@ async def create_webhook(request: web.Request) -> web.Response:
 async def list_webhooks(request: web.Request) -> web.Response:
     async with request.app[POOL].connection() as conn:
         items = await endpoints.list_async(conn, request[ORG])
-    return web.json_response({"data": [_endpoint_json(e) for e in items]})
+    return web.json_response({"data": [_endpoint_json(e) for e in items], "operator": request[ORG] == OPERATOR_ORG})
 
 
 async def send_test_event(request: web.Request) -> web.Response:

@@ -24,8 +24,9 @@ from deliverer.registry.request_options import (
 )
 
 REF = "#/components/schemas/{model}"
-# The catalog's (see catalog.schemas). In allOf: pydantic resolves a field's own $ref among its models.
-EVENT_TYPE_REF = {"allOf": [{"$ref": REF.format(model="EventType")}]}
+# The catalog's (see catalog.schemas), or the operator's. Wrapped: pydantic resolves a field's own $ref among
+# its models.
+EVENT_TYPE_REF = {"anyOf": [{"$ref": REF.format(model="EventType")}, {"$ref": REF.format(model="OperatorEventType")}]}
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,8 @@ class Webhook(Response):
 
 class WebhookList(Response):
     data: list[Webhook]
+    operator: bool = Field(description="The org is the operator's: its endpoints may also subscribe to the "
+                                       "operator event types (x-operator-webhooks)")
 
 
 class TestRequest(Request):

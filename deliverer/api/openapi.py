@@ -15,7 +15,7 @@ from deliverer import __version__
 from deliverer.api import catalog, models
 from deliverer.api.validation import DEFAULT_PAGE, MAX_PAGE
 from deliverer.facts import Outcome
-from outbox.catalog import EVENT_TYPES
+from outbox.catalog import EVENT_TYPES, OPERATOR_EVENT_TYPES
 
 _ERRORS = {
     400: "Malformed JSON", 401: "Missing or invalid API key", 404: "No such resource in this org",
@@ -68,7 +68,7 @@ _WEBHOOK_ID = _path("webhook_id", "ep", "^ep_[A-Za-z0-9]+$")
 _DELIVERY_ID = _path("delivery_id", "dlv", "^dlv_[0-9a-f]{32}$")
 _EVENT_ID = _path("event_id", "evt", "^evt_[0-9a-f]{32}$")
 _LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE}, "Page size")
-_ANY_TYPE = "(" + "|".join(t.replace(".", r"\.") for t in EVENT_TYPES) + ")"
+_ANY_TYPE = "(" + "|".join(t.replace(".", r"\.") for t in (*EVENT_TYPES, *OPERATOR_EVENT_TYPES)) + ")"
 
 
 def paths() -> dict[str, Any]:
@@ -153,6 +153,7 @@ def document() -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": paths(),
         "webhooks": catalog.webhooks(),
+        "x-operator-webhooks": catalog.operator_webhooks(),
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "An org's API key, sk_live_… or sk_test_…"}},

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from deliverer.api import models
 from deliverer.api.errors import ApiError, not_found
 from deliverer.facts import Outcome
-from outbox.catalog import EVENT_TYPES
+from outbox.catalog import EVENT_TYPES, OPERATOR_EVENT_TYPES
 
 MAX_PAGE = 100
 DEFAULT_PAGE = 50
@@ -137,8 +137,9 @@ def event_types_filter(value: str, name: str) -> list[str]:
 
 
 def _event_type(value: str, name: str) -> str:
-    if value not in EVENT_TYPES:
-        raise ApiError(422, "invalid_request", f"{name} must be one of {', '.join(EVENT_TYPES)}", name)
+    if value not in EVENT_TYPES and value not in OPERATOR_EVENT_TYPES:
+        raise ApiError(422, "invalid_request",
+                       f"{name} must be one of {', '.join((*EVENT_TYPES, *OPERATOR_EVENT_TYPES))}", name)
     return value
 
 

@@ -36,7 +36,7 @@ from deliverer.ops import probes, tracing
 from deliverer.registry import apikeys, endpoints
 from deliverer.registry.errors import EndpointError
 from deliverer.storage import connections, schema
-from outbox.catalog import EVENT_TYPES
+from outbox.catalog import EVENT_TYPES, OPERATOR_EVENT_TYPES, OPERATOR_ORG
 from outbox.ids import delivery_public_id, parse_delivery_id
 
 CLI_APPLICATION_NAME = "deliverer-cli"
@@ -323,11 +323,14 @@ def _option_changes(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_endpoints_add(args: argparse.Namespace) -> int:
     settings = _settings(args)
     events = args.events.split(",") if args.events else None
+    if args.operator and events is None:
+        events = list(OPERATOR_EVENT_TYPES)  # not every type: the operator org gets no customer events anyway
     options = endpoints.RequestOptions(_header_flags(args.headers or []), _auth_flags(args))
     with _connect(settings) as conn:
         endpoint = endpoints.add(
-            conn, org_id=args.org, url=args.url, event_types=events, secret=args.secret,
-            description=args.description or "", limits=endpoints.Limits(**_limit_changes(args)), options=options,
+            conn, org_id=OPERATOR_ORG if args.operator else args.org, url=args.url, event_types=events,
+            secret=args.secret, description=args.description or "", limits=endpoints.Limits(**_limit_changes(args)),
+            options=options,
             allow_insecure=settings.allow_insecure_urls, allowed=settings.networks,
         )
     if args.json:
@@ -491,8 +494,9 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     settings = _settings(args)
     since = _timestamp(args.since, "--since") if args.since else None
-    if args.event_type is not None and args.event_type not in EVENT_TYPES:
-        raise config.ConfigError(f"--event-type must be one of {', '.join(EVENT_TYPES)}, got {args.event_type!r}")
+    known = (*EVENT_TYPES, *OPERATOR_EVENT_TYPES)
+    if args.event_type is not None and args.event_type not in known:
+        raise config.ConfigError(f"--event-type must be one of {', '.join(known)}, got {args.event_type!r}")
 
     async def fetch() -> list[dict[str, Any]]:
         async with await _aconnect(settings) as conn:

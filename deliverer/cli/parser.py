@@ -95,7 +95,11 @@ def _endpoints(commands: Subcommands) -> None:
     actions = eps.add_subparsers(dest="endpoints_command", required=True, metavar="ACTION")
     add = _endpoint_action(actions, "add", "register an endpoint; prints its id and secret", cmd.cmd_endpoints_add,
                            limits=True)
-    add.add_argument("--org", required=True, help="the org whose events go to this endpoint")
+    org = add.add_mutually_exclusive_group(required=True)
+    org.add_argument("--org", help="the org whose events go to this endpoint")
+    org.add_argument("--operator", action="store_true",
+                     help="an endpoint of the operator, for the operator events (endpoint.disabled, "
+                          "endpoint.recovered, delivery.exhausted; --events to choose among them)")
     add.add_argument("--url", required=True, help="https:// URL that accepts POST")
     add.add_argument("--events", help="comma-separated event types (default: all)")
     add.add_argument("--secret", help="import an existing signing secret instead of generating one")

@@ -3,10 +3,19 @@
 An endpoint that answers 410 Gone, or fails without one success for
 ``disable_after``, is disabled, and its owner hears of it through their other
 endpoints (a ``webhook.endpoint_disabled`` event published in the same
-transaction). Only the worker's own record loop runs this, after its outcomes
-are written; a test event sent from the API or the CLI never does.
+transaction), the operator through theirs (``endpoint.disabled``); the first
+success after a run of failures is announced to the operator as
+``endpoint.recovered`` (``deliverer.delivery.operational``). Only the worker's own
+record loop runs this, after its outcomes are written; a test event sent from the
+API or the CLI never does.
+
+Each worker looks only at successes of endpoints it knows to be failing, so the
+healthy path costs nothing; it learns of the runs other workers saw from the
+database every ``FAILING_REFRESH`` seconds, so the success that ends a run is
+noticed whichever worker it comes to.
 """
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,6 +26,7 @@ import structlog
 import outbox
 from deliverer.delivery.attempt import Result
 from deliverer.delivery.claim import Clock
+from deliverer.delivery.operational import Transition, failing_endpoints, publish_transitions
 from deliverer.delivery.queries import QUERIES
 from deliverer.facts import ErrorClass
 from deliverer.ops.metrics import METRICS
@@ -24,6 +34,8 @@ from deliverer.settings import Settings
 from outbox.ids import iso
 
 log = structlog.get_logger("deliverer.worker")
+
+FAILING_REFRESH = 5.0
 
 
 @dataclass
@@ -41,7 +53,8 @@ class EndpointHealth:
     def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock
-        self.failing: set[str] = set()  # endpoints whose last outcome here was a failure
+        self.failing: set[str] = set()  # endpoints whose last outcome here was a failure, or failing in the db
+        self._refreshed_at = float("-inf")
 
     def _summary(self, results: list[Result]) -> dict[str, _Seen]:
         """Per endpoint: did anything succeed, did it say 410, when did its first failure start.
@@ -65,6 +78,10 @@ class EndpointHealth:
 
         Best effort: the outcomes are already recorded, and the next batch tries again.
         """
+        try:
+            await self._refresh(conn)
+        except psycopg.Error as exc:
+            log.warning("could not read the failing endpoints", error=str(exc).strip())
         relevant = self._summary(results)
         if not relevant:
             return
@@ -76,17 +93,36 @@ class EndpointHealth:
                     "gone": [s.gone for s in relevant.values()],
                     "first_failure": [s.first_failure for s in relevant.values()],
                 })
-                disabled = await cur.fetchall()
+                changed = [(Transition(endpoint_id, org_id, url, reason or "", at, since), recovered)
+                           for endpoint_id, org_id, url, reason, at, since, recovered in await cur.fetchall()]
+                disabled = [t for t, recovered in changed if not recovered]
                 # The owner hears of it through their other endpoints, in the same transaction.
                 await outbox.apublish_many(conn, [outbox.Event("webhook.endpoint_disabled", {
-                    "endpoint_id": endpoint_id, "url": url, "reason": reason, "disabled_at": iso(at),
-                }, org_id) for endpoint_id, org_id, url, reason, at in disabled])
+                    "endpoint_id": t.endpoint_id, "url": t.url, "reason": t.reason, "disabled_at": iso(t.at),
+                }, t.org_id) for t in disabled])
+                await publish_transitions(conn, disabled, [_recovery(t) for t, recovered in changed if recovered])
         except psycopg.Error as exc:
             METRICS.db_errors.labels("record").inc()
             log.warning("could not update endpoint health", error=str(exc).strip())
             return
         for endpoint_id, seen in relevant.items():
             (self.failing.discard if seen.succeeded else self.failing.add)(endpoint_id)
-        for endpoint_id, org_id, _url, reason, _at in disabled:
-            METRICS.endpoints_disabled.inc()
-            log.warning("endpoint disabled", endpoint_id=endpoint_id, org_id=org_id, reason=reason)
+        for t, recovered in changed:
+            if recovered:
+                log.info("endpoint recovered", endpoint_id=t.endpoint_id, org_id=t.org_id)
+            else:
+                METRICS.endpoints_disabled.inc()
+                log.warning("endpoint disabled", endpoint_id=t.endpoint_id, org_id=t.org_id, reason=t.reason)
+
+    async def _refresh(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Add the endpoints other workers saw failing, at most every FAILING_REFRESH seconds."""
+        if time.monotonic() - self._refreshed_at < FAILING_REFRESH:
+            return
+        self._refreshed_at = time.monotonic()
+        self.failing |= await failing_endpoints(conn)
+
+
+def _recovery(t: Transition) -> Transition:
+    since = "" if t.failing_since is None else f" since {iso(t.failing_since)}"
+    return Transition(t.endpoint_id, t.org_id, t.url, f"an attempt succeeded after failures{since}", t.at,
+                      t.failing_since)

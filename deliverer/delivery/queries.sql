@@ -353,8 +353,10 @@ RETURNING delivery_id, kind, next_attempt_at
 -- Keep each endpoint's failing_since: cleared by a success, set by the first of a
 -- run of failures. An endpoint that answered 410 Gone, or has failed without one
 -- success for disable_after seconds, is disabled with the reason. Rows that would
--- not change are not written. Returns the endpoints it disabled, for the caller to
--- announce in the same transaction.
+-- not change are not written. Returns the endpoints it disabled or whose run of
+-- failures a success ended (recovered), for the caller to announce in the same
+-- transaction. The state is judged again on the row as locked: of two workers
+-- racing on one endpoint, only the first disables or recovers it.
 WITH h AS (
     SELECT *
     FROM unnest(%(endpoint_ids)s::text[], %(succeeded)s::bool[], %(gone)s::bool[],
@@ -365,8 +367,7 @@ judged AS (
     SELECT w.id, h.succeeded, h.gone,
            coalesce(w.failing_since, h.first_failure) AS failing_since,
            NOT h.succeeded AND coalesce(w.failing_since, h.first_failure)
-               <= coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(disable_after)s) AS expired,
-           w.failing_since IS NULL AS was_healthy
+               <= coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(disable_after)s) AS expired
     FROM webhook_endpoint w JOIN h ON h.endpoint_id = w.id
     WHERE w.enabled AND w.deleted_at IS NULL
 ),
@@ -381,11 +382,13 @@ updated AS (
         END,
         updated_at = now()
     FROM judged j
-    WHERE w.id = j.id
-      AND (j.gone OR j.expired OR (j.succeeded AND NOT j.was_healthy) OR (NOT j.succeeded AND j.was_healthy))
-    RETURNING w.id, w.org_id, w.url, w.enabled, w.disabled_reason, w.updated_at
+    WHERE w.id = j.id AND w.enabled AND w.deleted_at IS NULL
+      AND (j.gone OR j.expired OR (j.succeeded AND w.failing_since IS NOT NULL)
+           OR (NOT j.succeeded AND w.failing_since IS NULL))
+    RETURNING w.id, w.org_id, w.url, w.enabled, w.disabled_reason, w.updated_at, j.succeeded, j.failing_since
 )
-SELECT id, org_id, url, disabled_reason, updated_at FROM updated WHERE NOT enabled
+SELECT id, org_id, url, disabled_reason, updated_at, failing_since, enabled AS recovered
+FROM updated WHERE NOT enabled OR succeeded
 
 -- name: ensure_endpoint_flow
 -- Make the endpoint_flow rows a claim found missing: for endpoints never claimed

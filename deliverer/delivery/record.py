@@ -8,6 +8,7 @@ backoff when the database is away, and updating endpoint health after each batch
 """
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -18,6 +19,7 @@ import orjson
 import psycopg
 import structlog
 
+from deliverer.delivery import operational
 from deliverer.delivery.attempt import Result
 from deliverer.delivery.backoff import Backoff
 from deliverer.delivery.claim import Clock
@@ -112,8 +114,14 @@ class Recorder:
             return []
         async with self.db.answered():
             conn = await self.db.get()
-            recorded = await write(conn, results, worker_id=self.worker_id, now=self.clock() if self.clock else None,
-                                   default_max_in_flight=self.default_max_in_flight)
+            last = operational.exhausting(results)
+            # A delivery's last outcome and its delivery.exhausted commit together; other batches need no
+            # transaction.
+            async with conn.transaction() if last else contextlib.nullcontext():
+                recorded = await write(conn, results, worker_id=self.worker_id,
+                                       now=self.clock() if self.clock else None,
+                                       default_max_in_flight=self.default_max_in_flight)
+                await operational.publish_exhausted(conn, last, {r.delivery_id: r.kind for r in recorded})
             await self.health.update(conn, results)
         return recorded
 

@@ -3,7 +3,8 @@
 An endpoint is where one org wants its events: an HTTPS URL, the event types it
 subscribes to (all of them when none are given) and the secret its requests are
 signed with, and its limits (``max_in_flight``, ``rate_limit``; None: the deployment's
-settings). New secrets follow the Standard Webhooks format: ``whsec_`` and
+settings). Endpoints of the operator's org (``outbox.catalog.OPERATOR_ORG``) may also
+subscribe to the operator event types; no other org can. New secrets follow the Standard Webhooks format: ``whsec_`` and
 the base64 of 32 random bytes. An existing secret can be imported instead, so
 customers moving from another sender keep theirs.
 
@@ -31,7 +32,7 @@ from deliverer.registry import request_options
 from deliverer.registry.errors import EndpointError as EndpointError  # where callers have long found it
 from deliverer.registry.queries import QUERIES
 from deliverer.security import sealing, ssrf
-from outbox.catalog import EVENT_TYPES
+from outbox.catalog import EVENT_TYPES, OPERATOR_EVENT_TYPES, OPERATOR_ORG
 from outbox.ids import iso
 
 MAX_URL_LENGTH = 2048
@@ -146,17 +147,23 @@ def _check_host(url: str, host: str, allowed: Sequence[ssrf.Network]) -> None:
             "DELIVERER_ALLOWED_NETWORKS", "url") from None
 
 
-def check_event_types(event_types: Iterable[str] | None) -> list[str] | None:
+def check_event_types(event_types: Iterable[str] | None, *, operator: bool = False) -> list[str] | None:
+    """The event types as stored (None: all); ``operator``: the endpoint is in OPERATOR_ORG."""
     if event_types is None:
         return None
+    known = (*EVENT_TYPES, *OPERATOR_EVENT_TYPES) if operator else EVENT_TYPES
     chosen = [t.strip() for t in event_types if t.strip()]
-    unknown = sorted(set(chosen) - {*EVENT_TYPES, "*"})
+    if not operator and set(chosen) & set(OPERATOR_EVENT_TYPES):
+        raise EndpointError(
+            f"{', '.join(sorted(set(chosen) & set(OPERATOR_EVENT_TYPES)))}: operator event types go only to "
+            f"endpoints of the operator org {OPERATOR_ORG}", "events")
+    unknown = sorted(set(chosen) - {*known, "*"})
     if unknown:
         raise EndpointError(
-            f"unknown event type(s) {', '.join(unknown)}; known: {', '.join(EVENT_TYPES)}, or * for all", "events")
+            f"unknown event type(s) {', '.join(unknown)}; known: {', '.join(known)}, or * for all", "events")
     if not chosen or "*" in chosen:
         return None
-    return sorted(set(chosen), key=EVENT_TYPES.index)
+    return sorted(set(chosen), key=known.index)
 
 
 def check_max_in_flight(value: Any) -> int | None:
@@ -247,7 +254,8 @@ def _new_endpoint_params(org_id: str, url: str, event_types: Iterable[str] | Non
         "id": new_endpoint_id(), "org_id": org_id,
         "url": check_url(url, allow_insecure=allow_insecure, allowed=allowed),
         "plain_secret": new_secret() if secret is None else check_secret(secret),
-        "event_types": check_event_types(event_types), "description": check_description(description),
+        "event_types": check_event_types(event_types, operator=org_id == OPERATOR_ORG),
+        "description": check_description(description),
         "max_endpoints": MAX_ENDPOINTS_PER_ORG, **(limits or Limits()).checked(),
     }
 
@@ -335,12 +343,20 @@ async def update(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: s
     """Change the given fields; None keeps a field as it is, except event_types, the limits, headers and auth,
     whose None means every type, the default or none: those change whenever they are given (headers and auth
     as a whole). A None org_id: any org's."""
+    owner = org_id
+    if event_types is not _UNSET and owner is None:  # which types it may have depends on its org
+        found = await get(conn, endpoint_id, None)
+        owner = None if found is None else found.org_id
+
+    def types(value: Any) -> list[str] | None:
+        return check_event_types(value, operator=owner == OPERATOR_ORG)
+
     return await _one_async(conn, "update_endpoint", {
         **_settable_options(headers, auth),
         "id": endpoint_id, "org_id": org_id,
         "url": None if url is None else await asyncio.to_thread(check_url, url, allow_insecure=allow_insecure,
                                                                 allowed=allowed),
-        **_settable("event_types", event_types, check_event_types),
+        **_settable("event_types", event_types, types),
         **_settable("max_in_flight", max_in_flight, check_max_in_flight),
         **_settable("rate_limit", rate_limit, check_rate_limit),
         "description": None if description is None else check_description(description),

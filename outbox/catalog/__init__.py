@@ -15,6 +15,12 @@ compatible.
 ``required``, ``properties``, ``format: date-time``) instead of depending on a
 JSON Schema library: producers install this package with psycopg alone. A test
 holds the schemas to that subset and checks that ``jsonschema`` agrees.
+
+The operator's event types (``operator/<event type>.json``: ``endpoint.disabled``,
+``endpoint.recovered``, ``delivery.exhausted``) are the deliverer's news about the
+health of delivery, for the people who run it. They are not part of the customer
+contract: ``EVENT_TYPES``, the OpenAPI ``webhooks`` section and the customer docs
+leave them out, and only endpoints of ``OPERATOR_ORG`` receive them.
 """
 
 import json
@@ -44,6 +50,15 @@ SCHEMAS: dict[str, dict[str, Any]] = {event_type: _load(event_type) for event_ty
 OPERATIONAL_EVENT_TYPES: tuple[str, ...] = tuple(t for t in EVENT_TYPES if SCHEMAS[t].get("x-operational"))
 """Ours, about the webhooks themselves; the rest are the customer contract's."""
 CONTRACT_EVENT_TYPES: tuple[str, ...] = tuple(t for t in EVENT_TYPES if t not in OPERATIONAL_EVENT_TYPES)
+
+OPERATOR_EVENT_TYPES: tuple[str, ...] = ("endpoint.disabled", "endpoint.recovered", "delivery.exhausted")
+"""To the operator, never to a customer: each has ``operator/<type>.json`` here and none is in ``EVENT_TYPES``."""
+OPERATOR_SCHEMAS: dict[str, dict[str, Any]] = {t: _load(f"operator/{t}") for t in OPERATOR_EVENT_TYPES}
+"""The JSON Schema of each operator event type's ``data``."""
+OPERATOR_ORG = "_operator"
+"""The org operator events are published in, and so the org whose endpoints receive them. Its data's
+``org_id`` is the org the event is about."""
+_ALL_SCHEMAS = SCHEMAS | OPERATOR_SCHEMAS
 
 _TYPES = {"string": "a string", "integer": "an integer", "number": "a number", "object": "a JSON object",
           "array": "a JSON array", "boolean": "true or false"}
@@ -105,14 +120,15 @@ def _check_object(event_type: str, where: str, data: Mapping[str, Any], schema: 
 
 def validate(event_type: str, data: Any, org_id: str) -> None:
     """Raise if ``data`` is not a valid payload for ``event_type`` in ``org_id``."""
-    if event_type not in SCHEMAS:
+    if event_type not in _ALL_SCHEMAS:
         raise UnknownEventType(
             f"unknown event type {event_type!r}; known types are: {', '.join(EVENT_TYPES)}"
         )
     if not isinstance(data, Mapping):
         raise InvalidPayload(f"{event_type}: data must be a JSON object (a dict), got {type(data).__name__}")
-    _check_object(event_type, "", data, SCHEMAS[event_type])
-    if "org_id" in data and data["org_id"] != org_id:
+    _check_object(event_type, "", data, _ALL_SCHEMAS[event_type])
+    # An operator event is the operator's, about a customer's org.
+    if "org_id" in data and data["org_id"] != org_id and event_type not in OPERATOR_SCHEMAS:
         raise InvalidPayload(
             f"{event_type}: data.org_id is {data['org_id']!r} but the event is published for org "
             f"{org_id!r}; they must be the same"

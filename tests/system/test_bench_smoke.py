@@ -8,13 +8,13 @@ from pathlib import Path
 
 
 def test_bench_quick(pg_server: str, tmp_path: Path) -> None:
-    """`python -m bench --quick` runs the first six scenarios, tracing's and the HTTP clients' end to end and loses and duplicates
-    nothing; with export on, the spans reach the sink over OTLP."""
+    """`python -m bench --quick` runs the first six scenarios, tracing's and the HTTP clients' end to end and
+    loses and duplicates nothing; with export on, the spans reach the sink over OTLP."""
     output = tmp_path / "bench.json"
     env = {**os.environ, "BENCH_DATABASE_URL": pg_server}
     result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only",
-                             "drain,latency,publish,backlog,slow,fanout,tracing,clients", "--output", str(output)], env=env,
-                            capture_output=True, text=True, timeout=180)
+                             "drain,latency,publish,backlog,slow,fanout,tracing,clients", "--output", str(output)],
+                            env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "deliveries/s" in result.stdout
     results = json.loads(output.read_text())

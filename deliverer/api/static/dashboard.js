@@ -11,6 +11,8 @@
   // what each means are never copied into this page. Filled in by loadCatalog before anything renders.
   const EVENT_TYPES = [];
   const EVENT_HINTS = {};
+  // The operator's event types (x-operator-webhooks): offered only when the key is the operator org's.
+  const OPERATOR_TYPES = [];
   const KIND_LABELS = {
     scheduled: "Scheduled",
     replay_requested: "Replay requested",
@@ -31,6 +33,7 @@
     view: "signin",
     logs: { endpoint: null, cursors: [null], next: null, timer: null, loading: false, queued: null },
     delivery: { id: null, data: null, event: null, timer: null, from: "logs" },
+    operator: false,
   };
 
   // DOM -------------------------------------------------------------------------------
@@ -203,11 +206,19 @@
     if (list === undefined) return;
     sessionStorage.setItem(KEY_STORE, key);
     input.value = "";
-    enterDashboard(list.data);
+    enterDashboard(list.data, list.operator);
     say(`Signed in. ${list.data.length} endpoint${list.data.length === 1 ? "" : "s"}.`);
   }
 
-  function enterDashboard(endpoints) {
+  function enterDashboard(endpoints, operator) {
+    state.operator = operator === true;
+    const typeFilter = $("filter-event-type");
+    for (const type of OPERATOR_TYPES) {
+      const option = [...typeFilter.options].find((o) => o.value === type);
+      if (state.operator && !option) typeFilter.append(h("option", { value: type, text: type }));
+      if (!state.operator && option) option.remove();
+    }
+    $("add-events").replaceChildren(eventsFieldset("add", ["*"]));
     $("session-key").textContent = keyHint(sessionStorage.getItem(KEY_STORE));
     $("session").hidden = false;
     state.endpoints = endpoints;
@@ -231,7 +242,8 @@
   function eventsFieldset(prefix, selected) {
     const all = selected.includes("*");
     const allBox = h("input", { type: "checkbox", id: `${prefix}-all`, value: "*", checked: all });
-    const boxes = EVENT_TYPES.map((type) => h("input", {
+    const types = state.operator ? [...EVENT_TYPES, ...OPERATOR_TYPES] : EVENT_TYPES;
+    const boxes = types.map((type) => h("input", {
       type: "checkbox", id: `${prefix}-${type}`, value: type, checked: all || selected.includes(type), disabled: all,
     }));
     // All events covers every type, including ones added later; unticking it starts an explicit choice.
@@ -245,7 +257,7 @@
       h("legend", { text: "Events to receive" }),
       h("div", { class: "check" }, allBox,
         h("label", { for: allBox.id }, "All events ", h("span", { class: "hint", text: "(including types added later)" }))),
-      EVENT_TYPES.map((type, i) => h("div", { class: "check" }, boxes[i],
+      types.map((type, i) => h("div", { class: "check" }, boxes[i],
         h("label", { for: boxes[i].id }, h("code", { text: type }), " ", h("span", { class: "hint", text: EVENT_HINTS[type] })))));
   }
 
@@ -751,6 +763,10 @@
       EVENT_TYPES.push(type);
       EVENT_HINTS[type] = hook.post.summary;
     }
+    for (const [type, hook] of Object.entries(doc["x-operator-webhooks"] || {})) {
+      OPERATOR_TYPES.push(type);
+      EVENT_HINTS[type] = hook.post.summary;
+    }
     return true;
   }
 
@@ -814,7 +830,7 @@
       return;
     }
     attempt(() => api("GET", "/v1/webhooks"), (message) => signOut(message)).then((list) => {
-      if (list !== undefined) enterDashboard(list.data);
+      if (list !== undefined) enterDashboard(list.data, list.operator);
     });
   }
 
