@@ -19,7 +19,7 @@ UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nothing"
      {"DELIVERER_SECRET_KEYS": ""}, "generate-encryption-key"),
     ("test", ("deliveries", "--limit", "x"), {}, "invalid int value: 'x' (see `deliverer deliveries --help`)"),
     ("test", ("bogus",), {}, "invalid choice: 'bogus'"),
-    ("test", ("endpoints", "add", "--url", "https://x.example/h"), {}, "the following arguments are required: --org"),
+    ("test", ("endpoints", "add", "--url", "https://x.example/h"), {}, "one of the arguments --org --operator is required"),
     ("test", ("logs", "--event-type", "job.exploded"), {}, "--event-type must be one of job.completed"),
     ("test", ("retention", "--older-than", "soon"), {}, "--older-than"),
     ("unreachable", ("deliveries",), {}, "cannot connect to the database"),
