@@ -49,12 +49,19 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+UNBROKEN = frozenset({"id", "url", "delivery", "event", "endpoint", "max in flight", "rate limit/s"})
+"""Columns kept on one line: identifiers and URLs are copied, and a limit split over lines misreads."""
+
+
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """``rows`` under ``headers``: a rich table on a terminal (long cells wrap), aligned text otherwise."""
+    """``rows`` under ``headers``: a rich table on a terminal (long cells wrap, but never an id or a URL,
+    which people copy), aligned text otherwise."""
     if not sys.stdout.isatty():
         print(format_table(headers, rows))
         return
-    table = Table(*headers, box=box.SIMPLE_HEAD, header_style="bold", caption=f"{len(rows)} rows")
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", caption=f"{len(rows)} rows")
+    for header in headers:
+        table.add_column(header, no_wrap=header in UNBROKEN)
     for row in rows:
         table.add_row(*(_cell(v) for v in row))
     Console().print(table)
