@@ -105,8 +105,10 @@ class Pair:
         self._pg_ctl(self.primary, "start")
         self._run("pg_basebackup", "-h", "127.0.0.1", "-p", str(self.ports[0]), "-U", "postgres",
                   "-D", str(self.standby), "-R", "-X", "stream")
-        # The later line wins: the same conninfo as -R wrote, plus the name the primary waits for.
+        # The later line wins: the same conninfo as -R wrote, plus the name the primary waits for. The copied
+        # synchronous_standby_names goes: once promoted, commits would wait for a standby that is not there.
         self._settings(self.standby, self.ports[1],
+                       "synchronous_standby_names = ''\n"
                        f"primary_conninfo = 'host=127.0.0.1 port={self.ports[0]} user=postgres "
                        f"application_name={STANDBY_NAME}'\n")
         self._pg_ctl(self.standby, "start")
