@@ -3,7 +3,8 @@
 The database is an embedded PostgreSQL in a temporary directory unless
 CHAOS_DATABASE_URL names a server (a fresh database is created and dropped per
 scenario there). The server-restart scenario always starts its own embedded
-server; the failover scenario builds its own primary and standby. Exits 1 if any scenario lost a delivery or failed a check.
+server; the failover scenario builds its own primary and standby. Exits 1 if
+any scenario lost a delivery or failed a check.
 """
 
 import argparse

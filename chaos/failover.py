@@ -207,8 +207,8 @@ async def run(workdir: Path, *, workers: int = 3, producers: int = 2, before: in
         stop = asyncio.Event()
         tasks = [asyncio.create_task(m.produce(stop)) for m in makers]
         try:
-            await sink.wait_until(lambda: len(sink.delivered()) >= before * len(paths), "deliveries before the failover",
-                                  timeout=120)
+            await sink.wait_until(lambda: len(sink.delivered()) >= before * len(paths),
+                                  "deliveries before the failover", timeout=120)
             await asyncio.to_thread(servers.kill_primary)
             report.faults += 1
             for worker in procs:
