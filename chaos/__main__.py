@@ -3,7 +3,8 @@
 The database is an embedded PostgreSQL in a temporary directory unless
 CHAOS_DATABASE_URL names a server (a fresh database is created and dropped per
 scenario there). The server-restart scenario always starts its own embedded
-server. Exits 1 if any scenario lost a delivery or failed a check.
+server; the failover scenario builds its own primary and standby. Exits 1 if
+any scenario lost a delivery or failed a check.
 """
 
 import argparse
@@ -24,6 +25,7 @@ from chaos import (
     concurrent_producers,
     database_outage,
     database_partition,
+    failover,
     graceful_shutdown,
     read_only,
     receiver_matrix,
@@ -84,6 +86,11 @@ def scenarios(quick: bool) -> dict[str, tuple[str, Scenario]]:
                                           delays=(0.5, 0.5))
         return receiver_partition.run(dsn, workdir)
 
+    def fail_over(dsn: str, workdir: Path) -> Awaitable[Report]:
+        if quick:
+            return failover.run(workdir, workers=2, producers=2, before=150, after=150)
+        return failover.run(workdir, workers=3, producers=2, before=1000, after=1000)
+
     return {
         "1": ("worker crashes", crashes), "2a": ("pg_terminate_backend", terminate),
         "2b": ("server restart", restart), "2c": ("server crash", crash),
@@ -92,6 +99,7 @@ def scenarios(quick: bool) -> dict[str, tuple[str, Scenario]]:
         "5": ("concurrent producers", producers), "6": ("schedule property", schedule),
         "8": ("read-only database", readonly), "9": ("receivers behind a partition", partition),
         "10": ("many endpoints, abusive receivers", abusive),
+        "11": ("failover to a synchronous standby", fail_over),
     }
 
 
@@ -110,7 +118,7 @@ async def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the reduced sizes of the pytest versions")
     parser.add_argument("--only", action="append",
-                        help="run only this scenario (1, 2a, 2b, 2c, 2d, 3, 4, 5, 6, 8, 9, 10); repeatable")
+                        help="run only this scenario (1, 2a, 2b, 2c, 2d, 3, 4, 5, 6, 8, 9, 10, 11); repeatable")
     args = parser.parse_args(argv)
     # Scenarios 3 and 6 run in-process workers whose failed deliveries are the point, not news.
     logconfig.configure("error", "console")
