@@ -56,7 +56,11 @@ class Relay:
     async def _serve(self, client: socket.socket) -> None:
         client_reader, client_writer = await asyncio.open_connection(sock=client)
         try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(*self.upstream)
+            host, port = self.upstream
+            if host.startswith("/"):  # a socket directory, as libpq names it (the embedded server's)
+                upstream_reader, upstream_writer = await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
+            else:
+                upstream_reader, upstream_writer = await asyncio.open_connection(host, port)
         except OSError:
             client_writer.close()
             return
