@@ -55,16 +55,22 @@ class _Run:
                 async with await psycopg.AsyncConnection.connect(
                         self.dsn, connect_timeout=PRODUCER_CONNECT_TIMEOUT) as conn:
                     while not stop.is_set() and len(self.published) < self.events:
-                        ids = await outbox.apublish_many(
-                            conn, [outbox.Event("webhook.test", harness.message(n + i), f"org_{self.tag}")
-                                   for i in range(50)])
-                        await conn.commit()
-                        self.published += ids
-                        n += 50
-                        await asyncio.sleep(0.02)  # the producer's pace: events keep coming through the outage
+                        published = await self.publish_batch(conn, n)
+                        if published is None:
+                            break  # a new connection
+                        n += published
             except psycopg.OperationalError as exc:
                 self.producer_errors.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}")
                 await asyncio.sleep(0.2)  # an application's pause before reconnecting, part of the load
+
+    async def publish_batch(self, conn: psycopg.AsyncConnection, n: int) -> int | None:
+        """Publish and commit 50 events; how many (None: go on with a new connection)."""
+        ids = await outbox.apublish_many(
+            conn, [outbox.Event("webhook.test", harness.message(n + i), f"org_{self.tag}") for i in range(50)])
+        await conn.commit()
+        self.published += ids
+        await asyncio.sleep(0.02)  # the producer's pace: events keep coming through the outage
+        return len(ids)
 
     def arrived(self) -> int:
         return len(self.sink.delivered())

@@ -17,8 +17,7 @@ from pathlib import Path
 import psycopg
 
 import outbox
-from chaos import harness
-from chaos.database_outage import PRODUCER_CONNECT_TIMEOUT, _Run
+from chaos.database_outage import _Run
 from chaos.report import Report
 
 READ_ONLY = "ALTER DATABASE {} SET default_transaction_read_only = on"
@@ -35,36 +34,20 @@ class _ReadOnlyRun(_Run):
         self.refused: list[outbox.WritesRefused] = []
         self.unusable_after_refusal = 0
 
-    async def produce(self, stop: asyncio.Event) -> None:
-        n = 0
-        while not stop.is_set() and len(self.published) < self.events:
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                        self.dsn, connect_timeout=PRODUCER_CONNECT_TIMEOUT) as conn:
-                    while not stop.is_set() and len(self.published) < self.events:
-                        try:
-                            ids = await outbox.apublish_many(
-                                conn, [outbox.Event("webhook.test", harness.message(n + i), f"org_{self.tag}")
-                                       for i in range(50)])
-                        except outbox.WritesRefused as refused:
-                            self.refused.append(refused)
-                            if refused.transaction_usable:
-                                try:
-                                    await conn.execute("SELECT 1")  # the application's transaction goes on
-                                except psycopg.Error:
-                                    self.unusable_after_refusal += 1
-                            await conn.rollback()
-                            await asyncio.sleep(0.2)  # an application's pause before trying again
-                            if len(self.refused) % 5 == 0:
-                                break  # and, now and then, a new connection: it may reach a writable server
-                            continue
-                        await conn.commit()
-                        self.published += ids
-                        n += 50
-                        await asyncio.sleep(0.02)
-            except psycopg.OperationalError as exc:
-                self.producer_errors.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}")
-                await asyncio.sleep(0.2)
+    async def publish_batch(self, conn: psycopg.AsyncConnection, n: int) -> int | None:
+        try:
+            return await super().publish_batch(conn, n)
+        except outbox.WritesRefused as refused:
+            self.refused.append(refused)
+            if refused.transaction_usable:
+                try:
+                    await conn.execute("SELECT 1")  # the application's transaction goes on
+                except psycopg.Error:
+                    self.unusable_after_refusal += 1
+            await conn.rollback()
+            await asyncio.sleep(0.2)  # an application's pause before trying again
+            # And, now and then, a new connection: it may reach a writable server.
+            return None if len(self.refused) % 5 == 0 else 0
 
 
 async def run(dsn: str, workdir: Path, *, events: int = 4000, read_only_seconds: float = 3.0) -> Report:
