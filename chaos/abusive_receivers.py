@@ -25,6 +25,7 @@ import psycopg
 import outbox
 from chaos import harness, integrity
 from chaos.embedded_postgres import database
+from chaos.queries import QUERIES
 from chaos.report import Report
 from chaos.workers import WorkerProcess
 from deliverer.dev.receiver import Receiver
@@ -141,8 +142,7 @@ async def _drain(dsn: str, workdir: Path, name: str, urls: list[str], healthy: R
 async def _first_attempts_done(dsn: str) -> int:
     """Deliveries with an outcome: the abusive ones then wait an hour for their retry."""
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        row = await (await conn.execute(
-            "SELECT count(DISTINCT delivery_id) FROM delivery_log WHERE kind = 'attempt_finished'")).fetchone()
+        row = await (await conn.execute(QUERIES["deliveries_attempted"])).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -176,11 +176,8 @@ async def run(dsn: str, workdir: Path, *, endpoints_count: int = 10_000, abusive
     report.check(mixed_run["rss_mib"] < RSS_BOUND_MIB,
                  f"peak RSS {mixed_run['rss_mib']:.0f} MiB with abusive receivers (bound {RSS_BOUND_MIB})")
     with psycopg.connect(dsn, autocommit=True) as conn:
-        outcomes = conn.execute(
-            "SELECT split_part(w.url, '/', 4), l.error_class, count(*) FROM delivery_log l "
-            "JOIN webhook_endpoint w ON w.id = l.endpoint_id "
-            "WHERE l.kind = 'attempt_finished' AND w.url NOT LIKE %s GROUP BY 1, 2",
-            [healthy.url("/ok/") + "%"]).fetchall()
+        outcomes = conn.execute(QUERIES["outcomes_by_behaviour"],
+                                {"healthy_prefix": healthy.url("/ok/") + "%"}).fetchall()
     by_kind = {(kind, error_class): n for kind, error_class, n in outcomes}
     for i, kind in enumerate(BEHAVIOURS):
         # With a thousand abusive connections on two cores, some headers or bodies come too

@@ -67,3 +67,15 @@ ORDER BY l.endpoint_id, l.delivery_id, l.attempt
 
 -- name: set_max_in_flight
 UPDATE webhook_endpoint SET max_in_flight = %(max_in_flight)s WHERE id = %(endpoint_id)s
+
+-- name: deliveries_attempted
+-- Deliveries with at least one outcome logged.
+SELECT count(DISTINCT delivery_id) FROM delivery_log WHERE kind = 'attempt_finished'
+
+-- name: outcomes_by_behaviour
+-- Attempt outcomes per misbehaviour (the first segment of the endpoint's URL path), other URLs left out.
+SELECT split_part(w.url, '/', 4), l.error_class, count(*)
+FROM delivery_log l
+JOIN webhook_endpoint w ON w.id = l.endpoint_id
+WHERE l.kind = 'attempt_finished' AND w.url NOT LIKE %(healthy_prefix)s
+GROUP BY 1, 2
