@@ -111,6 +111,9 @@ CREATE TABLE IF NOT EXISTS outbox_event (
 -- attempt continues that trace and sends the receiver a traceparent in it.
 ALTER TABLE outbox_event ADD COLUMN IF NOT EXISTS traceparent text;
 ALTER TABLE outbox_event ADD COLUMN IF NOT EXISTS tracestate text;
+-- The key given at publish for endpoints that deliver in order (ordering 'fifo'): events
+-- with one key reach such an endpoint one at a time, in publish order; NULL is a key too.
+ALTER TABLE outbox_event ADD COLUMN IF NOT EXISTS ordering_key text;
 
 -- Pollers read an org's events in commit order (see events_after in deliverer/queries.sql).
 CREATE INDEX IF NOT EXISTS outbox_event_org_txid ON outbox_event (org_id, txid, id);
@@ -162,6 +165,10 @@ ALTER TABLE webhook_endpoint ADD COLUMN IF NOT EXISTS headers jsonb;
 ALTER TABLE webhook_endpoint ADD COLUMN IF NOT EXISTS auth_type text
     CONSTRAINT webhook_endpoint_auth_type_known CHECK (auth_type IN ('basic', 'bearer', 'mtls'));
 ALTER TABLE webhook_endpoint ADD COLUMN IF NOT EXISTS auth text;
+-- 'fifo': deliveries published while it is set are sent one at a time per ordering key,
+-- in publish order (see claim_deliveries); 'none': as they come, in parallel.
+ALTER TABLE webhook_endpoint ADD COLUMN IF NOT EXISTS ordering text NOT NULL DEFAULT 'none'
+    CONSTRAINT webhook_endpoint_ordering_known CHECK (ordering IN ('none', 'fifo'));
 
 -- Fan-out reads this on every publish.
 CREATE INDEX IF NOT EXISTS webhook_endpoint_org ON webhook_endpoint (org_id) WHERE enabled AND deleted_at IS NULL;
@@ -236,7 +243,17 @@ CREATE TABLE IF NOT EXISTS delivery_queue (
     autovacuum_analyze_scale_factor = 0.05
 );
 
+-- An ordered delivery's place, NULL for the others: its key (the event's ordering_key, ''
+-- for none) and the transaction that queued it (the publish, or the replay), then its
+-- event id. Only the first of a key's rows may be claimed, and only once every
+-- transaction with a lower id has ended (see claim_deliveries).
+ALTER TABLE delivery_queue ADD COLUMN IF NOT EXISTS ordering_key text;
+ALTER TABLE delivery_queue ADD COLUMN IF NOT EXISTS txid xid8;
+
 CREATE INDEX IF NOT EXISTS delivery_queue_due ON delivery_queue (due_at);
+-- A key's rows in their order: is a delivery the first of its key?
+CREATE INDEX IF NOT EXISTS delivery_queue_ordered ON delivery_queue (endpoint_id, ordering_key, txid, event_id)
+    WHERE txid IS NOT NULL;
 -- An endpoint's leases: the requests open to it, counted by every claim.
 CREATE INDEX IF NOT EXISTS delivery_queue_leased ON delivery_queue (endpoint_id) WHERE leased_by IS NOT NULL;
 
@@ -347,9 +364,10 @@ DECLARE
     newest timestamptz;
 BEGIN
     IF NOT (SELECT relispartition FROM pg_class WHERE oid = to_regclass('outbox_event_legacy')) THEN
-        -- A partition has every column of its parent: the trace context's too (NULL).
+        -- A partition has every column of its parent: the trace context's and ordering key's too (NULL).
         ALTER TABLE outbox_event_legacy ADD COLUMN IF NOT EXISTS traceparent text,
-                                        ADD COLUMN IF NOT EXISTS tracestate text;
+                                        ADD COLUMN IF NOT EXISTS tracestate text,
+                                        ADD COLUMN IF NOT EXISTS ordering_key text;
         SELECT to_timestamp(('x' || left(replace(id::text, '-', ''), 12))::bit(48)::bigint / 1000.0)
         INTO newest FROM outbox_event_legacy ORDER BY id DESC LIMIT 1;
         newest := date_trunc('day', greatest(now(), newest), 'UTC') + interval '1 day';

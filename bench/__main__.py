@@ -25,7 +25,7 @@ from deliverer.dev import database as devdb
 from deliverer.security import sealing
 
 SCENARIOS = ("drain", "latency", "publish", "backlog", "slow", "fanout", "hot", "peers", "floor", "mix", "wakeups",
-             "limits", "tracing", "clients")
+             "limits", "tracing", "clients", "ordering")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -103,6 +103,9 @@ async def run(args: argparse.Namespace, server: database.Server) -> dict[str, An
                                                               processes=p, repeat=repeat)),
         ("clients", "http_clients", lambda: scenarios.http_clients(bench, events=1000 if quick else 10_000,
                                                                    processes=p, repeat=repeat)),
+        ("ordering", "ordering", lambda: scenarios.ordering_cost(bench, events=1000 if quick else 10_000,
+                                                                 one_key_events=200 if quick else 1000,
+                                                                 processes=p, repeat=repeat)),
     ]
     try:
         for name, key, step in steps:

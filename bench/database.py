@@ -15,7 +15,7 @@ import itertools
 import random
 import secrets
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -139,26 +139,30 @@ def url(dsn: str, **params: str) -> str:
             + urlencode({**parts, **params}, quote_via=quote))
 
 
-def add_endpoints(dsn: str, urls: Sequence[str], *, org_id: str | None = None) -> list[str]:
+def add_endpoints(dsn: str, urls: Sequence[str], *, org_id: str | None = None, ordering: str = "none") -> list[str]:
     """One endpoint per URL: in org ``org_id`` if given, else the i-th URL in org ``org(i)``."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        return [endpoints.add(conn, org_id=org_id or org(i), url=url, allow_insecure=True).id
+        return [endpoints.add(conn, org_id=org_id or org(i), url=url, allow_insecure=True, ordering=ordering).id
                 for i, url in enumerate(urls)]
 
 
-def publish(dsn: str, count: int, orgs: int, *, chunk: int = 1000) -> None:
-    """Publish ``count`` events through the outbox, ``chunk`` per statement."""
+def publish(dsn: str, count: int, orgs: int, *, chunk: int = 1000, keys: int | None = None) -> None:
+    """Publish ``count`` events through the outbox, ``chunk`` per statement; with ``keys``, the i-th event
+    has ordering key i modulo keys."""
     with psycopg.connect(dsn) as conn:
         for start in range(0, count, chunk):
-            outbox.publish_many(conn, [job_completed(i, orgs) for i in range(start, min(start + chunk, count))])
+            batch = [job_completed(i, orgs) for i in range(start, min(start + chunk, count))]
+            if keys is not None:
+                batch = [replace(e, ordering_key=f"key_{i % keys}") for i, e in enumerate(batch, start)]
+            outbox.publish_many(conn, batch)
             conn.commit()
 
 
-def stage(dsn: str, count: int, orgs: int) -> None:
+def stage(dsn: str, count: int, orgs: int, *, keys: int | None = None) -> None:
     """Publish ``count`` events and hold their deliveries back until :func:`release`."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(QUERIES["clear_staging"])
-    publish(dsn, count, orgs)
+    publish(dsn, count, orgs, keys=keys)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(QUERIES["stage_due"])
         conn.execute(QUERIES["vacuum_queue"])

@@ -136,6 +136,18 @@ def _clients_rows(c: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _ordering_rows(o: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = [(f"15. ordered delivery: one endpoint with all the traffic, {o['processes']} processes", "", "")]
+    for label, text in (("unordered", "unordered"), ("fifo_50_keys", "fifo, 50 ordering keys"),
+                        ("fifo_1_key", "fifo, one key (one request at a time)")):
+        r = o[label]
+        rows.append((f"  {text}, {o['events'][label]:,} events: deliveries/s; PostgreSQL CPU per delivery",
+                     f"{_n(r['deliveries_per_s'])}; {_us(r['postgres_cpu_ms_per_1000'])}", ""))
+    rows.append(("  duplicates / lost (fifo)", f"{sum(o[k]['duplicates'] for k in ('fifo_50_keys', 'fifo_1_key')):.0f}"
+                 f" / {sum(o[k]['lost'] for k in ('fifo_50_keys', 'fifo_1_key')):.0f}", "0 / 0"))
+    return rows
+
+
 def _us(value: float) -> str:
     return f"{value:,.0f} µs"
 
@@ -305,7 +317,7 @@ def table(results: dict[str, Any]) -> str:
                         ("backlog", _backlog_rows), ("slow_receivers", _slow_rows), ("fan_out", _fan_out_rows),
                         ("hot", _hot_rows), ("peers", _peers_rows), ("floor", _floor_rows), ("mix", _mix_rows),
                         ("wakeups", _wakeups_rows), ("limits", _limits_rows), ("tracing", _tracing_rows),
-                        ("http_clients", _clients_rows)):
+                        ("http_clients", _clients_rows), ("ordering", _ordering_rows)):
         if key in results:
             rows += render(results[key])
     width = max(len(r[0]) for r in rows) + 2

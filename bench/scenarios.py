@@ -501,6 +501,30 @@ async def http_clients(bench: Bench, *, events: int, processes: int, repeat: int
             "ratio": _median_ratio(runs["aiohttp"], runs["default"]), "runs": runs}
 
 
+# 15. Ordered delivery --------------------------------------------------------------
+
+
+ORDERINGS = {"unordered": ("none", None), "fifo_50_keys": ("fifo", 50), "fifo_1_key": ("fifo", 1)}
+"""One endpoint with all the traffic: as it comes, in order per 50 ordering keys, in order as one sequence."""
+
+
+async def ordering_cost(bench: Bench, *, events: int, one_key_events: int, processes: int,
+                        repeat: int) -> dict[str, Any]:
+    """Deliveries/s to one endpoint unordered and with ordering "fifo": a key has one request open at a time,
+    and the next goes once the outcome is written, so one key's rate is one round of send and record."""
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label in ORDERINGS}
+    counts = {label: one_key_events if keys == 1 else events for label, (_, keys) in ORDERINGS.items()}
+    for label, (ordering, keys) in ORDERINGS.items():
+        with bench.server.database(f"ordering_{label}") as template:
+            database.add_endpoints(template, bench.hooks(1), ordering=ordering)
+            database.stage(template, counts[label], 1, keys=keys)
+            for _ in range(repeat):
+                with bench.server.database(f"ordering_{label}_run", template=template) as dsn:
+                    runs[label].append(await measure_drain(bench, dsn, processes, counts[label], counted="/hook/"))
+    return {"processes": processes, "repeat": repeat, "events": counts,
+            **{label: medians(these) for label, these in runs.items()}, "runs": runs}
+
+
 # 5. Slow receivers ------------------------------------------------------------------
 
 

@@ -19,13 +19,17 @@ case), a batch by one statement whose arrays are sent in binary (psycopg quotes
 every element of a text array in Python, which cost more than the database
 work), and psycopg connections prepare the statements on first use.
 
-Inside a trace (``outbox.tracecontext``) each statement has a twin that also
-stores the caller's trace context with the event; outside one, nothing changes.
+Each statement stores the caller's trace context (``outbox.tracecontext``) and
+ordering key with the event. On a database that ``deliverer migrate`` has not
+brought up to date yet (asked once per connection until it is) the statements as
+released before those columns are used instead: upgrading this library before the
+deliverer's migration runs must not fail the application's transactions.
 """
 
 import contextlib
 import json
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -46,7 +50,7 @@ MAX_BODY_BYTES = 256 * 1024
 """Largest serialised event (``{"event": ..., "data": ...}`` in UTF-8) accepted."""
 
 MAX_KEY_LENGTH = 255
-"""Longest org_id or dedupe_key accepted."""
+"""Longest org_id, dedupe_key or ordering_key accepted."""
 
 _QUERIES = sqlfile.load("outbox", "queries.sql")
 
@@ -57,8 +61,8 @@ Rows = list[tuple[Any, ...]]
 Statement = tuple[str, dict[str, Any]]
 Result = TypeVar("Result")
 
-_Row = tuple[str, str, str, str, str | None]
-"""An event ready to write: (id as 32 hex digits, org_id, event_type, body, dedupe_key)."""
+_Row = tuple[str, str, str, str, str | None, str | None]
+"""An event ready to write: (id as 32 hex digits, org_id, event_type, body, dedupe_key, ordering_key)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class Event:
     data: Mapping[str, Any]
     org_id: str
     dedupe_key: str | None = None
+    ordering_key: str | None = None
 
 
 def _check_key(name: str, value: Any) -> None:
@@ -101,33 +106,65 @@ def serialize(event_type: str, data: Mapping[str, Any]) -> str:
     return body
 
 
-def _prepare(event_type: str, data: Mapping[str, Any], org_id: str, dedupe_key: str | None) -> _Row:
+def _prepare(event_type: str, data: Mapping[str, Any], org_id: str, dedupe_key: str | None,
+             ordering_key: str | None = None) -> _Row:
     _check_key("org_id", org_id)
-    if dedupe_key is not None:
-        _check_key("dedupe_key", dedupe_key)
+    for name, key in (("dedupe_key", dedupe_key), ("ordering_key", ordering_key)):
+        if key is not None:
+            _check_key(name, key)
     catalog.validate(event_type, data, org_id)
     body = serialize(event_type, data)
-    return ids.new_event_hex(), org_id, event_type, body, dedupe_key
+    return ids.new_event_hex(), org_id, event_type, body, dedupe_key, ordering_key
 
 
-def _traced(name: str, params: dict[str, Any]) -> Statement:
-    """Statement ``name``, or its twin that stores the caller's trace context when there is one."""
-    traceparent, tracestate = tracecontext.current()
-    if traceparent is None:
-        return _QUERIES[name], params
-    params["traceparent"], params["tracestate"] = traceparent, tracestate
-    return _QUERIES[f"{name}_traced"], params
+def _prepared(event: Event) -> _Row:
+    return _prepare(event.event_type, event.data, event.org_id, event.dedupe_key, event.ordering_key)
 
 
-def _plan_one(event_id: str, org_id: str, event_type: str, body: str,
-              dedupe_key: str | None) -> Generator[Statement, Rows, str]:
+def _statement(name: str, params: dict[str, Any], current: bool) -> Statement:
+    """Statement ``name`` with the caller's trace context, or its legacy twin (``current`` False)."""
+    if not current:
+        return _QUERIES[f"{name}_legacy"], params
+    params["traceparent"], params["tracestate"] = tracecontext.current()
+    return _QUERIES[name], params
+
+
+# Connections whose database has this library's columns: a migration never takes them away.
+_CURRENT: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def _known_current(raw: Any) -> bool:
+    try:
+        return raw in _CURRENT
+    except TypeError:  # a driver connection that takes no weak references: asked every time
+        return False
+
+
+def _remember(raw: Any, current: bool) -> bool:
+    if current:
+        with contextlib.suppress(TypeError):
+            _CURRENT.add(raw)
+    return current
+
+
+def _is_current(raw: Any, execute: Callable[[str, dict[str, Any]], Rows]) -> bool:
+    return _known_current(raw) or _remember(raw, bool(execute(_QUERIES["schema_is_current"], {})[0][0]))
+
+
+async def _ais_current(raw: Any, execute: Callable[[str, dict[str, Any]], Awaitable[Rows]]) -> bool:
+    return _known_current(raw) or _remember(raw, bool((await execute(_QUERIES["schema_is_current"], {}))[0][0]))
+
+
+def _plan_one(event_id: str, org_id: str, event_type: str, body: str, dedupe_key: str | None,
+              ordering_key: str | None, *, current: bool) -> Generator[Statement, Rows, str]:
     """Write one prepared event; returns its public id (the first event's, when deduplicated)."""
-    params = {"id": event_id, "org_id": org_id, "event_type": event_type, "body": body}
+    params = {"id": event_id, "org_id": org_id, "event_type": event_type, "body": body,
+              "ordering_key": ordering_key}
     if dedupe_key is None:
-        yield _traced("publish_event", params)
+        yield _statement("publish_event", params, current)
         return ids.EVENT_PREFIX + event_id
     params["dedupe_key"] = dedupe_key
-    rows = yield _traced("publish_event_deduplicated", params)
+    rows = yield _statement("publish_event_deduplicated", params, current)
     owner: uuid.UUID | None = rows[0][0]
     if owner is None:
         # The key was taken by a transaction that committed after this statement's
@@ -139,19 +176,20 @@ def _plan_one(event_id: str, org_id: str, event_type: str, body: str,
     return ids.EVENT_PREFIX + owner.hex
 
 
-def _plan_many(rows: list[_Row]) -> Generator[Statement, Rows, list[str]]:
+def _plan_many(rows: list[_Row], *, current: bool) -> Generator[Statement, Rows, list[str]]:
     """Write prepared events; returns their public ids in input order."""
     if len(rows) == 1:
-        return [(yield from _plan_one(*rows[0]))]
+        return [(yield from _plan_one(*rows[0], current=current))]
     if not rows:
         return []
-    result = yield _traced("publish_events", {
+    result = yield _statement("publish_events", {
         "ids": [r[0] for r in rows],
         "org_ids": [r[1] for r in rows],
         "event_types": [r[2] for r in rows],
         "bodies": [r[3] for r in rows],
         "dedupe_keys": [r[4] for r in rows],
-    })
+        "ordering_keys": [r[5] for r in rows],
+    }, current)
     keyed = [r for r in rows if r[4] is not None]
     if not keyed:
         return [ids.EVENT_PREFIX + r[0] for r in rows]
@@ -165,7 +203,7 @@ def _plan_many(rows: list[_Row]) -> Generator[Statement, Rows, list[str]]:
         }
         first = {(org_id, key): event_id.hex for org_id, key, event_id in found}
     public = []
-    for event_id, org_id, _, _, dedupe_key in rows:
+    for event_id, org_id, _, _, dedupe_key, _ in rows:
         if dedupe_key is None or event_id in written:
             public.append(ids.EVENT_PREFIX + event_id)
         elif (org_id, dedupe_key) in first:
@@ -267,7 +305,12 @@ def _check_sqlalchemy_driver(dialect: Any) -> None:
         )
 
 
-def _sync_executor(conn: Any) -> Callable[[str, dict[str, Any]], Rows]:
+Executor = tuple[Callable[[str, dict[str, Any]], Rows], Any]
+AsyncExecutor = tuple[Callable[[str, dict[str, Any]], Awaitable[Rows]], Any]
+
+
+def _sync_executor(conn: Any) -> Executor:
+    """How to run a statement on ``conn``, and the driver's connection under it."""
     if isinstance(conn, psycopg.Connection):
         _refuse_if_read_only(conn.info)
 
@@ -281,7 +324,7 @@ def _sync_executor(conn: Any) -> Callable[[str, dict[str, Any]], Rows]:
                     raise _refused(exc) from None
                 rows: Rows = cur.fetchall()
                 return rows
-        return execute
+        return execute, conn
 
     from sqlalchemy.engine import Connection
     from sqlalchemy.orm import Session
@@ -295,11 +338,11 @@ def _sync_executor(conn: Any) -> Callable[[str, dict[str, Any]], Rows]:
         def execute_sa(sql: str, params: dict[str, Any]) -> Rows:
             with _sa_refusals():
                 return list(conn.exec_driver_sql(sql, params).fetchall())
-        return execute_sa
+        return execute_sa, conn.connection.dbapi_connection
     raise _unsupported(conn)
 
 
-async def _async_executor(conn: Any) -> Callable[[str, dict[str, Any]], Awaitable[Rows]]:
+async def _async_executor(conn: Any) -> AsyncExecutor:
     if isinstance(conn, psycopg.AsyncConnection):
         _refuse_if_read_only(conn.info)
 
@@ -311,7 +354,7 @@ async def _async_executor(conn: Any) -> Callable[[str, dict[str, Any]], Awaitabl
                     raise _refused(exc) from None
                 rows: Rows = await cur.fetchall()
                 return rows
-        return execute
+        return execute, conn
 
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -326,20 +369,24 @@ async def _async_executor(conn: Any) -> Callable[[str, dict[str, Any]], Awaitabl
             with _sa_refusals():
                 result = await conn.exec_driver_sql(sql, params)
                 return list(result.fetchall())
-        return execute_sa
+        return execute_sa, getattr(raw.dbapi_connection, "driver_connection", raw.dbapi_connection)
     raise _unsupported(conn)
 
 
 def publish(conn: Any, event_type: str, data: Mapping[str, Any], *, org_id: str,
-            dedupe_key: str | None = None) -> str:
+            dedupe_key: str | None = None, ordering_key: str | None = None) -> str:
     """Write one event in the caller's transaction and return its public id (``evt_…``).
 
     The event will be delivered if and only if the caller's transaction commits.
     With ``dedupe_key``, publishing the same key again for the same org writes
-    nothing and returns the first event's id.
+    nothing and returns the first event's id. ``ordering_key``: endpoints that
+    deliver in order (ordering ``fifo``) send the events of one key one at a time,
+    in publish order; other keys (and no key, which is one key of its own) go on
+    meanwhile. Endpoints that do not deliver in order ignore it.
     """
-    execute = _sync_executor(conn)
-    return _run(_plan_one(*_prepare(event_type, data, org_id, dedupe_key)), execute)
+    execute, raw = _sync_executor(conn)
+    event = _prepare(event_type, data, org_id, dedupe_key, ordering_key)
+    return _run(_plan_one(*event, current=_is_current(raw, execute)), execute)
 
 
 def publish_many(conn: Any, events: Iterable[Event]) -> list[str]:
@@ -348,18 +395,21 @@ def publish_many(conn: Any, events: Iterable[Event]) -> list[str]:
     All events are validated before anything is written: one bad event raises
     and none of them is written.
     """
-    execute = _sync_executor(conn)
-    return _run(_plan_many([_prepare(e.event_type, e.data, e.org_id, e.dedupe_key) for e in events]), execute)
+    execute, raw = _sync_executor(conn)
+    prepared = [_prepared(e) for e in events]
+    return _run(_plan_many(prepared, current=bool(prepared) and _is_current(raw, execute)), execute)
 
 
 async def apublish(conn: Any, event_type: str, data: Mapping[str, Any], *, org_id: str,
-                   dedupe_key: str | None = None) -> str:
+                   dedupe_key: str | None = None, ordering_key: str | None = None) -> str:
     """:func:`publish` for psycopg ``AsyncConnection`` and SQLAlchemy ``AsyncConnection``/``AsyncSession``."""
-    execute = await _async_executor(conn)
-    return await _arun(_plan_one(*_prepare(event_type, data, org_id, dedupe_key)), execute)
+    execute, raw = await _async_executor(conn)
+    event = _prepare(event_type, data, org_id, dedupe_key, ordering_key)
+    return await _arun(_plan_one(*event, current=await _ais_current(raw, execute)), execute)
 
 
 async def apublish_many(conn: Any, events: Iterable[Event]) -> list[str]:
     """:func:`publish_many` for async connections."""
-    execute = await _async_executor(conn)
-    return await _arun(_plan_many([_prepare(e.event_type, e.data, e.org_id, e.dedupe_key) for e in events]), execute)
+    execute, raw = await _async_executor(conn)
+    prepared = [_prepared(e) for e in events]
+    return await _arun(_plan_many(prepared, current=bool(prepared) and await _ais_current(raw, execute)), execute)

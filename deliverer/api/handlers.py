@@ -60,7 +60,8 @@ async def create_webhook(request: web.Request) -> web.Response:
         try:
             endpoint = await endpoints.add_async(
                 conn, org_id=request[ORG], url=body.url, event_types=body.events, description=body.description,
-                limits=limits, options=options, allow_insecure=request.app[SETTINGS].allow_insecure_urls,
+                limits=limits, options=options, ordering=body.ordering,
+                allow_insecure=request.app[SETTINGS].allow_insecure_urls,
                 allowed=request.app[SETTINGS].networks)
         except EndpointError as exc:
             raise _invalid(exc) from None

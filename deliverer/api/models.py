@@ -57,9 +57,16 @@ _RATE_LIMIT = {
                    f"{MAX_RATE_LIMIT:g}; fractions allowed, e.g. 0.5); null: the deployment's default, "
                    "DELIVERER_ENDPOINT_RATE_LIMIT (none unless set)",
 }
-# Any: registry.endpoints.check_max_in_flight and check_rate_limit judge the value, for the CLI too.
+_ORDERING = {
+    "type": "string", "enum": ["none", "fifo"],
+    "description": "fifo: deliveries are sent one at a time per ordering key (given at publish; events without one "
+                   "share a key), in publish order: the next starts once the one before is delivered or has failed "
+                   "for good. Applies to deliveries published while it is set. none: sent as they come, in parallel",
+}
+# Any: registry.endpoints.check_max_in_flight, check_rate_limit and check_ordering judge the value, for the CLI too.
 MaxInFlight = Annotated[Any, WithJsonSchema(_MAX_IN_FLIGHT)]
 RateLimit = Annotated[Any, WithJsonSchema(_RATE_LIMIT)]
+Ordering = Annotated[Any, WithJsonSchema(_ORDERING)]
 Enabled = Annotated[bool, Label("true or false")]
 _HEADERS = {
     "type": ["object", "null"], "maxProperties": MAX_HEADERS,
@@ -137,6 +144,7 @@ class WebhookCreate(Request):
     rate_limit: RateLimit = None
     headers: Headers = None
     auth: Auth = None
+    ordering: Ordering = "none"
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "url": "https://your-domain.com/webhooks/docextract", "events": ["job.completed", "job.failed"],
@@ -155,6 +163,7 @@ class WebhookUpdate(Request):
     rate_limit: RateLimit = absent(None)
     headers: Headers = absent(None)
     auth: Auth = absent(None)
+    ordering: Ordering = absent("none")
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"max_in_flight": 5, "rate_limit": 2.5},
                                                               {"max_in_flight": None, "rate_limit": None},
@@ -194,6 +203,7 @@ class Webhook(Response):
                                                 "never returned")
     auth: WebhookAuth | None = Field(description="That the endpoint has auth, and its type; the credentials are "
                                                  "never returned")
+    ordering: Annotated[Literal["none", "fifo"], WithJsonSchema(_ORDERING)]
     secret: Annotated[str | None, WithJsonSchema({
         "type": "string", "description": "Only in the responses of create and rotate-secret"})] = absent(None)
     pacing: Pacing | None = absent(None)
@@ -203,7 +213,7 @@ class Webhook(Response):
         "events": ["job.completed", "job.failed"], "description": "production", "enabled": True,
         "disabled_reason": None, "created_at": "2024-11-23T10:00:00Z", "updated_at": "2024-11-23T10:05:00Z",
         "max_in_flight": 10, "rate_limit": 25.0, "header_names": ["X-Tenant"], "auth": {"type": "bearer"},
-        "pacing": {"in_flight": 3, "allowance": 10, "paused_until": None}}]})
+        "ordering": "none", "pacing": {"in_flight": 3, "allowance": 10, "paused_until": None}}]})
 
 
 class WebhookList(Response):

@@ -92,7 +92,8 @@ def paths() -> dict[str, Any]:
             "get": _operation("getWebhook", "One endpoint, with the live pacing of its limits",
                               {200: ("Endpoint", "Webhook")}, errors=(404,), params=(_WEBHOOK_ID,)),
             "patch": _operation("updateWebhook",
-                                "Change url, events, description, enabled, max_in_flight or rate_limit",
+                                "Change url, events, description, enabled, max_in_flight, rate_limit, headers, "
+                                "auth or ordering",
                                 {200: ("Endpoint", "Webhook")}, body=models.WebhookUpdate, errors=(404,),
                                 params=(_WEBHOOK_ID,)),
             "delete": _operation("deleteWebhook", "Delete an endpoint; it receives nothing more",

@@ -330,7 +330,7 @@ def cmd_endpoints_add(args: argparse.Namespace) -> int:
         endpoint = endpoints.add(
             conn, org_id=OPERATOR_ORG if args.operator else args.org, url=args.url, event_types=events,
             secret=args.secret, description=args.description or "", limits=endpoints.Limits(**_limit_changes(args)),
-            options=options,
+            options=options, ordering=args.ordering or "none",
             allow_insecure=settings.allow_insecure_urls, allowed=settings.networks,
         )
     if args.json:
@@ -346,10 +346,12 @@ def cmd_endpoints_update(args: argparse.Namespace) -> int:
     changes: dict[str, Any] = {"url": args.url, "description": args.description, **_limit_changes(args), **options}
     if args.events is not None:
         changes["event_types"] = args.events.split(",")
-    if not options and not any(v is not None for v in (args.url, args.description, args.events,
+    if args.ordering is not None:
+        changes["ordering"] = args.ordering
+    if not options and not any(v is not None for v in (args.url, args.description, args.events, args.ordering,
                                                        args.limit_max_in_flight, args.limit_rate_limit)):
         raise config.ConfigError("nothing to change: give --url, --events, --description, --max-in-flight, "
-                                 "--rate-limit, --header, --no-headers, an auth flag or --no-auth")
+                                 "--rate-limit, --ordering, --header, --no-headers, an auth flag or --no-auth")
 
     async def run() -> endpoints.Endpoint | None:
         async with await _aconnect(settings) as conn:

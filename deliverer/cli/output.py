@@ -27,7 +27,8 @@ DELIVERY_HEADERS = ["delivery", "event", "type", "endpoint", "url", "state", "se
                     "updated"]
 ATTEMPT_HEADERS = ["time", "type", "delivery", "attempt", "kind", "outcome", "status", "ms", "error"]
 LOG_HEADERS = ["time", "event type", "event", "delivery", "attempt", "outcome", "status", "ms", "error"]
-ENDPOINT_HEADERS = ["id", "org", "url", "events", "enabled", "max in flight", "rate limit/s", "headers", "auth"]
+ENDPOINT_HEADERS = ["id", "org", "url", "events", "enabled", "max in flight", "rate limit/s", "ordering", "headers",
+                    "auth"]
 
 
 def _cell(value: Any) -> str:
@@ -102,7 +103,7 @@ def print_endpoints(items: list[Endpoint], as_json: bool, settings: Settings) ->
         return
     print_table(ENDPOINT_HEADERS, [
         [e.id, e.org_id, e.url, ",".join(e.event_types or ["*"]), e.enabled, *limit_cells(e, settings),
-         ",".join(e.header_names or []), e.auth_type or ""]
+         e.ordering, ",".join(e.header_names or []), e.auth_type or ""]
         for e in items])
 
 
@@ -119,6 +120,8 @@ def print_new_endpoint(endpoint: Endpoint, settings: Settings) -> None:
     print(f"events: {','.join(endpoint.event_types or ['*'])}")
     most, rate = limit_cells(endpoint, settings)
     print(f"max in flight: {most}; rate limit/s: {rate}")
+    if endpoint.ordering != "none":
+        print(f"ordering: {endpoint.ordering} (one at a time per ordering key, in publish order)")
     if endpoint.header_names:
         print(f"headers: {', '.join(endpoint.header_names)} (values sealed, not shown again)")
     if endpoint.auth_type:

@@ -153,6 +153,9 @@ def _limit_flags(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--rate-limit", dest="limit_rate_limit", metavar="R|none",
                      help="most deliveries a second to it across every deliverer, above 0 and at most 10000 "
                           "(e.g. 0.5); none or default: DELIVERER_ENDPOINT_RATE_LIMIT, no limit unless set")
+    sub.add_argument("--ordering", metavar="none|fifo",
+                     help="fifo: send one at a time per ordering key, in publish order (for deliveries published "
+                          "from then on); none: in parallel, as they come (the default)")
 
 
 def _maintenance(commands: Subcommands) -> None:

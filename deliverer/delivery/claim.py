@@ -50,6 +50,7 @@ class Claimed:
     tracestate: str | None = None
     headers: dict[str, str] | None = None  # custom headers, values sealed (deliverer.registry.request_options)
     auth: str | None = None  # sealed
+    ordered: bool = False  # its endpoint delivers in order: the next of its key waits for this one's outcome
     claim_span: trace.SpanContext | None = None  # the claim's span, when exported: the attempt's links to it
 
 
@@ -126,7 +127,7 @@ class Claimer:
         # The statement's last row: what it learnt.
         *_, self.next_due_in, full, blocked, blocked_for, unknown, limited, limits = rows.pop()
         self.limits = dict(zip(limited or (), limits or (), strict=True))
-        claimed = [Claimed(*row[:18]) for row in rows]
+        claimed = [Claimed(*row[:19]) for row in rows]
         # Endpoints newly found with no room may have filled the scan window with rows this
         # claim could not take: worth claiming again at once, past them (see Worker._claim_loop).
         self.learnt = bool(self.skips.full(full or ()) | self.skips.blocked(blocked or (), blocked_for or ()))

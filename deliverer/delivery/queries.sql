@@ -31,12 +31,25 @@
 -- also spend the rate limit's tokens.
 -- skip_endpoints are endpoints this worker knows to be full, paused or out of
 -- tokens: their backlog does not fill the scan window.
+-- An ordered delivery (txid set: its endpoint's ordering is 'fifo') is taken only
+-- when it is the first of its key in the queue, so a key has one request open at a
+-- time and the next waits until the one before is delivered or has failed for good
+-- (leaving the queue); a lease that ran out is the first still, and is taken again.
+-- Its place is the transaction that queued it: first only once every transaction
+-- with a lower id has ended, since one of those may still commit a delivery that
+-- comes before it. The claims of an endpoint take turns (its endpoint_flow row,
+-- below), so each sees the leases of the one before.
 WITH oldest AS MATERIALIZED (
-    SELECT delivery_id, endpoint_id, due_at
-    FROM delivery_queue
-    WHERE due_at <= coalesce(%(now)s::timestamptz, now())
-      AND endpoint_id <> ALL (%(skip_endpoints)b::text[])
-    ORDER BY due_at
+    SELECT q.delivery_id, q.endpoint_id, q.due_at
+    FROM delivery_queue q
+    WHERE q.due_at <= coalesce(%(now)s::timestamptz, now())
+      AND q.endpoint_id <> ALL (%(skip_endpoints)b::text[])
+      AND (q.txid IS NULL
+           OR q.txid < pg_snapshot_xmin(pg_current_snapshot())
+              AND NOT EXISTS (SELECT FROM delivery_queue b
+                              WHERE b.endpoint_id = q.endpoint_id AND b.ordering_key = q.ordering_key
+                                AND b.txid IS NOT NULL AND (b.txid, b.event_id) < (q.txid, q.event_id)))
+    ORDER BY q.due_at
     LIMIT %(scan)s
 ),
 waiting AS MATERIALIZED (
@@ -165,7 +178,8 @@ leased AS (
         due_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_seconds)s)
     FROM due d
     WHERE q.delivery_id = d.delivery_id AND NOT d.exhausted
-    RETURNING q.delivery_id, q.event_id, q.endpoint_id, q.org_id, q.series, q.attempt, q.due_at
+    RETURNING q.delivery_id, q.event_id, q.endpoint_id, q.org_id, q.series, q.attempt, q.due_at,
+              q.txid IS NOT NULL AS ordered
 ),
 started AS (
     INSERT INTO delivery_log (kind, delivery_id, event_id, endpoint_id, org_id, series, attempt,
@@ -217,7 +231,7 @@ SELECT l.delivery_id, l.event_id, l.endpoint_id, l.org_id, l.series, l.attempt,
        e.event_type, e.body, e.created_at, w.url, w.secret,
        CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END AS previous_secret,
        w.enabled AND w.deleted_at IS NULL AS endpoint_enabled, l.due_at AS lease_until,
-       e.traceparent, e.tracestate, w.headers, w.auth,
+       e.traceparent, e.tracestate, w.headers, w.auth, l.ordered,
        NULL::float8 AS next_due_in, NULL::text[] AS full_endpoints, NULL::text[] AS blocked_endpoints,
        NULL::float8[] AS blocked_for, NULL::text[] AS unknown_endpoints,
        NULL::text[] AS limited_endpoints, NULL::int[] AS limits
@@ -227,7 +241,9 @@ JOIN webhook_endpoint w ON w.id = l.endpoint_id
 UNION ALL
 -- A last row, with only next_due_in and what the claim learnt: seconds until the
 -- earliest delivery not leased here becomes due (a retry, a lease running out), so
--- the worker knows how long it may sleep without asking again.
+-- the worker knows how long it may sleep without asking again. Ordered deliveries
+-- left due wait for the one before them (whose end wakes its worker) or for an
+-- older transaction to end: they are not worth asking again for at once.
 -- It also makes this statement's commit asynchronous (set_config local to its own
 -- transaction, so nothing is left on the session): waiting for the WAL flush was
 -- most of the time from a producer's commit to the send (median 0.2 ms, p99 2.6 ms
@@ -235,9 +251,11 @@ UNION ALL
 -- is sent again; the first send's outcome is then logged as a late result. Nothing
 -- is lost: the event and every outcome are committed synchronously.
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       NULL,
        (SELECT extract(epoch FROM min(q.due_at) - coalesce(%(now)s::timestamptz, now()))::float8
         FROM delivery_queue q
-        WHERE q.delivery_id NOT IN (SELECT delivery_id FROM due)),
+        WHERE q.delivery_id NOT IN (SELECT delivery_id FROM due)
+          AND (q.txid IS NULL OR q.due_at > coalesce(%(now)s::timestamptz, now()))),
        (SELECT array_agg(endpoint_id) FROM learnt WHERE no_room AND blocked_for IS NULL),
        (SELECT array_agg(endpoint_id ORDER BY endpoint_id) FROM learnt WHERE blocked_for IS NOT NULL),
        (SELECT array_agg(blocked_for ORDER BY endpoint_id) FROM learnt WHERE blocked_for IS NOT NULL),
@@ -426,8 +444,10 @@ DELETE FROM deliverer_presence WHERE worker_id = %(worker_id)s
 -- name: seconds_until_due
 -- Seconds until the earliest open delivery becomes due (a retry, or a lease
 -- running out), measured on the database's clock; NULL when nothing is open.
+-- Ordered deliveries already due wait for their turn instead (see claim_deliveries).
 SELECT extract(epoch FROM min(due_at) - coalesce(%(now)s::timestamptz, now()))::float8
 FROM delivery_queue
+WHERE txid IS NULL OR due_at > coalesce(%(now)s::timestamptz, now())
 
 -- name: due_backlog
 -- The queue's due backlog for the dashboards: how many deliveries are due now

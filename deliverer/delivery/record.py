@@ -84,12 +84,14 @@ class Recorder:
 
     def __init__(self, settings: Settings, worker_id: str, health: EndpointHealth, *,
                  clock: Clock | None = None,
-                 on_ready: Callable[[bool], None] = lambda ready: None) -> None:
+                 on_ready: Callable[[bool], None] = lambda ready: None,
+                 on_ordered: Callable[[], None] = lambda: None) -> None:
         self.worker_id = worker_id
         self.default_max_in_flight = settings.endpoint_max_in_flight
         self.health = health
         self.clock = clock
         self.on_ready = on_ready
+        self.on_ordered = on_ordered  # outcomes of ordered deliveries written: the next of their keys may go
         self.db = Reopening(settings, f"deliverer {worker_id}")
         self.pending: list[Result] = []  # until written: their requests ended, their leases still count
         self._arrived = asyncio.Event()
@@ -147,12 +149,20 @@ class Recorder:
                 backoff.reset()
                 self.on_ready(True)
                 del self.pending[: len(batch)]
+                if any(r.claimed.ordered for r in batch):
+                    self.on_ordered()
 
     async def _linger(self) -> None:
         waited = 0.0
-        while not self._closing and (waited == 0 or (len(self.pending) < ENOUGH and waited < LINGER_MAX)):
+        while not self._closing and not self._ordered_waiting() and (
+                waited == 0 or (len(self.pending) < ENOUGH and waited < LINGER_MAX)):
             await asyncio.sleep(LINGER)
             waited += LINGER
+
+    def _ordered_waiting(self) -> bool:
+        """An ordered delivery's outcome is pending: the next of its key waits for it to be written, so the
+        batch goes at once instead of waiting for company."""
+        return any(r.claimed.ordered for r in self.pending)
 
     async def _record_batch(self, batch: list[Result]) -> None:
         try:

@@ -83,14 +83,15 @@ class Worker:
                                ended=lambda: [r.claimed.delivery_id for r in self.recorder.pending])
         self.attempter = Attempter(settings, clock=clock)
         self.recorder = Recorder(settings, self.worker_id, EndpointHealth(settings, clock=clock), clock=clock,
-                                 on_ready=lambda ready: self._set_ready(ready, "record"))
+                                 on_ready=lambda ready: self._set_ready(ready, "record"),
+                                 on_ordered=lambda: self._wake.set())
         self._in_flight: set[asyncio.Task[None]] = set()  # claimed deliveries, sending or at their gate
         self.gates = Gates()
         # Claim in batches: at least this much room in this process before claiming again.
         self._smallest_claim = max(1, min(settings.batch_size, settings.max_in_flight) // 2)
         self._passed = 0  # wake-ups passed on to other workers
         self._unsent: dict[uuid.UUID, Claimed] = {}  # claimed, no outcome yet: what shutdown hands back
-        self._wake = asyncio.Event()  # a producer committed, or the listener reconnected
+        self._wake = asyncio.Event()  # a producer committed, the listener reconnected, an ordered outcome was written
         self._room = asyncio.Event()  # a send finished: room in this process
         self._looking_beyond = False  # this claim looks past endpoints the last one found full
         self._nothing_beyond_until = 0.0  # until then, nothing was due past the skipped endpoints

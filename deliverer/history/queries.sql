@@ -13,11 +13,18 @@ TRUNCATE delivery_queue
 -- name: rebuild_delivery_queue
 -- The projection for the delivery ids in [low, high]: every delivery the log says is still open.
 -- The range is on delivery_state's DISTINCT ON key, so it reaches delivery_log's index.
-INSERT INTO delivery_queue (delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at, leased_by)
-SELECT delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at, leased_by
-FROM delivery_state
-WHERE state NOT IN ('delivered', 'failed')
-  AND delivery_id BETWEEN %(low)s AND %(high)s
+-- A delivery to an endpoint that delivers in order takes its event's place in that
+-- order (the publishing transaction; a replay had put it after what was waiting then).
+INSERT INTO delivery_queue (delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at, leased_by,
+                            ordering_key, txid)
+SELECT s.delivery_id, s.event_id, s.endpoint_id, s.org_id, s.series, s.attempt, s.due_at, s.leased_by,
+       CASE WHEN w.ordering = 'fifo' THEN coalesce(e.ordering_key, '') END,
+       CASE WHEN w.ordering = 'fifo' THEN e.txid END
+FROM delivery_state s
+LEFT JOIN outbox_event e ON e.id = s.event_id
+LEFT JOIN webhook_endpoint w ON w.id = s.endpoint_id
+WHERE s.state NOT IN ('delivered', 'failed')
+  AND s.delivery_id BETWEEN %(low)s AND %(high)s
 
 -- name: diff_delivery_queue
 -- Rows where the live queue and the fold of the log disagree; empty when consistent.
@@ -94,7 +101,9 @@ ORDER BY id
 -- name: replay_deliveries
 -- Start a new attempt series for each finished delivery among delivery_ids (of the
 -- org, unless org_id is NULL): a replay_requested fact and a queue row due now.
--- Deliveries still being attempted are left as they are.
+-- Deliveries still being attempted are left as they are. To an endpoint that
+-- delivers in order, a replay goes after what its key has waiting (its place is
+-- this transaction), in event order among the replayed.
 WITH finished AS (
     SELECT delivery_id, event_id, endpoint_id, org_id, series
     FROM delivery_state
@@ -105,9 +114,14 @@ WITH finished AS (
       AND EXISTS (SELECT 1 FROM outbox_event e WHERE e.id = delivery_state.event_id)
 ),
 reopened AS (
-    INSERT INTO delivery_queue (delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at)
-    SELECT delivery_id, event_id, endpoint_id, org_id, series + 1, 0, coalesce(%(now)s::timestamptz, now())
-    FROM finished
+    INSERT INTO delivery_queue (delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at,
+                                ordering_key, txid)
+    SELECT f.delivery_id, f.event_id, f.endpoint_id, f.org_id, f.series + 1, 0, coalesce(%(now)s::timestamptz, now()),
+           CASE WHEN w.ordering = 'fifo' THEN coalesce(e.ordering_key, '') END,
+           CASE WHEN w.ordering = 'fifo' THEN pg_current_xact_id() END
+    FROM finished f
+    JOIN outbox_event e ON e.id = f.event_id
+    JOIN webhook_endpoint w ON w.id = f.endpoint_id
     ON CONFLICT (delivery_id) DO NOTHING
     RETURNING delivery_id, event_id, endpoint_id, org_id, series, due_at
 ),

@@ -3,10 +3,12 @@
 An endpoint is where one org wants its events: an HTTPS URL, the event types it
 subscribes to (all of them when none are given) and the secret its requests are
 signed with, and its limits (``max_in_flight``, ``rate_limit``; None: the deployment's
-settings). Endpoints of the operator's org (``outbox.catalog.OPERATOR_ORG``) may also
-subscribe to the operator event types; no other org can. New secrets follow the Standard Webhooks format: ``whsec_`` and
-the base64 of 32 random bytes. An existing secret can be imported instead, so
-customers moving from another sender keep theirs.
+settings), and whether it delivers in order (``ordering``: ``fifo`` sends the events of
+one ordering key one at a time, in publish order). Endpoints of the operator's org
+(``outbox.catalog.OPERATOR_ORG``) may also subscribe to the operator event types; no
+other org can. New secrets follow the Standard Webhooks format: ``whsec_`` and the
+base64 of 32 random bytes. An existing secret can be imported instead, so customers
+moving from another sender keep theirs.
 
 An endpoint may add custom headers and authentication (basic, bearer or a client
 certificate) to its requests (``deliverer.registry.request_options``). Secrets,
@@ -62,6 +64,7 @@ class Endpoint:
     rate_limit: float | None = None  # deliveries a second; None: DELIVERER_ENDPOINT_RATE_LIMIT
     header_names: list[str] | None = None  # of its custom headers; their values are never read back
     auth_type: str | None = None  # basic, bearer or mtls; the credentials are never read back
+    ordering: str = "none"  # fifo: one request at a time per ordering key, in publish order
     secret: str | None = None  # only filled in right after creation or rotation
 
     def as_json(self) -> dict[str, Any]:
@@ -73,6 +76,7 @@ class Endpoint:
             "max_in_flight": self.max_in_flight, "rate_limit": self.rate_limit,
             "header_names": self.header_names or [],
             "auth": None if self.auth_type is None else {"type": self.auth_type},
+            "ordering": self.ordering,
         }
         if self.secret is not None:
             out["secret"] = self.secret
@@ -179,6 +183,16 @@ def check_max_in_flight(value: Any) -> int | None:
     return value
 
 
+ORDERINGS = ("none", "fifo")
+
+
+def check_ordering(value: Any) -> str:
+    if value not in ORDERINGS:
+        raise EndpointError(f"ordering must be \"none\" (deliveries in parallel, as they come) or \"fifo\" "
+                            f"(one at a time per ordering key, in publish order), got {value!r}", "ordering")
+    return str(value)
+
+
 def check_rate_limit(value: Any) -> float | None:
     """Deliveries a second the endpoint may get; None: the deployment's default. NaN fails the comparison too."""
     if value is None:
@@ -248,7 +262,8 @@ class Limits:
 
 def _new_endpoint_params(org_id: str, url: str, event_types: Iterable[str] | None, secret: str | None,
                          description: str, limits: Limits | None, allow_insecure: bool,
-                         allowed: Sequence[ssrf.Network] | None, options: RequestOptions | None) -> dict[str, Any]:
+                         allowed: Sequence[ssrf.Network] | None, options: RequestOptions | None,
+                         ordering: str) -> dict[str, Any]:
     _check_org(org_id)
     return {**(options or RequestOptions()).checked(),
         "id": new_endpoint_id(), "org_id": org_id,
@@ -257,6 +272,7 @@ def _new_endpoint_params(org_id: str, url: str, event_types: Iterable[str] | Non
         "event_types": check_event_types(event_types, operator=org_id == OPERATOR_ORG),
         "description": check_description(description),
         "max_endpoints": MAX_ENDPOINTS_PER_ORG, **(limits or Limits()).checked(),
+        "ordering": check_ordering(ordering),
     }
 
 
@@ -273,12 +289,13 @@ def _too_many(org_id: str) -> EndpointError:
 
 def add(conn: psycopg.Connection, *, org_id: str, url: str, event_types: Iterable[str] | None = None,
         secret: str | None = None, description: str = "", limits: Limits | None = None, allow_insecure: bool = False,
-        allowed: Sequence[ssrf.Network] | None = None, options: RequestOptions | None = None) -> Endpoint:
+        allowed: Sequence[ssrf.Network] | None = None, options: RequestOptions | None = None,
+        ordering: str = "none") -> Endpoint:
     """Register an endpoint; the returned Endpoint carries the secret (shown once).
 
     ``allow_insecure`` and ``allowed`` are the URL rules of :func:`check_url`."""
     params = _new_endpoint_params(org_id, url, event_types, secret, description, limits, allow_insecure, allowed,
-                                  options)
+                                  options, ordering)
     endpoint = _one(conn, "insert_endpoint", _sealed(params))
     if endpoint is None:
         raise _too_many(org_id)
@@ -289,11 +306,11 @@ async def add_async(conn: psycopg.AsyncConnection[Any], *, org_id: str, url: str
                     event_types: Iterable[str] | None = None, secret: str | None = None,
                     description: str = "", limits: Limits | None = None, allow_insecure: bool = False,
                     allowed: Sequence[ssrf.Network] | None = None,
-                    options: RequestOptions | None = None) -> Endpoint:
+                    options: RequestOptions | None = None, ordering: str = "none") -> Endpoint:
     """:func:`add` on an async connection."""
     # Checking the URL may resolve its host name: not on the event loop.
     params = await asyncio.to_thread(_new_endpoint_params, org_id, url, event_types, secret, description, limits,
-                                     allow_insecure, allowed, options)
+                                     allow_insecure, allowed, options, ordering)
     endpoint = await _one_async(conn, "insert_endpoint", _sealed(params))
     if endpoint is None:
         raise _too_many(org_id)
@@ -338,7 +355,7 @@ def _settable_options(headers: Any, auth: Any) -> dict[str, Any]:
 async def update(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: str | None, *,
                  url: str | None = None, event_types: Any = _UNSET, description: str | None = None,
                  enabled: bool | None = None, max_in_flight: Any = _UNSET, rate_limit: Any = _UNSET,
-                 headers: Any = _UNSET, auth: Any = _UNSET,
+                 headers: Any = _UNSET, auth: Any = _UNSET, ordering: Any = _UNSET,
                  allow_insecure: bool = False, allowed: Sequence[ssrf.Network] | None = None) -> Endpoint | None:
     """Change the given fields; None keeps a field as it is, except event_types, the limits, headers and auth,
     whose None means every type, the default or none: those change whenever they are given (headers and auth
@@ -360,6 +377,7 @@ async def update(conn: psycopg.AsyncConnection[Any], endpoint_id: str, org_id: s
         **_settable("max_in_flight", max_in_flight, check_max_in_flight),
         **_settable("rate_limit", rate_limit, check_rate_limit),
         "description": None if description is None else check_description(description),
+        "ordering": None if ordering is _UNSET else check_ordering(ordering),
         "enabled": enabled,
     })
 

@@ -10,20 +10,20 @@
 -- name: insert_endpoint
 -- Registers nothing (no row returned) when the org already has max_endpoints.
 INSERT INTO webhook_endpoint (id, org_id, url, secret, event_types, description, max_in_flight, rate_limit,
-                              headers, auth_type, auth)
+                              headers, auth_type, auth, ordering)
 SELECT %(id)s, %(org_id)s, %(url)s, %(secret)s, %(event_types)s, %(description)s,
        %(max_in_flight)s::integer, %(rate_limit)s::double precision,
-       %(headers)s::jsonb, %(auth_type)s, %(auth)s
+       %(headers)s::jsonb, %(auth_type)s, %(auth)s, %(ordering)s
 WHERE (SELECT count(*) FROM webhook_endpoint
        WHERE org_id = %(org_id)s AND deleted_at IS NULL) < %(max_endpoints)s
 RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason,
           max_in_flight, rate_limit,
-          (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(headers) k) AS header_names, auth_type
+          (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(headers) k) AS header_names, auth_type, ordering
 
 -- name: list_endpoints
 SELECT id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason,
        max_in_flight, rate_limit,
-       (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(headers) k) AS header_names, auth_type
+       (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(headers) k) AS header_names, auth_type, ordering
 FROM webhook_endpoint
 WHERE deleted_at IS NULL AND (%(org_id)s::text IS NULL OR org_id = %(org_id)s)
 ORDER BY created_at, id
@@ -37,7 +37,7 @@ SET enabled = %(enabled)s, updated_at = now(),
 WHERE id = %(id)s AND deleted_at IS NULL
 RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason,
           max_in_flight, rate_limit,
-          (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(headers) k) AS header_names, auth_type
+          (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(headers) k) AS header_names, auth_type, ordering
 
 -- name: insert_api_key
 INSERT INTO api_key (id, org_id, key_hash, prefix) VALUES (%(id)s, %(org_id)s, %(key_hash)s, %(prefix)s)
@@ -49,7 +49,7 @@ SELECT org_id, id AS key_id FROM api_key WHERE key_hash = %(key_hash)s AND revok
 -- name: get_endpoint
 SELECT id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason,
        max_in_flight, rate_limit,
-       (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(headers) k) AS header_names, auth_type
+       (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(headers) k) AS header_names, auth_type, ordering
 FROM webhook_endpoint
 WHERE id = %(id)s AND (%(org_id)s::text IS NULL OR org_id = %(org_id)s) AND deleted_at IS NULL
 
@@ -67,6 +67,7 @@ SET url = coalesce(%(url)s, url),
     auth_type = CASE WHEN %(set_auth)s THEN %(auth_type)s ELSE auth_type END,
     auth = CASE WHEN %(set_auth)s THEN %(auth)s ELSE auth END,
     description = coalesce(%(description)s, description),
+    ordering = coalesce(%(ordering)s, ordering),
     enabled = coalesce(%(enabled)s, enabled),
     disabled_reason = CASE WHEN %(enabled)s THEN NULL ELSE disabled_reason END,
     failing_since = CASE WHEN %(enabled)s THEN NULL ELSE failing_since END,
@@ -74,7 +75,7 @@ SET url = coalesce(%(url)s, url),
 WHERE id = %(id)s AND (%(org_id)s::text IS NULL OR org_id = %(org_id)s) AND deleted_at IS NULL
 RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason,
           max_in_flight, rate_limit,
-          (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(headers) k) AS header_names, auth_type
+          (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(headers) k) AS header_names, auth_type, ordering
 
 -- name: delete_endpoint
 -- Endpoints are kept for the log's sake; deleted ones get nothing more.
@@ -92,7 +93,7 @@ SET previous_secret = secret,
 WHERE id = %(id)s AND org_id = %(org_id)s AND deleted_at IS NULL
 RETURNING id, org_id, url, event_types, description, enabled, created_at, updated_at, disabled_reason,
           max_in_flight, rate_limit,
-          (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(headers) k) AS header_names, auth_type
+          (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(headers) k) AS header_names, auth_type, ordering
 
 -- name: endpoint_pacing
 -- The endpoint's live limits state, shared by every deliverer (see deliverer.delivery.limits):

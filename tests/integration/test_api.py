@@ -187,6 +187,21 @@ class TestEndpoints:
         assert [(e["url"], e["max_in_flight"], e["rate_limit"]) for e in stored] == [(receiver.url("/hook"), None,
                                                                                        None)]
 
+    async def test_ordering_is_set_changed_and_refused_when_unknown(self, api: Api, receiver: Receiver) -> None:
+        created = await register(api, receiver, "/hook")
+        assert created["ordering"] == "none"
+        path = f"/v1/webhooks/{created['id']}"
+        patched = await api.call("PATCH", path, json_body={"ordering": "fifo"})
+        assert patched.status == 200 and patched.body["ordering"] == "fifo"
+        fifo = await api.call("POST", "/v1/webhooks", json_body={"url": receiver.url("/fifo"), "ordering": "fifo"})
+        assert fifo.status == 201 and fifo.body["ordering"] == "fifo"
+        for method, where, body in (("POST", "/v1/webhooks", {"url": receiver.url("/x"), "ordering": "lifo"}),
+                                    ("PATCH", path, {"ordering": None})):
+            reply = await api.call(method, where, json_body=body)
+            assert reply.status == 422 and reply.body["error"]["field"] == "ordering", reply.body
+            assert reply.body["error"]["message"].startswith('ordering must be "none"')
+        assert [e["ordering"] for e in (await api.call("GET", "/v1/webhooks")).body["data"]] == ["fifo", "fifo"]
+
     async def test_an_org_has_at_most_100_endpoints(self, api: Api, db: psycopg.Connection) -> None:
         """The 101st endpoint of an org is refused with a way out; other orgs are unaffected."""
         for i in range(endpoints.MAX_ENDPOINTS_PER_ORG):

@@ -12,8 +12,8 @@ from psycopg import sql
 import outbox
 from deliverer.history import projection
 from deliverer.storage import partitions, schema
+from tests.support import count, webhook_test
 from tests.support import database as testdb
-from tests.support import webhook_test
 from tests.support.schema import ENUM_COLUMNS, SCHEMA_BEFORE_ENUMS, SCHEMA_BEFORE_PARTITIONING, log_checks, log_columns
 
 APPEND_ONLY = ["outbox_event", "delivery_log"]
@@ -168,7 +168,12 @@ def record_history(db: psycopg.Connection) -> None:
     with psycopg.connect(db.info.dsn) as conn:
         outbox.publish(conn, "webhook.test", webhook_test(), org_id="org_a")
         conn.commit()
-    projection.rebuild(db)
+    # The queue as the released deliverer rebuilt it: today's rebuild writes the ordering columns too.
+    with db.transaction():
+        db.execute("TRUNCATE delivery_queue")
+        db.execute("INSERT INTO delivery_queue (delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at, "
+                   "leased_by) SELECT delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at, leased_by "
+                   "FROM delivery_state WHERE state NOT IN ('delivered', 'failed')")
 
 
 def test_migrate_turns_released_databases_into_the_same_enum_layout_without_changing_a_row(
@@ -177,8 +182,11 @@ def test_migrate_turns_released_databases_into_the_same_enum_layout_without_chan
     fresh = layout(db)
     with psycopg.connect(released, autocommit=True) as old:
         record_history(old)
-        # outbox_event's columns as released: migrate adds the trace context's, NULL in every old row.
-        tables = ("delivery_log", "delivery_state", "delivery_queue",
+        # outbox_event's and delivery_queue's columns as released: migrate adds the trace context's and the
+        # ordering's, NULL in every old row.
+        tables = ("delivery_log", "delivery_state",
+                  "(SELECT delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at, leased_by "
+                  "FROM delivery_queue) AS q",
                   "(SELECT id, org_id, event_type, body, dedupe_key, created_at, txid FROM outbox_event) AS e")
         before = [old.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in tables]
         assert {state for (state,) in old.execute("SELECT state FROM delivery_state")} == {
@@ -191,9 +199,32 @@ def test_migrate_turns_released_databases_into_the_same_enum_layout_without_chan
         assert layout(old) == fresh
         assert [old.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in tables] == before
         assert old.execute("SELECT count(*) FROM outbox_event WHERE traceparent IS NOT NULL "
-                           "OR tracestate IS NOT NULL").fetchone() == (0,)
+                           "OR tracestate IS NOT NULL OR ordering_key IS NOT NULL").fetchone() == (0,)
+        assert old.execute("SELECT count(*) FROM delivery_queue WHERE ordering_key IS NOT NULL "
+                           "OR txid IS NOT NULL").fetchone() == (0,)
         assert {kind for (kind,) in old.execute("SELECT DISTINCT kind FROM delivery_log")} == set(KINDS)
         assert projection.diff(old) == []
         upgraded = layout(old), partitions.list_partitions(old)
         assert schema.migrate(old) == []
         assert (layout(old), partitions.list_partitions(old)) == upgraded
+
+
+def test_a_producer_upgraded_before_the_migration_publishes_and_orders_once_it_runs(released: str) -> None:
+    """This library on a database not yet migrated uses the statements as released (the trace context and
+    ordering key are not kept; no endpoint can be ordered yet), and the same connection uses today's once
+    `deliverer migrate` has run: a fifo endpoint's delivery then has its place in the endpoint's order."""
+    with psycopg.connect(released, autocommit=True) as admin, psycopg.connect(released) as producer:
+        admin.execute("INSERT INTO webhook_endpoint (id, org_id, url, secret) "
+                      "VALUES ('ep_1', 'org_a', 'https://e.x', 's')")
+        outbox.publish(producer, "webhook.test", webhook_test(), org_id="org_a", ordering_key="acct_1")
+        outbox.publish_many(producer, [outbox.Event("webhook.test", webhook_test(), "org_a", ordering_key="k")] * 2)
+        producer.commit()
+        assert count(admin, "delivery_queue") == 3
+
+        schema.migrate(admin)
+        admin.execute("UPDATE webhook_endpoint SET ordering = 'fifo'")
+        event_id = outbox.publish(producer, "webhook.test", webhook_test(), org_id="org_a", ordering_key="acct_1")
+        producer.commit()
+        assert admin.execute("SELECT q.ordering_key, q.txid = e.txid FROM delivery_queue q "
+                             "JOIN outbox_event e ON e.id = q.event_id WHERE q.event_id = %s",
+                             [uuid.UUID(event_id.removeprefix("evt_"))]).fetchone() == ("acct_1", True)

@@ -86,10 +86,26 @@ def test_endpoint_limits_are_set_on_add_changed_by_update_and_listed(dsn: str, d
         None, None, ["job.failed"], "https://example.com/new")
     deliverer(dsn, "endpoints", "add", "--org", "org_a", "--url", "https://example.com/two", "--max-in-flight", "7")
     table = deliverer(dsn, "endpoints", "list", DELIVERER_ENDPOINT_RATE_LIMIT="100").stdout.splitlines()
-    assert table[0].split()[-7:] == ["max", "in", "flight", "rate", "limit/s", "headers", "auth"]
-    assert table[2].split()[-4:] == ["50", "(default)", "100", "(default)"]
-    assert table[3].split()[-3:] == ["7", "100", "(default)"]
-    assert deliverer(dsn, "endpoints", "list").stdout.splitlines()[3].split()[-3:] == ["7", "none", "(default)"]
+    assert table[0].split()[-8:] == ["max", "in", "flight", "rate", "limit/s", "ordering", "headers", "auth"]
+    assert table[2].split()[-5:] == ["50", "(default)", "100", "(default)", "none"]
+    assert table[3].split()[-4:] == ["7", "100", "(default)", "none"]
+    assert deliverer(dsn, "endpoints", "list").stdout.splitlines()[3].split()[-4:] == [
+        "7", "none", "(default)", "none"]
+
+
+def test_ordering_is_set_on_add_changed_by_update_and_refused_when_unknown(dsn: str, db: psycopg.Connection) -> None:
+    added = deliverer(dsn, "endpoints", "add", "--org", "org_a", "--url", "https://example.com/hook",
+                      "--ordering", "fifo")
+    assert added.returncode == 0 and "ordering: fifo (one at a time per ordering key" in added.stdout
+    [endpoint] = json.loads(deliverer(dsn, "endpoints", "list", "--json").stdout)
+    assert endpoint["ordering"] == "fifo"
+    assert deliverer(dsn, "endpoints", "update", endpoint["id"], "--ordering", "none").returncode == 0
+    assert db.execute("SELECT ordering FROM webhook_endpoint").fetchone() == ("none",)
+    refused = deliverer(dsn, "endpoints", "update", endpoint["id"], "--ordering", "lifo")
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr == ('deliverer: error: ordering must be "none" (deliveries in parallel, as they come) or '
+                              '"fifo" (one at a time per ordering key, in publish order), got \'lifo\'\n')
+    assert db.execute("SELECT ordering FROM webhook_endpoint").fetchone() == ("none",)
 
 
 def test_bad_endpoint_limits_are_one_line_naming_what_is_allowed(dsn: str, db: psycopg.Connection) -> None:

@@ -263,6 +263,20 @@ class TestDashboard:
         assert (endpoints.list_all(db, "org_a")[0].max_in_flight, endpoints.list_all(db, "org_a")[0].rate_limit) == (
             None, None)
 
+        await expect(card).to_contain_text("Delivery orderAs they come, in parallel")
+        await card.get_by_role("button", name="Edit").click()
+        await edit.get_by_label("Deliver in order").check()
+        await edit.get_by_role("button", name="Save changes").click()
+        await expect(edit).to_be_hidden()
+        await expect(card).to_contain_text("Delivery orderIn order (one at a time per ordering key)")
+        assert endpoints.list_all(db, "org_a")[0].ordering == "fifo"
+        await card.get_by_role("button", name="Edit").click()
+        await expect(edit.get_by_label("Deliver in order")).to_be_checked()
+        await edit.get_by_label("Deliver in order").uncheck()
+        await edit.get_by_role("button", name="Save changes").click()
+        await expect(card).to_contain_text("Delivery orderAs they come, in parallel")
+        assert endpoints.list_all(db, "org_a")[0].ordering == "none"
+
         await card.get_by_role("button", name="Disable").click()
         await expect(card).to_contain_text("Disabled")
         await card.get_by_role("button", name="Send test event").click()

@@ -280,6 +280,10 @@
     return endpoint.rate_limit === null ? "Default" : `${endpoint.rate_limit} per second`;
   }
 
+  function orderingText(endpoint) {
+    return endpoint.ordering === "fifo" ? "In order (one at a time per ordering key)" : "As they come, in parallel";
+  }
+
   // Header values and credentials are sealed and never returned: only the names and the type are known here.
   function headersText(endpoint) {
     return endpoint.header_names.length ? endpoint.header_names.join(", ") : "None";
@@ -328,6 +332,7 @@
         h("dt", { text: "Status" }), status,
         h("dt", { text: "Max in flight" }), h("dd", { text: maxInFlightText(endpoint) }),
         h("dt", { text: "Rate limit" }), h("dd", { text: rateLimitText(endpoint) }),
+        h("dt", { text: "Delivery order" }), h("dd", { text: orderingText(endpoint) }),
         h("dt", { text: "Custom headers" }), h("dd", { class: "mono", text: headersText(endpoint) }),
         h("dt", { text: "Authentication" }), h("dd", { text: authText(endpoint) }),
         h("dt", { text: "Recent success rate" }), rate),
@@ -455,6 +460,7 @@
     $("edit-events").replaceChildren(eventsFieldset("edit", endpoint.events));
     $("edit-max-in-flight").value = endpoint.max_in_flight === null ? "" : String(endpoint.max_in_flight);
     $("edit-rate-limit").value = endpoint.rate_limit === null ? "" : String(endpoint.rate_limit);
+    $("edit-fifo").checked = endpoint.ordering === "fifo";
     showFieldError("edit-error", "");
     dialog.showModal();
     $("edit-url").focus();
@@ -472,6 +478,7 @@
     const body = {
       url: $("edit-url").value.trim(), description: $("edit-description").value.trim(), events,
       max_in_flight: limitValue($("edit-max-in-flight")), rate_limit: limitValue($("edit-rate-limit")),
+      ordering: $("edit-fifo").checked ? "fifo" : "none",
     };
     const saved = await attempt(() => api("PATCH", `/v1/webhooks/${encodeURIComponent(id)}`, body),
       (m) => showFieldError("edit-error", m));
