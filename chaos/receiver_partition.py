@@ -31,17 +31,22 @@ MAX_IN_FLIGHT = 2
 SYN_SENT = "02"  # /proc/net/tcp's state code
 
 
-def syn_sent_to(port: int) -> int:
-    """Connections on this machine waiting for an answer to their SYN to 127.0.0.1:``port``."""
+def syn_sent_to(port: int, table: str = "/proc/net/tcp") -> int:
+    """Sockets on this machine waiting for an answer to their SYN to 127.0.0.1:``port``."""
     wanted = f"0100007F:{port:04X}"
-    count = 0
-    with open("/proc/net/tcp") as table:
-        next(table)
-        for line in table:
+    # Counted by local address, not by line: the kernel writes this table a page per read() and
+    # resumes its walk of the socket hash from a saved bucket and offset (or by counting rows from the
+    # start), so sockets opened and closed meanwhile can make one reading list rows twice (seen: 4
+    # SYN-SENT rows that were 2 sockets, same inodes) or miss some, which only ever lowers a peak.
+    # Two sockets to one destination never share a local address.
+    sources: set[str] = set()
+    with open(table) as rows:
+        next(rows)
+        for line in rows:
             fields = line.split()
             if fields[2] == wanted and fields[3] == SYN_SENT:
-                count += 1
-    return count
+                sources.add(fields[1])
+    return len(sources)
 
 
 class _BlackHole:
@@ -90,14 +95,9 @@ class _Silent:
 
 
 async def run(dsn: str, workdir: Path, *, cut_off_events: int = 10, healthy_events: int = 500,
-              timeout: float = 1.0, delays: tuple[float, ...] = (1.0, 2.0), check_syn_sent: bool = True) -> Report:
+              timeout: float = 1.0, delays: tuple[float, ...] = (1.0, 2.0)) -> Report:
     """``cut_off_events`` to each cut-off endpoint (``len(delays) + 1`` attempts each), ``healthy_events``
-    beside them; an HTTP timeout of ``timeout`` seconds.
-
-    ``check_syn_sent``: hold the SYN-SENT count to max_in_flight too. Some runs have counted more
-    SYN-SENT sockets than requests could be open (4 with 3 deliveries): sockets of attempts that timed
-    out, still in the kernel's table, or a real excess. Until that is understood the reduced pytest
-    version reports it and checks the held connections only; make chaos keeps the check."""
+    beside them; an HTTP timeout of ``timeout`` seconds."""
     started = time.monotonic()
     report = Report("9 receivers: dropped packets", fault_kind="partitioned endpoints")
     hole, silent, healthy = _BlackHole(), _Silent(), Receiver(keep_content=False)
@@ -166,9 +166,6 @@ async def run(dsn: str, workdir: Path, *, cut_off_events: int = 10, healthy_even
             report.check(gap >= timedelta(0) and next_at - started_at >= timedelta(seconds=delays[n - 1]),
                          f"{name} delivery {delivery}: attempt {n + 1} at {following[4]}, due {next_at}")
     for name, peak in peaks.items():
-        if name == "syn" and not check_syn_sent:
-            report.check(peak >= 1, "no connection attempt to the SYN-dropping endpoint was seen")
-            continue
         report.check(1 <= peak <= MAX_IN_FLIGHT, f"{name}: {peak} requests open at once (max_in_flight "
                                                  f"{MAX_IN_FLIGHT}, 1 or more expected)")
     report.notes.append(f"peak open at the cut-off endpoints (max_in_flight {MAX_IN_FLIGHT}): SYN-SENT "
