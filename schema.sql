@@ -1,7 +1,9 @@
 -- The outbox and webhook delivery schema: the single source of truth.
 --
--- `deliverer migrate` applies this file as it is, in one transaction, under an
--- advisory lock; every statement is idempotent, so applying it again is a no-op.
+-- `deliverer migrate` applies this file statement by statement, in one
+-- transaction, under an advisory lock; every statement is idempotent, so applying
+-- it again is a no-op. Its progress bar names each statement by its first line, a
+-- DO block by the comment that opens its body.
 --
 -- Tables:
 --   outbox_event      append-only; producers INSERT, nobody updates or deletes.
@@ -30,6 +32,7 @@
 -- a rolling upgrade, and drivers that type their parameters as text can write the
 -- log. Neither CREATE TYPE nor CREATE CAST has IF NOT EXISTS.
 DO $$
+-- the enum types and their casts from text
 BEGIN
     IF to_regtype('delivery_fact_kind') IS NULL THEN
         CREATE TYPE delivery_fact_kind AS ENUM ('scheduled', 'replay_requested', 'attempt_started',
@@ -56,6 +59,7 @@ $$;
 -- once, holding every producer until the migration commits. Every value passed the
 -- CHECKs, so every value converts.
 DO $$
+-- delivery_log kind, outcome to enums (a rewrite)
 BEGIN
     IF (SELECT atttypid FROM pg_attribute
         WHERE attrelid = to_regclass('delivery_log') AND attname = 'kind') = 'text'::regtype THEN
@@ -77,6 +81,7 @@ $$;
 -- tables take) and are attached below as the first partitions. Their row triggers
 -- go: attaching gives them the parent's.
 DO $$
+-- unpartitioned tables renamed to *_legacy
 BEGIN
     IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('outbox_event')) = 'r' THEN
         ALTER TABLE outbox_event RENAME TO outbox_event_legacy;
@@ -360,6 +365,7 @@ CREATE OR REPLACE TRIGGER delivery_log_no_truncate
 -- migration's transaction, while producers wait. The log's identity goes on from
 -- the old sequence, so seq keeps ordering the log across the two.
 DO $$
+-- the *_legacy tables attached as partitions
 DECLARE
     newest timestamptz;
 BEGIN

@@ -74,6 +74,13 @@ def dsn(pg_server: str, template_db: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def empty_dsn(pg_server: str) -> Iterator[str]:
+    """A database with nothing in it yet, for migrate to create everything."""
+    with testdb.empty_database(pg_server, "outbox_empty") as name:
+        yield testdb.url_of(pg_server, name)
+
+
+@pytest.fixture
 def db(dsn: str) -> Iterator[psycopg.Connection]:
     """An autocommit connection for setting up and inspecting the test database."""
     with psycopg.connect(dsn, autocommit=True) as conn:

@@ -147,8 +147,8 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    with _connect(settings) as conn:
-        decisions = schema.migrate(conn)
+    with _connect(settings) as conn, progress_bars() as progress:
+        decisions = schema.migrate(conn, progress=progress)
     if args.json:
         output.print_json({"schema": "up to date", "partitions": [vars(d) for d in decisions]})
     else:

@@ -52,6 +52,7 @@ MAINTENANCE_INTERVAL = 3600.0  # seconds between a deliverer's attempts to creat
 MIN_OLDER_THAN = timedelta(days=1)
 DEDUPE_BATCH = 5000
 TABLES = ("outbox_event", "delivery_log")
+CREATING = "creating partitions"  # the progress step of ensure
 RETENTION_DOCS = "docs/operations.md, Retention"  # where operators read what a skipped partition means
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -176,7 +177,7 @@ def list_partitions(conn: psycopg.Connection) -> list[Partition]:
 
 
 def ensure(conn: psycopg.Connection, now: datetime | None = None, *, days_ahead: int = DAYS_AHEAD,
-           dry_run: bool = False) -> list[Decision]:
+           dry_run: bool = False, progress: Progress = quiet) -> list[Decision]:
     """Create the partitions from yesterday through ``days_ahead`` days after ``now``, in the caller's transaction.
 
     Idempotent. A range whose rows already went to the DEFAULT partition is
@@ -185,30 +186,37 @@ def ensure(conn: psycopg.Connection, now: datetime | None = None, *, days_ahead:
     now = now or datetime.now(UTC)
     start, end = floor(now - WIDTH), floor(now) + (days_ahead + 1) * WIDTH
     existing = list_partitions(conn)
-    decisions = []
+    missing: list[tuple[str, datetime, datetime]] = []
     for table in TABLES:
         ranges = [(p.low, p.high) for p in existing if p.table == table and p.high is not None]
-        for low, high in uncovered(ranges, start, end):
-            name = partition_name(table, low)
-            bounds = {"low": _key(table, low), "high": _key(table, high)}
-            if _one(conn, QUERIES[f"partition_default_has_{table}"], bounds)[0]:
-                reason = (f"the default partition {table}_default holds rows in this range; "
-                          f"see {RETENTION_DOCS}")
-                log.warning("partition not created", partition=name, reason=reason)
-                decisions.append(Decision("skipped", table, name, low, high, reason))
-            elif dry_run:
-                decisions.append(Decision("would create", table, name, low, high))
-            else:
-                conn.execute(sql.SQL(QUERIES["partition_create"]).format(
-                    partition=sql.Identifier(name), parent=sql.Identifier(table),
-                    low=sql.Literal(bounds["low"]), high=sql.Literal(bounds["high"])))
-                decisions.append(Decision("created", table, name, low, high))
+        missing += [(table, low, high) for low, high in uncovered(ranges, start, end)]
+    decisions = []
+    for done, (table, low, high) in enumerate(missing):
+        progress(CREATING, done, len(missing))
+        decisions.append(_create(conn, table, low, high, dry_run))
+    progress(CREATING, len(missing), len(missing))
     if not dry_run:
         for p in list_partitions(conn):
             if not p.guarded:
                 conn.execute(sql.SQL(QUERIES["partition_guard"]).format(
                     trigger=sql.Identifier(f"{p.table}_no_truncate"), partition=sql.Identifier(p.name)))
     return decisions
+
+
+def _create(conn: psycopg.Connection, table: str, low: datetime, high: datetime, dry_run: bool) -> Decision:
+    """Create the partition of [low, high), unless the DEFAULT partition holds rows there; a dry run only says."""
+    name = partition_name(table, low)
+    bounds = {"low": _key(table, low), "high": _key(table, high)}
+    if _one(conn, QUERIES[f"partition_default_has_{table}"], bounds)[0]:
+        reason = f"the default partition {table}_default holds rows in this range; see {RETENTION_DOCS}"
+        log.warning("partition not created", partition=name, reason=reason)
+        return Decision("skipped", table, name, low, high, reason)
+    if dry_run:
+        return Decision("would create", table, name, low, high)
+    conn.execute(sql.SQL(QUERIES["partition_create"]).format(
+        partition=sql.Identifier(name), parent=sql.Identifier(table),
+        low=sql.Literal(bounds["low"]), high=sql.Literal(bounds["high"])))
+    return Decision("created", table, name, low, high)
 
 
 def maintain_once(settings: Settings, now: datetime | None = None) -> list[Decision] | None:

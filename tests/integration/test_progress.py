@@ -7,7 +7,7 @@ import pytest
 
 import outbox
 from deliverer.history import projection, replay
-from deliverer.storage import partitions
+from deliverer.storage import partitions, schema
 from tests.support import failed_deliveries, webhook_test
 
 
@@ -15,13 +15,16 @@ class Recorder:
     """A Progress that keeps every report."""
 
     def __init__(self) -> None:
-        self.reports: list[tuple[str, int, int | None]] = []
+        self.reports: list[tuple[str, int, int | None, str]] = []
 
-    def __call__(self, step: str, done: int, total: int | None) -> None:
-        self.reports.append((step, done, total))
+    def __call__(self, step: str, done: int, total: int | None, detail: str = "") -> None:
+        self.reports.append((step, done, total, detail))
 
     def of(self, step: str) -> list[tuple[int, int | None]]:
-        return [(done, total) for s, done, total in self.reports if s == step]
+        return [(done, total) for s, done, total, _ in self.reports if s == step]
+
+    def details(self, step: str) -> list[str]:
+        return [detail for s, _, _, detail in self.reports if s == step]
 
 
 async def test_recover_replays_in_batches_and_counts_them(dsn: str, db: psycopg.Connection,
@@ -65,3 +68,15 @@ def test_retention_counts_partitions_and_pruned_keys(db: psycopg.Connection,
     total = len(partitions.list_partitions(db))
     assert judged == [(i, total) for i in range(total + 1)]
     assert progress.of("outbox_dedupe keys") == [(3, 7), (6, 7), (7, 7)]
+
+
+def test_migrate_counts_statements_then_partitions(empty_dsn: str) -> None:
+    """A new database: each statement of schema.sql is counted with its label, then every partition created ahead."""
+    statements = schema.statements(schema.schema_sql())
+    progress = Recorder()
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        created = schema.migrate(conn, progress=progress)
+    assert progress.of(schema.APPLYING) == [(i, len(statements)) for i in range(len(statements) + 1)]
+    assert progress.details(schema.APPLYING) == [schema.label(s) for s in statements] + [""]
+    assert progress.of(partitions.CREATING) == [(i, len(created)) for i in range(len(created) + 1)]
+    assert len(created) == 2 * (partitions.DAYS_AHEAD + 2)  # yesterday through 14 days ahead, both tables

@@ -68,6 +68,27 @@ def test_migrate_is_idempotent(db: psycopg.Connection) -> None:
     assert (layout(db), partitions.list_partitions(db)) == before
 
 
+def test_statement_by_statement_gives_the_layout_of_the_whole_file_at_once(empty_dsn: str,
+                                                                          db: psycopg.Connection) -> None:
+    """migrate applies schema.sql one statement at a time: the same layout as the file sent whole, as it was."""
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        with conn.transaction():
+            conn.execute(schema.schema_sql())
+            partitions.ensure(conn)
+        assert layout(conn) == layout(db)
+
+
+def test_a_failing_statement_undoes_the_whole_migration(empty_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The statements are one transaction: one that fails leaves the database as it was, without a table."""
+    whole = schema.schema_sql()
+    monkeypatch.setattr(schema, "schema_sql", lambda: whole + "\nSELECT 1 / 0;\n")
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            schema.migrate(conn)
+        tables = conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace")
+        assert tables.fetchone() == (0,)
+
+
 @pytest.mark.parametrize("table", APPEND_ONLY)
 @pytest.mark.parametrize("statement", ["UPDATE {} SET org_id = 'x'", "DELETE FROM {}", "TRUNCATE {} CASCADE"])
 def test_append_only_tables_refuse_changes(dsn: str, db: psycopg.Connection, table: str, statement: str) -> None:

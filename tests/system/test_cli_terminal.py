@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 from deliverer.registry import endpoints
+from deliverer.storage import partitions, schema
 from tests.support import failed_deliveries
 from tests.support.processes import deliverer, deliverer_in_terminal
 
@@ -77,9 +78,34 @@ def test_long_operations_show_progress_with_counts_and_an_eta(dsn: str, db: psyc
     for step, command in runs.items():
         status, _, text = deliverer_in_terminal(dsn, *command)
         assert status == 0, text
-        bar = [line for line in text.replace("\r", "\n").splitlines() if line.startswith(step)]
-        assert bar, text
-        assert "elapsed" in bar[-1] and "ETA" in bar[-1]
-        done, total = bar[-1].split("━")[-1].split()[0].split("/")
-        assert done == total and int(total) > 0, bar[-1]
+        done, total = finished_bar(text, step)
+        assert done == total and total > 0
     assert "replayed 1 failed deliveries" in text
+
+
+def finished_bar(text: str, step: str) -> tuple[int, int]:
+    """The count (done, total) of the step's bar as last drawn; it shows the time elapsed and an ETA."""
+    bar = [line for line in text.replace("\r", "\n").splitlines() if line.startswith(step)]
+    assert bar, text
+    assert "elapsed" in bar[-1] and "ETA" in bar[-1], bar[-1]
+    done, total = bar[-1].split("━")[-1].split()[0].split("/")
+    return int(done), int(total)
+
+
+def test_migrate_shows_its_statements_and_the_partitions_it_creates(empty_dsn: str) -> None:
+    """On a new database migrate draws a bar through schema.sql's statements, then one through the partitions."""
+    statements = len(schema.statements(schema.schema_sql()))
+    status, _, text = deliverer_in_terminal(empty_dsn, "migrate")
+    assert status == 0, text
+    assert finished_bar(text, schema.APPLYING) == (statements, statements)
+    assert finished_bar(text, partitions.CREATING) == (2 * (partitions.DAYS_AHEAD + 2),) * 2
+    assert text.rstrip().endswith("schema is up to date")
+
+
+def test_migrate_prints_only_its_result_into_a_pipe(empty_dsn: str) -> None:
+    """Without a terminal migrate prints what it printed before its bars: one line, or one JSON document."""
+    first = deliverer(empty_dsn, "migrate")
+    assert (first.returncode, first.stdout, first.stderr) == (0, "schema is up to date\n", "")
+    again = deliverer(empty_dsn, "migrate", "--json")
+    assert (again.returncode, json.loads(again.stdout), again.stderr) == (
+        0, {"schema": "up to date", "partitions": []}, "")
