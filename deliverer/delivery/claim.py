@@ -27,6 +27,11 @@ from deliverer.settings import Settings
 
 Clock = Callable[[], datetime]
 
+# An ordered delivery with one before it waits this long out of the claims' scan (unless the end
+# of the one before brings it back sooner): long enough that a large backlog of one key costs
+# little, short enough that a put-aside the end missed (a race, a crash) delays it only briefly.
+PARK_SECONDS = 10.0
+
 
 @dataclass(frozen=True)
 class Claimed:
@@ -84,7 +89,7 @@ class Claimer:
             "default_max_in_flight": settings.endpoint_max_in_flight,
             "default_rate_limit": settings.endpoint_rate_limit or None,
             "initial_allowance": self._initial(slow_start),
-            "idle_after": limits.IDLE_AFTER,
+            "idle_after": limits.IDLE_AFTER, "park_seconds": PARK_SECONDS,
         }
 
     def _initial(self, slow_start: bool) -> int:
@@ -125,12 +130,14 @@ class Claimer:
         cur = await conn.execute(QUERIES["claim_deliveries"], self.params(limit, slow_start=slow_start, ahead=ahead))
         rows = await cur.fetchall()
         # The statement's last row: what it learnt.
-        *_, self.next_due_in, full, blocked, blocked_for, unknown, limited, limits = rows.pop()
+        *_, self.next_due_in, full, blocked, blocked_for, unknown, limited, limits, parked = rows.pop()
         self.limits = dict(zip(limited or (), limits or (), strict=True))
         claimed = [Claimed(*row[:19]) for row in rows]
         # Endpoints newly found with no room may have filled the scan window with rows this
         # claim could not take: worth claiming again at once, past them (see Worker._claim_loop).
-        self.learnt = bool(self.skips.full(full or ()) | self.skips.blocked(blocked or (), blocked_for or ()))
+        # So may ordered deliveries just put aside, waiting for the one before them.
+        self.learnt = bool(self.skips.full(full or ()) | self.skips.blocked(blocked or (), blocked_for or ())
+                           or parked)
         self._unknown = unknown or []
         return claimed
 

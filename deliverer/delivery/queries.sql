@@ -39,21 +39,25 @@
 -- with a lower id has ended, since one of those may still commit a delivery that
 -- comes before it. The claims of an endpoint take turns (its endpoint_flow row,
 -- below), so each sees the leases of the one before.
-WITH oldest AS MATERIALIZED (
-    SELECT q.delivery_id, q.endpoint_id, q.due_at
+WITH walk AS MATERIALIZED (
+    SELECT q.delivery_id, q.endpoint_id, q.due_at,
+           q.txid IS NOT NULL AND EXISTS (
+               SELECT FROM delivery_queue b
+               WHERE b.endpoint_id = q.endpoint_id AND b.ordering_key = q.ordering_key
+                 AND b.txid IS NOT NULL AND (b.txid, b.event_id) < (q.txid, q.event_id)) AS behind,
+           q.txid IS NOT NULL AND q.txid >= pg_snapshot_xmin(pg_current_snapshot()) AS waiting
     FROM delivery_queue q
     WHERE q.due_at <= coalesce(%(now)s::timestamptz, now())
       AND q.endpoint_id <> ALL (%(skip_endpoints)b::text[])
-      AND (q.txid IS NULL
-           OR q.txid < pg_snapshot_xmin(pg_current_snapshot())
-              AND NOT EXISTS (SELECT FROM delivery_queue b
-                              WHERE b.endpoint_id = q.endpoint_id AND b.ordering_key = q.ordering_key
-                                AND b.txid IS NOT NULL AND (b.txid, b.event_id) < (q.txid, q.event_id)))
     ORDER BY q.due_at
     LIMIT %(scan)s
 ),
+oldest AS MATERIALIZED (
+    SELECT delivery_id, endpoint_id, due_at FROM walk WHERE NOT behind AND NOT waiting
+),
+-- Every endpoint in the window takes its turn, one with only deliveries to put aside too.
 waiting AS MATERIALIZED (
-    SELECT endpoint_id, count(*) AS due FROM oldest GROUP BY endpoint_id
+    SELECT endpoint_id, count(*) FILTER (WHERE NOT behind AND NOT waiting) AS due FROM walk GROUP BY endpoint_id
 ),
 -- The requests open are counted in this statement's snapshot, which may be older than
 -- the lock: a claim that committed meanwhile has leases the count cannot see. Every
@@ -171,6 +175,25 @@ exhausted AS (
     DELETE FROM delivery_queue q USING due d
     WHERE q.delivery_id = d.delivery_id AND d.exhausted
 ),
+-- Ordered deliveries with one before them in the queue are put aside for park_seconds,
+-- out of every claim's scan: the end of the one before brings the next back at once
+-- (record_results), and a park that ends finds the next still first or puts it aside
+-- again. Only at endpoints claimed for here (their turn: nothing else parks there),
+-- and only rows no one has locked.
+parked AS (
+    UPDATE delivery_queue q
+    SET due_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(park_seconds)s)
+    FROM walk w
+    JOIN pace p ON p.endpoint_id = w.endpoint_id
+    CROSS JOIN LATERAL (
+        SELECT x.delivery_id FROM delivery_queue x
+        WHERE x.delivery_id = w.delivery_id AND x.leased_by IS NULL
+          AND x.due_at <= coalesce(%(now)s::timestamptz, now())
+        FOR UPDATE SKIP LOCKED
+    ) x
+    WHERE w.behind AND q.delivery_id = x.delivery_id
+    RETURNING 1
+),
 leased AS (
     UPDATE delivery_queue q
     SET attempt = q.attempt + 1,
@@ -234,7 +257,7 @@ SELECT l.delivery_id, l.event_id, l.endpoint_id, l.org_id, l.series, l.attempt,
        e.traceparent, e.tracestate, w.headers, w.auth, l.ordered,
        NULL::float8 AS next_due_in, NULL::text[] AS full_endpoints, NULL::text[] AS blocked_endpoints,
        NULL::float8[] AS blocked_for, NULL::text[] AS unknown_endpoints,
-       NULL::text[] AS limited_endpoints, NULL::int[] AS limits
+       NULL::text[] AS limited_endpoints, NULL::int[] AS limits, NULL::bigint AS parked
 FROM leased l
 JOIN outbox_event e ON e.id = l.event_id
 JOIN webhook_endpoint w ON w.id = l.endpoint_id
@@ -262,7 +285,8 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, N
        (SELECT array_agg(DISTINCT o.endpoint_id) FROM oldest o
         WHERE NOT EXISTS (SELECT FROM endpoint_flow f WHERE f.endpoint_id = o.endpoint_id)),
        (SELECT array_agg(endpoint_id ORDER BY endpoint_id) FROM pace),
-       (SELECT array_agg(lim ORDER BY endpoint_id) FROM pace)
+       (SELECT array_agg(lim ORDER BY endpoint_id) FROM pace),
+       (SELECT count(*) FROM parked)
 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
 
 -- name: record_results
@@ -289,7 +313,24 @@ finished AS (
     WHERE q.delivery_id = r.delivery_id AND q.series = r.series AND q.attempt = r.attempt
       AND q.leased_by = %(worker_id)s AND q.due_at = r.lease_until
       AND r.retry_after IS NULL
-    RETURNING q.delivery_id, r.lease_until, NULL::timestamptz AS next_attempt_at
+    RETURNING q.delivery_id, r.lease_until, NULL::timestamptz AS next_attempt_at, q.endpoint_id, q.ordering_key,
+              q.txid
+),
+-- An ordered delivery left the queue: the next of its key (put aside by claims while it
+-- waited, see claim_deliveries) is due at once.
+next_in_order AS (
+    UPDATE delivery_queue q
+    SET due_at = coalesce(%(now)s::timestamptz, now())
+    FROM (SELECT DISTINCT endpoint_id, ordering_key FROM finished WHERE txid IS NOT NULL) k
+    CROSS JOIN LATERAL (
+        SELECT n.delivery_id FROM delivery_queue n
+        WHERE n.endpoint_id = k.endpoint_id AND n.ordering_key = k.ordering_key AND n.txid IS NOT NULL
+          AND n.delivery_id NOT IN (SELECT delivery_id FROM finished)
+        ORDER BY n.txid, n.event_id
+        LIMIT 1
+    ) n
+    WHERE q.delivery_id = n.delivery_id AND q.leased_by IS NULL
+      AND q.due_at > coalesce(%(now)s::timestamptz, now())
 ),
 retrying AS (
     UPDATE delivery_queue q
@@ -302,7 +343,7 @@ retrying AS (
     RETURNING q.delivery_id, r.lease_until, q.due_at AS next_attempt_at
 ),
 applied AS (
-    SELECT * FROM finished UNION ALL SELECT * FROM retrying
+    SELECT delivery_id, lease_until, next_attempt_at FROM finished UNION ALL SELECT * FROM retrying
 ),
 -- Each endpoint's share of the batch, from the outcomes that ended a lease (a late
 -- result's lease had been taken over already). The allowance grows by one per

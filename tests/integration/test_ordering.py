@@ -141,6 +141,25 @@ class TestOneAtATime:
             assert events(again) == [first] and again[0].attempt == 2
 
 
+class TestABacklog:
+    async def test_a_backlog_larger_than_a_claims_window_drains_in_order(
+            self, dsn: str, db: psycopg.Connection, receiver: Receiver) -> None:
+        """The deliveries waiting behind others fill a claim's window of oldest rows: they are put aside, and the
+        end of each one brings the next of its key back, so every key keeps going to the end."""
+        fifo_endpoint(db, receiver, "/fifo")
+        with psycopg.connect(dsn) as conn:
+            ids = outbox.publish_many(conn, [outbox.Event("webhook.test", webhook_test(), "org_a",
+                                                          ordering_key=f"key_{i % 3}") for i in range(120)])
+        stop = asyncio.Event()
+        async with Worker(settings_for(dsn, batch_size=5)) as worker:  # a window of 20 rows
+            run = asyncio.create_task(worker.run(stop))
+            await receiver.wait_until(lambda: len(receiver.delivered()) == len(ids), "every delivery", timeout=60)
+            stop.set()
+            await run
+        for key in range(3):
+            assert [e for e in receiver.event_ids() if e in ids[key::3]] == ids[key::3]
+
+
 class TestPublishOrderIsCommitOrder:
     async def test_a_later_transaction_waits_for_an_earlier_one_still_open(
             self, dsn: str, db: psycopg.Connection, receiver: Receiver, clock: FakeClock) -> None:
