@@ -40,7 +40,7 @@
 -- comes before it. The claims of an endpoint take turns (its endpoint_flow row,
 -- below), so each sees the leases of the one before.
 WITH walk AS MATERIALIZED (
-    SELECT q.delivery_id, q.endpoint_id, q.due_at,
+    SELECT q.delivery_id, q.endpoint_id, q.due_at, q.ordering_key,
            q.txid IS NOT NULL AND EXISTS (
                SELECT FROM delivery_queue b
                WHERE b.endpoint_id = q.endpoint_id AND b.ordering_key = q.ordering_key
@@ -178,20 +178,29 @@ exhausted AS (
 -- Ordered deliveries with one before them in the queue are put aside for park_seconds,
 -- out of every claim's scan: the end of the one before brings the next back at once
 -- (record_results), and a park that ends finds the next still first or puts it aside
--- again. Only at endpoints claimed for here (their turn: nothing else parks there),
--- and only rows no one has locked.
+-- again. A key found with one waiting in the window has all its waiting ones put aside
+-- at once, not a window at a time: until they are, its next in line (back at the end
+-- of the queue's order) would wait behind them. Only at endpoints claimed for here
+-- (their turn: nothing else parks there), and only rows no one has locked.
 parked AS (
     UPDATE delivery_queue q
     SET due_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(park_seconds)s)
-    FROM walk w
-    JOIN pace p ON p.endpoint_id = w.endpoint_id
+    FROM (SELECT DISTINCT w.endpoint_id, w.ordering_key FROM walk w JOIN pace p USING (endpoint_id)
+          WHERE w.behind) k
+    CROSS JOIN LATERAL (
+        SELECT h.txid, h.event_id FROM delivery_queue h
+        WHERE h.endpoint_id = k.endpoint_id AND h.ordering_key = k.ordering_key AND h.txid IS NOT NULL
+        ORDER BY h.txid, h.event_id
+        LIMIT 1
+    ) first
     CROSS JOIN LATERAL (
         SELECT x.delivery_id FROM delivery_queue x
-        WHERE x.delivery_id = w.delivery_id AND x.leased_by IS NULL
-          AND x.due_at <= coalesce(%(now)s::timestamptz, now())
+        WHERE x.endpoint_id = k.endpoint_id AND x.ordering_key = k.ordering_key AND x.txid IS NOT NULL
+          AND (x.txid, x.event_id) > (first.txid, first.event_id)
+          AND x.leased_by IS NULL AND x.due_at <= coalesce(%(now)s::timestamptz, now())
         FOR UPDATE SKIP LOCKED
     ) x
-    WHERE w.behind AND q.delivery_id = x.delivery_id
+    WHERE q.delivery_id = x.delivery_id
     RETURNING 1
 ),
 leased AS (
