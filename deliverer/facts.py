@@ -48,6 +48,7 @@ class ErrorClass(StrEnum):
     ENDPOINT_DISABLED = "endpoint_disabled"
     SHUTDOWN = "shutdown"
     NO_ROOM = "no_room"  # leased, never sent: the endpoint had no room for it while its lease lasted
+    LEASE_EXPIRED = "lease_expired"  # its worker did not report an outcome before the lease ran out
     OTHER = "other"
 
     @classmethod

@@ -84,6 +84,8 @@ class Attempter:
 
     async def attempt(self, claimed: Claimed) -> Result:
         """Send one claimed delivery and decide what happens next; never raises for the receiver's sake."""
+        if claimed.expired_lease_of is not None:
+            return self.expired(claimed)
         if TRACING.tracer is None:
             # Not exported: the publisher's context, if any, goes to the receiver as it was stored.
             return await self._attempt(claimed, tracing.forwarded(claimed.traceparent, claimed.tracestate))
@@ -173,6 +175,16 @@ class Attempter:
         self._log(claimed, outcome, retry_after)
         self._count(claimed, outcome, retry_after)
         return Result(claimed, outcome, started_at, retry_after)
+
+    def expired(self, claimed: Claimed) -> Result:
+        """The result for a last attempt whose worker's lease ran out with no outcome: abandoned, and the
+        delivery failed. Written like any outcome, so delivery.exhausted goes out in the same transaction."""
+        outcome = send.Outcome(False, 0.0, error_class=ErrorClass.LEASE_EXPIRED,
+                               error_message=f"worker {claimed.expired_lease_of} did not report an outcome before "
+                                             "its lease expired")
+        self._log(claimed, outcome, None)
+        METRICS.deliveries_failed.inc()  # not an attempt of its own: that one was counted where it was made
+        return Result(claimed, outcome, self.now(), None, abandoned=True)
 
     def hand_back(self, claimed: Claimed, *, sent: bool, no_room: bool = False) -> Result:
         """The result for a send cut off at shutdown, or never started because its endpoint had no room

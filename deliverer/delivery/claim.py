@@ -56,6 +56,9 @@ class Claimed:
     headers: dict[str, str] | None = None  # custom headers, values sealed (deliverer.registry.request_options)
     auth: str | None = None  # sealed
     ordered: bool = False  # its endpoint delivers in order: the next of its key waits for this one's outcome
+    # Set: the lease of this worker ran out on the last attempt allowed. Not to be sent: recorded as
+    # abandoned, the delivery failed (Attempter.expired).
+    expired_lease_of: str | None = None
     claim_span: trace.SpanContext | None = None  # the claim's span, when exported: the attempt's links to it
 
 
@@ -132,7 +135,7 @@ class Claimer:
         # The statement's last row: what it learnt.
         *_, self.next_due_in, full, blocked, blocked_for, unknown, limited, limits, parked = rows.pop()
         self.limits = dict(zip(limited or (), limits or (), strict=True))
-        claimed = [Claimed(*row[:19]) for row in rows]
+        claimed = [Claimed(*row[:20]) for row in rows]
         # Endpoints newly found with no room may have filled the scan window with rows this
         # claim could not take: worth claiming again at once, past them (see Worker._claim_loop).
         # So may ordered deliveries just put aside, waiting for the one before them.

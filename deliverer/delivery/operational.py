@@ -116,6 +116,9 @@ async def publish_exhausted(conn: psycopg.AsyncConnection[Any], candidates: Sequ
 
 
 def _why(result: Result) -> str:
+    if result.outcome.error_class == ErrorClass.LEASE_EXPIRED:
+        return (f"attempt {result.claimed.attempt}, the last one allowed, got no outcome: its worker stopped "
+                "before reporting one")
     if result.outcome.http_status == 410:
         return f"attempt {result.claimed.attempt} was answered 410 Gone: nothing more is sent"
     return f"attempt {result.claimed.attempt} failed and was the last one allowed"

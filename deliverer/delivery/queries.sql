@@ -10,8 +10,10 @@
 -- name: claim_deliveries
 -- Lease up to %(limit)s due deliveries for one worker, in one statement. A due row
 -- that is still leased belongs to a worker whose lease ran out: that attempt is
--- recorded as abandoned with an unknown outcome, and if it was the last attempt
--- allowed the delivery fails instead of being leased again.
+-- recorded as abandoned with an unknown outcome. If it was the last attempt allowed,
+-- the row is leased to this worker as it is (expired_lease_of says whose it was),
+-- not to be sent: the worker records it as abandoned and failed for good, in the
+-- transaction that announces delivery.exhausted (deliverer.delivery.operational).
 -- Each endpoint's limits hold across every worker. Each claim gives this worker a
 -- limit at each endpoint it looks at (lim: requests it may have open there at
 -- once), its fair part of the allowance (the allowance over the workers holding
@@ -165,15 +167,11 @@ abandoned AS (
     INSERT INTO delivery_log (kind, delivery_id, event_id, endpoint_id, org_id, series, attempt,
                               outcome, next_attempt_at, worker_id, error_class, error_message)
     SELECT 'attempt_abandoned', delivery_id, event_id, endpoint_id, org_id, series, attempt,
-           'unknown', CASE WHEN NOT exhausted THEN coalesce(%(now)s::timestamptz, now()) END,
+           'unknown', coalesce(%(now)s::timestamptz, now()),
            %(worker_id)s, 'lease_expired',
            'worker ' || leased_by || ' did not report an outcome before its lease expired'
-    FROM due WHERE leased_by IS NOT NULL
+    FROM due WHERE leased_by IS NOT NULL AND NOT exhausted
     RETURNING 1
-),
-exhausted AS (
-    DELETE FROM delivery_queue q USING due d
-    WHERE q.delivery_id = d.delivery_id AND d.exhausted
 ),
 -- Ordered deliveries with one before them in the queue are put aside for park_seconds,
 -- out of every claim's scan: the end of the one before brings the next back at once
@@ -205,13 +203,13 @@ parked AS (
 ),
 leased AS (
     UPDATE delivery_queue q
-    SET attempt = q.attempt + 1,
+    SET attempt = q.attempt + CASE WHEN d.exhausted THEN 0 ELSE 1 END,
         leased_by = %(worker_id)s,
         due_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_seconds)s)
     FROM due d
-    WHERE q.delivery_id = d.delivery_id AND NOT d.exhausted
+    WHERE q.delivery_id = d.delivery_id
     RETURNING q.delivery_id, q.event_id, q.endpoint_id, q.org_id, q.series, q.attempt, q.due_at,
-              q.txid IS NOT NULL AS ordered
+              q.txid IS NOT NULL AS ordered, CASE WHEN d.exhausted THEN d.leased_by END AS expired_lease_of
 ),
 started AS (
     INSERT INTO delivery_log (kind, delivery_id, event_id, endpoint_id, org_id, series, attempt,
@@ -220,7 +218,7 @@ started AS (
            due_at, %(worker_id)s, coalesce(%(now)s::timestamptz, now())
     FROM leased
     -- Reading `abandoned` makes its rows go in first, so the log reads in order.
-    WHERE (SELECT count(*) FROM abandoned) >= 0
+    WHERE expired_lease_of IS NULL AND (SELECT count(*) FROM abandoned) >= 0
 ),
 -- Every request sent spends a token (an exhausted delivery sends none).
 taken AS (
@@ -263,7 +261,7 @@ SELECT l.delivery_id, l.event_id, l.endpoint_id, l.org_id, l.series, l.attempt,
        e.event_type, e.body, e.created_at, w.url, w.secret,
        CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END AS previous_secret,
        w.enabled AND w.deleted_at IS NULL AS endpoint_enabled, l.due_at AS lease_until,
-       e.traceparent, e.tracestate, w.headers, w.auth, l.ordered,
+       e.traceparent, e.tracestate, w.headers, w.auth, l.ordered, l.expired_lease_of,
        NULL::float8 AS next_due_in, NULL::text[] AS full_endpoints, NULL::text[] AS blocked_endpoints,
        NULL::float8[] AS blocked_for, NULL::text[] AS unknown_endpoints,
        NULL::text[] AS limited_endpoints, NULL::int[] AS limits, NULL::bigint AS parked
@@ -283,7 +281,7 @@ UNION ALL
 -- is sent again; the first send's outcome is then logged as a late result. Nothing
 -- is lost: the event and every outcome are committed synchronously.
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       NULL,
+       NULL, NULL,
        (SELECT extract(epoch FROM min(q.due_at) - coalesce(%(now)s::timestamptz, now()))::float8
         FROM delivery_queue q
         WHERE q.delivery_id NOT IN (SELECT delivery_id FROM due)

@@ -281,6 +281,9 @@ class Worker:
                 waiter.cancel()
 
     def _start(self, claimed: Claimed, start_by: float) -> None:
+        if claimed.expired_lease_of is not None:  # nothing to send: its outcome is known
+            self.recorder.add([self.attempter.expired(claimed)])
+            return
         self._unsent[claimed.delivery_id] = claimed
         self._in_flight.add(asyncio.create_task(self._send_and_queue(claimed, start_by)))
         METRICS.in_flight.set(len(self._in_flight))

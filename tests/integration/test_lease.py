@@ -109,7 +109,9 @@ class TestLeaseExpiry:
             [claimed] = await a.claim(10)
             assert claimed.attempt == 6
             clock.advance(LEASE + 1)
-            assert await b.run_once() == []
+            [expired] = await b.run_once()  # B takes it over, not to send it: to write that it failed
+            assert (expired.abandoned, expired.retry_after, expired.outcome.error_class) == (True, None,
+                                                                                           "lease_expired")
         assert len(receiver.requests) == 5
         assert db.execute("SELECT state, attempt FROM delivery_state").fetchall() == [("failed", 6)]
         assert history(db)[-1] == ("attempt_abandoned", 6, "unknown", "B")

@@ -105,6 +105,33 @@ class TestOperatorEvents:
             "WHERE e.event_type = 'delivery.exhausted' AND l.kind = 'attempt_finished' AND l.attempt = 6").fetchall()
         assert same
 
+    async def test_a_last_attempt_whose_worker_died_publishes_one_delivery_exhausted(
+            self, dsn: str, db: psycopg.Connection, receiver: Receiver, ops: endpoints.Endpoint,
+            clock: FakeClock) -> None:
+        """The sixth attempt's worker dies before reporting: the worker that finds its lease run out writes the
+        delivery failed and announces it, in one transaction, once."""
+        add_endpoint(db, receiver, "/down", events=["webhook.test"])
+        receiver.fail_first("/down", 100, status=503)
+        publish(dsn)
+        async with Worker(settings_for(dsn, worker_id="A"), clock=clock) as a, \
+                   Worker(settings_for(dsn, worker_id="B"), clock=clock) as b:
+            for _ in range(5):
+                await a.run_once()
+                clock.advance(3601)
+            [sixth] = await a.claim(10)  # A dies with it
+            assert sixth.attempt == 6 and operator_events(db) == []
+            clock.advance(60)
+            await b.run_once()
+            await drain(b)
+        [(_, data)] = operator_events(db)
+        assert data["attempts"] == 6 and data["last_error"]["error_class"] == "lease_expired"
+        assert "its worker stopped before reporting one" in data["reason"]
+        assert db.execute("SELECT state FROM delivery_state WHERE org_id = 'org_a'").fetchall() == [("failed",)]
+        [(same,)] = db.execute(
+            "SELECT e.xmin::text = l.xmin::text FROM outbox_event e, delivery_log l "
+            "WHERE e.event_type = 'delivery.exhausted' AND l.kind = 'attempt_abandoned' AND l.attempt = 6").fetchall()
+        assert same
+
     async def test_a_success_after_failures_publishes_one_endpoint_recovered(
             self, dsn: str, db: psycopg.Connection, receiver: Receiver, ops: endpoints.Endpoint) -> None:
         """Failures, then a success: one endpoint.recovered with the run's start and last error; more
