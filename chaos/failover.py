@@ -21,14 +21,17 @@ import asyncio
 import contextlib
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
@@ -39,6 +42,7 @@ from chaos.report import Report
 from chaos.workers import WorkerProcess
 from deliverer.dev.receiver import Receiver
 from deliverer.dev.waiting import aeventually
+from deliverer.registry import apikeys
 
 BIN = Path(os.environ.get("CHAOS_PG_BIN", "/usr/lib/postgresql/15/bin"))
 STANDBY_NAME = "standby1"
@@ -178,6 +182,57 @@ class _Producers:
                 await asyncio.sleep(0.2)  # an application's pause before reconnecting, part of the load
 
 
+KEDA = Path(__file__).resolve().parent.parent / "deploy" / "components" / "keda" / "scaledobject.yaml"
+
+
+def keda_query() -> str:
+    """The query KEDA scales the deliverers by, as the deployment gives it."""
+    found = re.search(r"query: >-\n\s+(.+)\n", KEDA.read_text())
+    assert found, f"no query in {KEDA}"
+    return found[1]
+
+
+class _Api:
+    """A `deliverer api` process on the multi-host URL, and whether it answers an org's listing."""
+
+    def __init__(self, dsn: str, org_id: str, workdir: Path) -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            self.key = apikeys.create(conn, org_id).key
+        self.port = _free_port()
+        self.log_path = workdir / "failover-api.log"
+        self.env = {**os.environ, "DATABASE_URL": dsn, "DELIVERER_API_PORT": str(self.port),
+                    "DELIVERER_METRICS_PORT": "0", "DELIVERER_LOG_FORMAT": "json"}
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        with self.log_path.open("wb") as log:
+            self.proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "deliverer", "api", env=self.env,
+                                                             stdout=log, stderr=log)
+        await aeventually(self.answers, "the API to list the org's endpoints", timeout=30, interval=0.1)
+
+    async def answers(self) -> bool:
+        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http, http.get(
+                    f"http://127.0.0.1:{self.port}/v1/webhooks", headers={"Authorization": f"Bearer {self.key}"}) as r:
+                return r.status == 200
+        return False
+
+    async def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        self.proc.terminate()
+        return await self.proc.wait()
+
+
+def _keda_answer(dsn: str) -> tuple[int, bool]:
+    """The KEDA query's answer on a new connection to the multi-host URL, and whether that is a standby."""
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=PRODUCER_CONNECT_TIMEOUT) as conn:
+        row = conn.execute(keda_query()).fetchone()
+        standby = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    assert row is not None and standby is not None
+    return int(row[0]), bool(standby[0])
+
+
 async def run(workdir: Path, *, workers: int = 3, producers: int = 2, before: int = 1000,
               after: int = 1000) -> Report:
     """Fail over once ``before`` events were delivered to each endpoint; stop producing ``after`` more later."""
@@ -203,6 +258,8 @@ async def run(workdir: Path, *, workers: int = 3, producers: int = 2, before: in
             await worker.start()
         for worker in procs:
             await worker.wait_logged("worker ready")
+        api = _Api(dsn, "org_failover", workdir)
+        await api.start()
         makers = [_Producers(dsn, "org_failover") for _ in range(producers)]
         stop = asyncio.Event()
         tasks = [asyncio.create_task(m.produce(stop)) for m in makers]
@@ -215,6 +272,12 @@ async def run(workdir: Path, *, workers: int = 3, producers: int = 2, before: in
                 await worker.wait_logged("worker not ready")
             await asyncio.to_thread(servers.promote)
             promoted = time.perf_counter()
+            await aeventually(api.answers, "the API to answer from the new primary", timeout=30, interval=0.05)
+            api_back = time.perf_counter() - promoted
+            due, on_standby = await asyncio.to_thread(_keda_answer, dsn)
+            report.check(not on_standby, "KEDA's query reached a standby, not the new primary")
+            report.notes.append(f"the API answered again {api_back:.2f} s after the promotion; KEDA's query, on a "
+                                f"new connection to the multi-host URL, reached the new primary ({due} due)")
             target = len(sink.delivered()) + after * len(paths)
             await sink.wait_until(lambda: len(sink.delivered()) >= target, "deliveries after the failover",
                                   timeout=120)
@@ -232,7 +295,9 @@ async def run(workdir: Path, *, workers: int = 3, producers: int = 2, before: in
         await harness.until_drained(dsn, timeout=90)
         await sink.wait_until(lambda: sink.delivered() >= report.expected, "every committed delivery", timeout=30)
         codes = [await w.stop() for w in procs]
+        api_code = await api.stop()
         await sink.stop()
+        report.check(api_code == 0, f"the API exited with {api_code}:\n{api.log_path.read_text()[-2000:]}")
         report.check(codes == [0] * workers, f"workers exited with {codes}")
         for worker in procs:
             down, up = worker.logged("worker not ready"), worker.logged("worker ready")
