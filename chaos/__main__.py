@@ -120,9 +120,13 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--only", action="append",
                         help="run only this scenario (1, 2a, 2b, 2c, 2d, 3, 4, 5, 6, 8, 9, 10, 11); repeatable")
     args = parser.parse_args(argv)
+    known = scenarios(args.quick)
+    unknown = sorted(set(args.only or ()) - known.keys())
+    if unknown:
+        parser.error(f"no scenario {', '.join(unknown)}: choose from {', '.join(known)}; repeat --only for several")
     # Scenarios 3 and 6 run in-process workers whose failed deliveries are the point, not news.
     logconfig.configure("error", "console")
-    chosen = {k: v for k, v in scenarios(args.quick).items() if not args.only or k in args.only}
+    chosen = {k: v for k, v in known.items() if not args.only or k in args.only}
     workdir = Path(tempfile.mkdtemp(prefix="chaos-logs-"))
     reports: list[Report] = []
     started = time.monotonic()
