@@ -47,7 +47,7 @@ WITH walk AS MATERIALIZED (
                SELECT FROM delivery_queue b
                WHERE b.endpoint_id = q.endpoint_id AND b.ordering_key = q.ordering_key
                  AND b.txid IS NOT NULL AND (b.txid, b.event_id) < (q.txid, q.event_id)) AS behind,
-           q.txid IS NOT NULL AND q.txid >= pg_snapshot_xmin(pg_current_snapshot()) AS waiting
+           q.txid IS NOT NULL AND q.txid >= pg_snapshot_xmin(pg_current_snapshot()) AS older_open
     FROM delivery_queue q
     WHERE q.due_at <= coalesce(%(now)s::timestamptz, now())
       AND q.endpoint_id <> ALL (%(skip_endpoints)b::text[])
@@ -55,11 +55,11 @@ WITH walk AS MATERIALIZED (
     LIMIT %(scan)s
 ),
 oldest AS MATERIALIZED (
-    SELECT delivery_id, endpoint_id, due_at FROM walk WHERE NOT behind AND NOT waiting
+    SELECT delivery_id, endpoint_id, due_at FROM walk WHERE NOT behind AND NOT older_open
 ),
 -- Every endpoint in the window takes its turn, one with only deliveries to put aside too.
 waiting AS MATERIALIZED (
-    SELECT endpoint_id, count(*) FILTER (WHERE NOT behind AND NOT waiting) AS due FROM walk GROUP BY endpoint_id
+    SELECT endpoint_id, count(*) FILTER (WHERE NOT behind AND NOT older_open) AS due FROM walk GROUP BY endpoint_id
 ),
 -- The requests open are counted in this statement's snapshot, which may be older than
 -- the lock: a claim that committed meanwhile has leases the count cannot see. Every
