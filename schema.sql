@@ -262,6 +262,20 @@ CREATE INDEX IF NOT EXISTS delivery_queue_ordered ON delivery_queue (endpoint_id
 -- An endpoint's leases: the requests open to it, counted by every claim.
 CREATE INDEX IF NOT EXISTS delivery_queue_leased ON delivery_queue (endpoint_id) WHERE leased_by IS NOT NULL;
 
+-- Whether an ordered delivery has another of its key before it in the queue (see
+-- claim_deliveries). A PL/pgSQL function, declared cheap, rather than a subquery in
+-- the claim: the planner counts a subquery's cost for every row the claim might scan
+-- although only ordered rows run it, and that made it plan every claim afresh
+-- instead of reusing the prepared plan (25-40 us of PostgreSQL CPU a delivery).
+CREATE OR REPLACE FUNCTION delivery_queue_behind(endpoint text, key text, queued xid8, event uuid) RETURNS boolean
+LANGUAGE plpgsql STABLE COST 1 AS $$
+BEGIN
+    RETURN EXISTS (SELECT FROM delivery_queue b
+                   WHERE b.endpoint_id = endpoint AND b.ordering_key = key AND b.txid IS NOT NULL
+                     AND (b.txid, b.event_id) < (queued, event));
+END;
+$$;
+
 -- Each endpoint's pacing, shared by every deliverer process; claims read and
 -- write it under its row lock (see claim_deliveries). The requests open to it are
 -- not kept here: they are its leases that have not run out (delivery_queue_leased).

@@ -43,10 +43,7 @@
 -- below), so each sees the leases of the one before.
 WITH walk AS MATERIALIZED (
     SELECT q.delivery_id, q.endpoint_id, q.due_at, q.ordering_key,
-           q.txid IS NOT NULL AND EXISTS (
-               SELECT FROM delivery_queue b
-               WHERE b.endpoint_id = q.endpoint_id AND b.ordering_key = q.ordering_key
-                 AND b.txid IS NOT NULL AND (b.txid, b.event_id) < (q.txid, q.event_id)) AS behind,
+           q.txid IS NOT NULL AND delivery_queue_behind(q.endpoint_id, q.ordering_key, q.txid, q.event_id) AS behind,
            q.txid IS NOT NULL AND q.txid >= pg_snapshot_xmin(pg_current_snapshot()) AS older_open
     FROM delivery_queue q
     WHERE q.due_at <= coalesce(%(now)s::timestamptz, now())
