@@ -147,17 +147,19 @@ def _remember(raw: Any, current: bool) -> bool:
     return current
 
 
-def _is_current(raw: Any, execute: Callable[[str, dict[str, Any]], Rows]) -> bool:
-    return _known_current(raw) or _remember(raw, bool(execute(_QUERIES["schema_is_current"], {})[0][0]))
-
-
-async def _ais_current(raw: Any, execute: Callable[[str, dict[str, Any]], Awaitable[Rows]]) -> bool:
-    return _known_current(raw) or _remember(raw, bool((await execute(_QUERIES["schema_is_current"], {}))[0][0]))
+def _plan_current(raw: Any) -> Generator[Statement, Rows, bool]:
+    """Whether the database behind ``raw`` has this library's columns; asked once per connection until it has."""
+    if _known_current(raw):
+        return True
+    rows = yield _QUERIES["schema_is_current"], {}
+    return _remember(raw, bool(rows[0][0]))
 
 
 def _plan_one(event_id: str, org_id: str, event_type: str, body: str, dedupe_key: str | None,
-              ordering_key: str | None, *, current: bool) -> Generator[Statement, Rows, str]:
-    """Write one prepared event; returns its public id (the first event's, when deduplicated)."""
+              ordering_key: str | None, *, raw: Any) -> Generator[Statement, Rows, str]:
+    """Write one prepared event; returns its public id (the first event's, when deduplicated).
+    ``raw``: the driver's connection, for what is known of its database."""
+    current = yield from _plan_current(raw)
     params = {"id": event_id, "org_id": org_id, "event_type": event_type, "body": body,
               "ordering_key": ordering_key}
     if dedupe_key is None:
@@ -176,12 +178,13 @@ def _plan_one(event_id: str, org_id: str, event_type: str, body: str, dedupe_key
     return ids.EVENT_PREFIX + owner.hex
 
 
-def _plan_many(rows: list[_Row], *, current: bool) -> Generator[Statement, Rows, list[str]]:
+def _plan_many(rows: list[_Row], *, raw: Any) -> Generator[Statement, Rows, list[str]]:
     """Write prepared events; returns their public ids in input order."""
     if len(rows) == 1:
-        return [(yield from _plan_one(*rows[0], current=current))]
+        return [(yield from _plan_one(*rows[0], raw=raw))]
     if not rows:
         return []
+    current = yield from _plan_current(raw)
     result = yield _statement("publish_events", {
         "ids": [r[0] for r in rows],
         "org_ids": [r[1] for r in rows],
@@ -386,7 +389,7 @@ def publish(conn: Any, event_type: str, data: Mapping[str, Any], *, org_id: str,
     """
     execute, raw = _sync_executor(conn)
     event = _prepare(event_type, data, org_id, dedupe_key, ordering_key)
-    return _run(_plan_one(*event, current=_is_current(raw, execute)), execute)
+    return _run(_plan_one(*event, raw=raw), execute)
 
 
 def publish_many(conn: Any, events: Iterable[Event]) -> list[str]:
@@ -397,7 +400,7 @@ def publish_many(conn: Any, events: Iterable[Event]) -> list[str]:
     """
     execute, raw = _sync_executor(conn)
     prepared = [_prepared(e) for e in events]
-    return _run(_plan_many(prepared, current=bool(prepared) and _is_current(raw, execute)), execute)
+    return _run(_plan_many(prepared, raw=raw), execute)
 
 
 async def apublish(conn: Any, event_type: str, data: Mapping[str, Any], *, org_id: str,
@@ -405,11 +408,11 @@ async def apublish(conn: Any, event_type: str, data: Mapping[str, Any], *, org_i
     """:func:`publish` for psycopg ``AsyncConnection`` and SQLAlchemy ``AsyncConnection``/``AsyncSession``."""
     execute, raw = await _async_executor(conn)
     event = _prepare(event_type, data, org_id, dedupe_key, ordering_key)
-    return await _arun(_plan_one(*event, current=await _ais_current(raw, execute)), execute)
+    return await _arun(_plan_one(*event, raw=raw), execute)
 
 
 async def apublish_many(conn: Any, events: Iterable[Event]) -> list[str]:
     """:func:`publish_many` for async connections."""
     execute, raw = await _async_executor(conn)
     prepared = [_prepared(e) for e in events]
-    return await _arun(_plan_many(prepared, current=bool(prepared) and await _ais_current(raw, execute)), execute)
+    return await _arun(_plan_many(prepared, raw=raw), execute)
