@@ -16,6 +16,7 @@ import asyncio
 import secrets
 import time
 from datetime import UTC, datetime, timedelta
+from typing import TypedDict
 
 import psycopg
 from aiohttp import web
@@ -65,6 +66,12 @@ def _debit(conn: psycopg.Connection, org_id: str, amount: int, *, jobs_queued: i
     )
 
 
+class _Job(TypedDict):
+    job_id: str
+    org_id: str
+    extractor_id: str
+
+
 def _publish_business_events(dsn: str, org_id: str) -> dict[str, float]:
     """Application transactions: each business change and its event commit together.
 
@@ -73,7 +80,7 @@ def _publish_business_events(dsn: str, org_id: str) -> dict[str, float]:
     """
     now = datetime.now(UTC)
     committed: dict[str, float] = {}
-    job = {"job_id": "job_" + secrets.token_hex(6), "org_id": org_id, "extractor_id": "ext_def456"}
+    job: _Job = {"job_id": "job_" + secrets.token_hex(6), "org_id": org_id, "extractor_id": "ext_def456"}
     invoice = outbox.JobResult(
         extracted_data={"invoice_number": "INV-2024-001", "total_amount": 1250.50, "invoice_date": "2024-11-15"},
         confidence={"invoice_number": 0.98, "total_amount": 0.95, "invoice_date": 0.99},
@@ -94,7 +101,7 @@ def _publish_business_events(dsn: str, org_id: str) -> dict[str, float]:
             )])
         committed.update(dict.fromkeys(published, time.perf_counter()))
 
-        failed_job = {**job, "job_id": "job_" + secrets.token_hex(6)}
+        failed_job: _Job = {**job, "job_id": "job_" + secrets.token_hex(6)}
         with conn.transaction():
             conn.execute(DEMO_SQL["demo_save_job"], {"id": failed_job["job_id"], "org_id": org_id,
                                                     "status": "failed"})
@@ -119,8 +126,9 @@ def _publish_business_events(dsn: str, org_id: str) -> dict[str, float]:
 
         # A transaction that rolls back takes its event with it.
         conn.execute(DEMO_SQL["demo_save_job"], {"id": "job_rolled_back", "org_id": org_id, "status": "completed"})
+        rolled_back: _Job = {**job, "job_id": "job_rolled_back"}
         outbox.publish_many(conn, [outbox.job_finished(
-            **{**job, "job_id": "job_rolled_back"}, outcome=outbox.JobResult({}, {}), created_at=now,
+            **rolled_back, outcome=outbox.JobResult({}, {}), created_at=now,
             started_at=now, finished_at=now, cost_credits=0,
         )])
         conn.rollback()

@@ -9,14 +9,13 @@ import asyncio
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 from aiohttp import web
 
 import outbox
-from tests.support import Receiver, add_endpoint, webhook_test
+from tests.support import Receiver, add_endpoint, aeventually, webhook_test
 from tests.support.processes import WorkerProcess
 
 PROCESSES = 4
@@ -85,13 +84,6 @@ async def stop(workers: list[WorkerProcess]) -> None:
         assert await worker.wait() == 0, worker.log()[-2000:]
 
 
-async def until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        await asyncio.sleep(0.1)
-
-
 async def test_max_in_flight_holds_across_four_processes(dsn: str, db: psycopg.Connection, receiver: Receiver,
                                                          tmp_path: Path) -> None:
     """An endpoint with max_in_flight 4 answering in 300 ms never has more than 4 requests open,
@@ -147,8 +139,9 @@ async def test_a_dead_endpoints_allowance_shrinks_and_a_healthy_ones_does_not(
             row = db.execute("SELECT allowance FROM endpoint_flow WHERE endpoint_id = %s", [dead.id]).fetchone()
             db.commit()
             return row is not None and row[0] == 1 and len(receiver.to("/dead")) > 4
-        await until(dead_at_one, "the dead endpoint's allowance to fall to 1")
-        await until(lambda: len(receiver.to("/ok")) >= len(ok_ids), "every healthy event")
+        await aeventually(dead_at_one, "the dead endpoint's allowance to fall to 1", timeout=60, interval=0.1)
+        await aeventually(lambda: len(receiver.to("/ok")) >= len(ok_ids), "every healthy event", timeout=60,
+                         interval=0.1)
     finally:
         await stop(workers)
     allowances = dict(db.execute("SELECT endpoint_id, allowance FROM endpoint_flow").fetchall())
