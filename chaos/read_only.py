@@ -33,8 +33,13 @@ class _ReadOnlyRun(_Run):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.refused: list[outbox.WritesRefused] = []
         self.unusable_after_refusal = 0
+        # Half the events wait for the switch: a producer that had published everything
+        # before it would never meet a refusal, and the scenario would prove nothing.
+        self.switched = asyncio.Event()
 
     async def publish_batch(self, conn: psycopg.AsyncConnection, n: int) -> int | None:
+        if len(self.published) >= self.events // 2:
+            await self.switched.wait()
         try:
             return await super().publish_batch(conn, n)
         except outbox.WritesRefused as refused:
@@ -66,6 +71,7 @@ async def run(dsn: str, workdir: Path, *, events: int = 4000, read_only_seconds:
             await admin.execute(DROP_SESSIONS)
             report.faults += 1
             switched = time.monotonic()
+            run.switched.set()
             for worker in run.workers:
                 await worker.wait_logged("worker not ready")
             not_ready_after = time.monotonic() - switched

@@ -46,8 +46,13 @@ class Load:
         receiver.behave(path, behaviour)
 
     def busiest_window(self, path: str, seconds: float) -> int:
-        times = sorted(self.arrivals[path])
-        return max((sum(1 for t in times[i:] if t - start < seconds) for i, start in enumerate(times)), default=0)
+        return busiest_window(self.arrivals[path], seconds)
+
+
+def busiest_window(times: list[float], seconds: float) -> int:
+    """The most of ``times`` that fall in any window ``seconds`` long."""
+    times = sorted(times)
+    return max((sum(1 for t in times[i:] if t - start < seconds) for i, start in enumerate(times)), default=0)
 
 
 def _gone(request: web.Request) -> bool:
@@ -105,7 +110,8 @@ async def test_max_in_flight_holds_across_four_processes(dsn: str, db: psycopg.C
 
 async def test_rate_limit_holds_across_four_processes(dsn: str, db: psycopg.Connection, receiver: Receiver,
                                                       tmp_path: Path) -> None:
-    """At rate_limit 20/s, four processes together deliver at most 20 a second (plus the bucket's 10)."""
+    """At rate_limit 20/s, four processes together lease at most 20 a second (plus the bucket's 10), and the
+    receiver sees that rate, give or take how long a request takes to leave a worker after its lease."""
     load = Load()
     endpoint = add_endpoint(db, receiver, "/rated")
     set_limits(db, endpoint.id, rate_limit=20)
@@ -119,7 +125,15 @@ async def test_rate_limit_holds_across_four_processes(dsn: str, db: psycopg.Conn
     assert sorted(receiver.event_ids("/rated")) == sorted(ids)
     arrivals = sorted(load.arrivals["/rated"])
     assert arrivals[-1] - arrivals[0] >= (len(ids) - 10) / 20 * 0.9, "delivered faster than the rate"
-    assert load.busiest_window("/rated", 2.0) <= 20 * 2 + 10
+    # Tokens are spent when deliveries are leased, at the claim's clock: exact there.
+    leased = [row[0].timestamp() for row in db.execute(
+        "SELECT started_at FROM delivery_log WHERE endpoint_id = %s AND kind = 'attempt_started'", [endpoint.id])]
+    db.commit()
+    assert len(leased) == len(ids)
+    assert busiest_window(leased, 2.0) <= 20 * 2 + 10
+    # At the receiver each arrival comes some milliseconds after its lease, more on a busy machine (a CI run
+    # once saw 51): a quarter of a second of sending delay is allowed for, five requests at this rate.
+    assert load.busiest_window("/rated", 2.0) <= 20 * (2 + 0.25) + 10
 
 
 async def test_a_dead_endpoints_allowance_shrinks_and_a_healthy_ones_does_not(
