@@ -95,16 +95,13 @@ pace AS MATERIALIZED (
                count(*) FILTER (WHERE h.worker <> %(worker_id)s AND h.worker IS DISTINCT FROM f.wanted_by) AS holders,
                coalesce(jsonb_object_agg(h.worker, h.open) FILTER (WHERE h.worker <> %(worker_id)s), '{}')
                    AS others_held
-        FROM (SELECT q.leased_by AS worker,
+        FROM (SELECT l.worker,
                      -- Another worker's leases count up to what it held after its last claim:
                      -- the rest wait their turn there, or are requests that ended, outcomes unwritten.
-                     CASE WHEN q.leased_by = %(worker_id)s THEN count(*)
-                          ELSE least(count(*), coalesce((f.held ->> q.leased_by)::bigint, count(*))) END AS open
-              FROM delivery_queue q
-              WHERE q.endpoint_id = f.endpoint_id AND q.leased_by IS NOT NULL
-                AND q.due_at > coalesce(%(now)s::timestamptz, now())
-                AND q.delivery_id <> ALL (%(finished)s::uuid[])
-              GROUP BY q.leased_by) h
+                     CASE WHEN l.worker = %(worker_id)s THEN l.leases
+                          ELSE least(l.leases, coalesce((f.held ->> l.worker)::bigint, l.leases)) END AS open
+              FROM endpoint_leases(f.endpoint_id, coalesce(%(now)s::timestamptz, now()),
+                                 %(finished)s::uuid[]) l) h
     ) n
     CROSS JOIN LATERAL (
         SELECT 1 + n.holders + CASE WHEN f.wanted_by <> %(worker_id)s
