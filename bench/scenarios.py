@@ -34,7 +34,6 @@ from bench import database, machine
 from bench.database import ORGS, QUERIES, Server, fetch_one
 from bench.deliverers import Deliverers
 from bench.sink import SinkProcess
-from deliverer.delivery.queries import QUERIES as DELIVERER_QUERIES
 from deliverer.delivery.worker import Worker
 from deliverer.settings import Settings
 from outbox import ids
@@ -397,9 +396,9 @@ def explain_claim(conn: psycopg.Connection[Any], *, analyze: bool = False) -> st
 
     With ``analyze`` the claim really runs, so call it inside a transaction that is rolled back.
     """
-    params = Worker(Settings(worker_id="bench-explain")).claim_params(100)
+    worker = Worker(Settings(worker_id="bench-explain"))
     prefix = "EXPLAIN (ANALYZE, BUFFERS) " if analyze else "EXPLAIN "
-    rows = conn.execute(prefix + DELIVERER_QUERIES["claim_deliveries"], params).fetchall()
+    rows = conn.execute(prefix + worker.claim_statement(100), worker.claim_params(100)).fetchall()
     return "\n".join(row[0] for row in rows)
 
 

@@ -113,6 +113,9 @@ class Worker:
     def claim_params(self, limit: int, *, slow_start: bool = True) -> dict[str, Any]:
         return self.claimer.params(limit, slow_start=slow_start)
 
+    def claim_statement(self, limit: int) -> str:
+        return self.claimer.statement(limit)
+
     async def claim(self, limit: int, *, slow_start: bool = True) -> list[Claimed]:
         return await self.claimer.claim(limit, slow_start=slow_start)
 

@@ -8,7 +8,6 @@ of everything that is due now.
 
 import psycopg
 
-from deliverer.delivery.queries import QUERIES
 from deliverer.delivery.worker import Worker
 from tests.support import settings_for
 
@@ -31,8 +30,9 @@ def _fill_queue(db: psycopg.Connection) -> None:
 
 def _explain_claim(db: psycopg.Connection, dsn: str) -> str:
     settings = settings_for(dsn)
-    params = Worker(settings).claim_params(settings.batch_size)
-    rows = db.execute("EXPLAIN " + QUERIES["claim_deliveries"], params).fetchall()
+    worker = Worker(settings)
+    rows = db.execute("EXPLAIN " + worker.claim_statement(settings.batch_size),
+                      worker.claim_params(settings.batch_size)).fetchall()
     return "\n".join(row[0] for row in rows)
 
 
@@ -50,6 +50,28 @@ def test_claim_with_a_test_clock_uses_the_due_index(db: psycopg.Connection, dsn:
     settings = settings_for(dsn)
     row = db.execute("SELECT now()").fetchone()
     assert row is not None
-    params = Worker(settings, clock=lambda: row[0]).claim_params(settings.batch_size)
-    plan = "\n".join(r[0] for r in db.execute("EXPLAIN " + QUERIES["claim_deliveries"], params).fetchall())
+    worker = Worker(settings, clock=lambda: row[0])
+    plan = "\n".join(r[0] for r in db.execute("EXPLAIN " + worker.claim_statement(settings.batch_size),
+                                               worker.claim_params(settings.batch_size)).fetchall())
     assert "delivery_queue_due on delivery_queue" in plan, plan
+
+
+async def test_a_workers_claims_keep_one_generic_plan(db: psycopg.Connection, dsn: str) -> None:
+    """Claim after claim, PostgreSQL reuses the generic plan of the statement psycopg prepared, instead of
+    planning each claim afresh (2.6 ms a claim in a drain). It keeps that plan only while it costs no more
+    than the ones made for each claim's values, which a queue mostly not yet due once made it cost far more:
+    the scan's length and the clock were parameters it could not know."""
+    _fill_queue(db)
+    db.commit()
+    settings = settings_for(dsn)
+    async with Worker(settings) as worker:
+        for _ in range(20):
+            await worker.claim(settings.batch_size)
+        conn = await worker.claimer.db.get()
+        cur = await conn.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                                 "WHERE statement LIKE 'WITH walk AS%%'")
+        plans = await cur.fetchall()
+    assert len(plans) == 1, plans
+    [(generic, custom)] = plans
+    # psycopg prepares from the 6th run on, PostgreSQL tries 5 custom plans before it compares.
+    assert custom <= 5 and generic >= 5, plans
