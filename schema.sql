@@ -259,11 +259,8 @@ CREATE INDEX IF NOT EXISTS delivery_queue_due ON delivery_queue (due_at);
 -- A key's rows in their order: is a delivery the first of its key?
 CREATE INDEX IF NOT EXISTS delivery_queue_ordered ON delivery_queue (endpoint_id, ordering_key, txid, event_id)
     WHERE txid IS NOT NULL;
--- An endpoint's leases that have not run out: the requests open to it, counted by
--- every claim (endpoint_leases below). With due_at in the index the count
--- reads only leases still running.
-DROP INDEX IF EXISTS delivery_queue_leased;
-CREATE INDEX IF NOT EXISTS delivery_queue_leases ON delivery_queue (endpoint_id, due_at) WHERE leased_by IS NOT NULL;
+-- An endpoint's leases: the requests open to it, counted by every claim (endpoint_leases below).
+CREATE INDEX IF NOT EXISTS delivery_queue_leased ON delivery_queue (endpoint_id) WHERE leased_by IS NOT NULL;
 
 -- An endpoint's leases running at `since`, by worker, less the deliveries in
 -- `finished`: what claim_deliveries counts as the requests open there. A function so
@@ -273,12 +270,16 @@ CREATE INDEX IF NOT EXISTS delivery_queue_leases ON delivery_queue (endpoint_id,
 -- planner chose a bitmap scan, which in a drain read each endpoint's thousands of
 -- ended leases again at every claim: the claim's largest cost, and one that grows
 -- with the time since the last vacuum. The SET applies while the function runs only.
+-- The lease end is compared in a form no index serves (a difference, not the column):
+-- with statistics taken while the queue was empty, the planner otherwise walked
+-- delivery_queue_due through every future row, a backlog of retries included.
 CREATE OR REPLACE FUNCTION endpoint_leases(endpoint text, since timestamptz, finished uuid[])
 RETURNS TABLE (worker text, leases bigint)
 LANGUAGE plpgsql STABLE ROWS 2 SET enable_bitmapscan = off AS $$
 BEGIN
     RETURN QUERY SELECT q.leased_by, count(*) FROM delivery_queue q
-                 WHERE q.endpoint_id = endpoint AND q.leased_by IS NOT NULL AND q.due_at > since
+                 WHERE q.endpoint_id = endpoint AND q.leased_by IS NOT NULL
+                   AND q.due_at - since > interval '0'
                    AND q.delivery_id <> ALL (finished)
                  GROUP BY q.leased_by;
 END;
@@ -300,7 +301,7 @@ $$;
 
 -- Each endpoint's pacing, shared by every deliverer process; claims read and
 -- write it under its row lock (see claim_deliveries). The requests open to it are
--- not kept here: they are its leases that have not run out (delivery_queue_leases).
+-- not kept here: they are its leases that have not run out (delivery_queue_leased).
 --   allowance     how many may be open, adapted like TCP congestion control: +1
 --                 per success up to the endpoint's max_in_flight, halved on a
 --                 timeout, a connection error, 429 or 503
