@@ -41,7 +41,7 @@ def claim_statement(scan: int, *, clocked: bool) -> str:
     psycopg prepares the statement after a few runs, and PostgreSQL then keeps one generic plan
     only while it costs no more than the plans it makes for each run's values. Parameters in the
     scan's LIMIT and in its due time leave the generic plan guessing (a tenth of the queue, a third
-    due), it costs several times more, and every claim was planned afresh: 2.6 ms a claim, 31 us
+    due), it costs several times more, and every claim was planned afresh: 2.6 ms a claim, 37-40 us
     per delivery in a long drain (docs/performance.md). Known to the plan, they cost the same.
     """
     text = QUERIES["claim_deliveries"].replace("%(scan)s", str(int(scan)))

@@ -85,11 +85,10 @@ async def test_a_workers_claims_keep_one_generic_plan(db: psycopg.Connection, ds
 
 def _queue_rows_read(plan: dict) -> int:
     """Rows of delivery_queue that the plan's scans read, those its filters threw away included."""
-    node = plan
     read = 0
-    if node.get("Relation Name") == "delivery_queue":
-        read += (node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)) * node.get("Actual Loops", 1)
-    return read + sum(_queue_rows_read(child) for child in node.get("Plans", []))
+    if plan.get("Relation Name") == "delivery_queue":
+        read = (plan.get("Actual Rows", 0) + plan.get("Rows Removed by Filter", 0)) * plan.get("Actual Loops", 1)
+    return read + sum(_queue_rows_read(child) for child in plan.get("Plans", []))
 
 
 @pytest.mark.xfail(strict=True, reason="known: record_results joins the batch to the whole queue when the queue's "
