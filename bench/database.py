@@ -139,10 +139,14 @@ def url(dsn: str, **params: str) -> str:
             + urlencode({**parts, **params}, quote_via=quote))
 
 
-def add_endpoints(dsn: str, urls: Sequence[str], *, org_id: str | None = None, ordering: str = "none") -> list[str]:
-    """One endpoint per URL: in org ``org_id`` if given, else the i-th URL in org ``org(i)``."""
+def add_endpoints(dsn: str, urls: Sequence[str], *, org_id: str | None = None, ordering: str = "none",
+                  max_in_flight: int | None = None) -> list[str]:
+    """One endpoint per URL: in org ``org_id`` if given, else the i-th URL in org ``org(i)``; ``max_in_flight``
+    None is the deployment's default."""
+    limits = endpoints.Limits(max_in_flight=max_in_flight)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        return [endpoints.add(conn, org_id=org_id or org(i), url=url, allow_insecure=True, ordering=ordering).id
+        return [endpoints.add(conn, org_id=org_id or org(i), url=url, allow_insecure=True, ordering=ordering,
+                              limits=limits).id
                 for i, url in enumerate(urls)]
 
 

@@ -173,8 +173,12 @@ def _system_rows(name: str, r: dict[str, Any]) -> list[Row]:
 def _hot_rows(hot: dict[str, Any]) -> list[Row]:
     rows: list[Row] = [(f"7. hot endpoint: {hot['events']:,} queued events, {hot['processes']} deliverer "
                         "processes", "", "")]
-    for name, label in (("deliverer", "over 10 endpoints"), ("deliverer hot", "all to 1 endpoint")):
-        r = hot["by_system"][name]
+    matched = hot.get("matched_max_in_flight", 0)
+    for name, label in (("deliverer", "over 10 endpoints"), ("deliverer hot", "all to 1 endpoint"),
+                        ("deliverer hot matched", f"all to 1 endpoint with max_in_flight {matched}")):
+        r = hot["by_system"].get(name)
+        if r is None:
+            continue
         rows += _system_rows(f"deliverer, {label}", r)
         rows.append(("    claims with rows / empty per 1,000; mean batch",
                      f"{r['claim_statements_with_rows'] * 1000 / r['deliveries']:.1f} / "
@@ -183,9 +187,13 @@ def _hot_rows(hot: dict[str, Any]) -> list[Row]:
         if roles:
             rows.append(("    PostgreSQL CPU per delivery in the claims / outcomes connections",
                          f"{_us(roles.get('claims', 0))} / {_us(roles.get('outcomes', 0))}", ""))
-    rows += [("  1 endpoint vs 10: deliveries/s ratio", _ratio(hot["rate_ratio"]), ">= 0.95"),
-             ("  1 endpoint vs 10: PostgreSQL / deliverer CPU per delivery ratio",
-              f"{_ratio(hot['postgres_cpu_ratio'])} / {_ratio(hot['deliverer_cpu_ratio'])}", "")]
+    for name, label in (("deliverer hot", "1 endpoint"), ("deliverer hot matched", f"1 endpoint at {matched}")):
+        r = hot.get("vs_10_endpoints", {}).get(name)
+        if r is None:
+            continue
+        rows += [(f"  {label} vs 10: deliveries/s ratio", _ratio(r["rate_ratio"]), ">= 0.95"),
+                 (f"  {label} vs 10: PostgreSQL / deliverer CPU per delivery ratio",
+                  f"{_ratio(r['postgres_cpu_ratio'])} / {_ratio(r['deliverer_cpu_ratio'])}", "")]
     return rows
 
 
@@ -204,6 +212,7 @@ def _compare_row(name: str, r: dict[str, Any]) -> Row:
 
 
 _LABELS = {"deliverer": "deliverer, 10 endpoints", "deliverer hot": "deliverer, 1 endpoint",
+           "deliverer hot matched": "deliverer, 1 endpoint, peers' concurrency",
            "graphile-worker": "graphile-worker", "pgqueuer": "pgqueuer", "floor": "floor"}
 
 
@@ -221,6 +230,10 @@ def _peers_rows(peers: dict[str, Any]) -> list[Row]:
         rate, pg = peers["rate_vs_deliverer"].get(name), peers["postgres_cpu_vs_deliverer"].get(name)
         rows.append((f"  {name} vs deliverer (10 endpoints): rate / PostgreSQL CPU per delivery",
                      f"{_ratio(rate)} / {_ratio(pg)}", ""))
+    for name, target in (("deliverer hot", ""), ("deliverer hot matched", ">= 1.5 (floor 1.1)")):
+        if name in peers.get("hot_vs_graphile_worker", {}):
+            rows.append((f"  {_LABELS[name]} vs graphile-worker: rate",
+                         _ratio(peers["hot_vs_graphile_worker"][name]), target))
     return rows
 
 
@@ -229,11 +242,12 @@ def _floor_rows(floor: dict[str, Any]) -> list[Row]:
                         f"{floor['processes']} processes", "", ""), _COMPARE_HEADER]
     rows += [_compare_row(_LABELS[name], r) for name, r in floor["by_system"].items()]
     rows += [
-        ("  deliverer's PostgreSQL CPU per delivery / floor's: 10 endpoints / 1 endpoint",
-         f"{_ratio(floor['deliverer_vs_floor'])} / {_ratio(floor['deliverer_hot_vs_floor'])}", ""),
-        ("  deliverer's PostgreSQL CPU per delivery / graphile-worker's: 10 / 1 endpoint",
-         f"{_ratio(floor['deliverer_vs_graphile_worker'])} / {_ratio(floor['deliverer_hot_vs_graphile_worker'])}",
-         ""),
+        ("  deliverer's PostgreSQL CPU per delivery / floor's: 10 endpoints / 1 / 1 at peers' concurrency",
+         f"{_ratio(floor['deliverer_vs_floor'])} / {_ratio(floor['deliverer_hot_vs_floor'])} / "
+         f"{_ratio(floor.get('deliverer_hot_matched_vs_floor'))}", "<= 1.5"),
+        ("  deliverer's PostgreSQL CPU per delivery / graphile-worker's: 10 / 1 / 1 at peers' concurrency",
+         f"{_ratio(floor['deliverer_vs_graphile_worker'])} / {_ratio(floor['deliverer_hot_vs_graphile_worker'])} / "
+         f"{_ratio(floor.get('deliverer_hot_matched_vs_graphile_worker'))}", "<= 1.5"),
         ("  graphile-worker's / floor's", _ratio(floor["graphile_worker_vs_floor"]), ""),
     ]
     return rows

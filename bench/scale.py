@@ -29,8 +29,11 @@ from bench.deliverers import Deliverers
 from bench.scenarios import Bench, medians, percentile
 
 DRAIN_PROCESSES = 2
-DELIVERER, DELIVERER_HOT = "deliverer", "deliverer hot"
-"""The deliverer's drains: over ORGS (10) endpoints, and every event to one endpoint."""
+DELIVERER, DELIVERER_HOT, DELIVERER_HOT_MATCHED = "deliverer", "deliverer hot", "deliverer hot matched"
+"""The deliverer's drains: over ORGS (10) endpoints, every event to one endpoint at the default
+max_in_flight, and to one endpoint whose max_in_flight is the peers' (HOT_MATCHED_MAX_IN_FLIGHT)."""
+HOT_MATCHED_MAX_IN_FLIGHT = queues.GRAPHILE_WORKER["concurrentJobs"] * DRAIN_PROCESSES
+"""graphile-worker's requests open at once to the sink in its drain: the same load on the receiver."""
 
 
 class Drains:
@@ -73,8 +76,9 @@ class Drains:
         if queue is not None:
             await queue.prepare(template, queues.jobs(self.bench.sink, self.events))
         else:
-            orgs = 1 if name == DELIVERER_HOT else ORGS
-            database.add_endpoints(template, self.bench.hooks(orgs))
+            orgs = 1 if name in (DELIVERER_HOT, DELIVERER_HOT_MATCHED) else ORGS
+            database.add_endpoints(template, self.bench.hooks(orgs),
+                                   max_in_flight=HOT_MATCHED_MAX_IN_FLIGHT if name == DELIVERER_HOT_MATCHED else None)
             database.stage(template, self.events, orgs)
         self._templates[name] = template
 
@@ -108,12 +112,16 @@ class Drains:
 
 
 async def hot(drains: Drains) -> dict[str, Any]:
-    """The drain over 10 endpoints and the same events all to one endpoint, in the same run."""
-    await drains.ensure([DELIVERER, DELIVERER_HOT])
-    return {**drains.summary([DELIVERER, DELIVERER_HOT]),
-            "rate_ratio": drains.ratio(DELIVERER_HOT, DELIVERER, "deliveries_per_s"),
-            "postgres_cpu_ratio": drains.ratio(DELIVERER_HOT, DELIVERER, "postgres_cpu_ms_per_1000"),
-            "deliverer_cpu_ratio": drains.ratio(DELIVERER_HOT, DELIVERER, "deliverer_cpu_ms_per_1000")}
+    """The drain over 10 endpoints and the same events all to one endpoint, at the default max_in_flight
+    and at the peers' concurrency, in the same run."""
+    names = [DELIVERER, DELIVERER_HOT, DELIVERER_HOT_MATCHED]
+    await drains.ensure(names)
+    ratios = {hot: {"rate_ratio": drains.ratio(hot, DELIVERER, "deliveries_per_s"),
+                    "postgres_cpu_ratio": drains.ratio(hot, DELIVERER, "postgres_cpu_ms_per_1000"),
+                    "deliverer_cpu_ratio": drains.ratio(hot, DELIVERER, "deliverer_cpu_ms_per_1000")}
+              for hot in (DELIVERER_HOT, DELIVERER_HOT_MATCHED)}
+    return {**drains.summary(names), "matched_max_in_flight": HOT_MATCHED_MAX_IN_FLIGHT,
+            **ratios[DELIVERER_HOT], "vs_10_endpoints": ratios}
 
 
 # 8. Peers ------------------------------------------------------------------------------
@@ -124,11 +132,13 @@ PEERS = ("graphile-worker", "pgqueuer")
 
 async def peers(drains: Drains) -> dict[str, Any]:
     """graphile-worker and pgqueuer draining the same jobs, beside the deliverer's two drains."""
-    await drains.ensure([DELIVERER, DELIVERER_HOT, *PEERS])
-    names = [DELIVERER, DELIVERER_HOT, *PEERS]
+    names = [DELIVERER, DELIVERER_HOT, DELIVERER_HOT_MATCHED, *PEERS]
+    await drains.ensure(names)
     return {**drains.summary(names), "settings": {"graphile-worker": queues.GRAPHILE_WORKER,
                                                   "pgqueuer": queues.PGQUEUER},
             "rate_vs_deliverer": {p: drains.ratio(p, DELIVERER, "deliveries_per_s") for p in PEERS},
+            "hot_vs_graphile_worker": {hot: drains.ratio(hot, "graphile-worker", "deliveries_per_s")
+                                       for hot in (DELIVERER_HOT, DELIVERER_HOT_MATCHED)},
             "postgres_cpu_vs_deliverer": {p: drains.ratio(p, DELIVERER, "postgres_cpu_ms_per_1000") for p in PEERS}}
 
 
@@ -137,14 +147,16 @@ async def peers(drains: Drains) -> dict[str, Any]:
 
 async def floor(drains: Drains) -> dict[str, Any]:
     """PostgreSQL CPU per delivery of a minimal lease-and-delete queue: the deliverer's over it and graphile's."""
-    names = [DELIVERER, DELIVERER_HOT, "graphile-worker", "floor"]
+    names = [DELIVERER, DELIVERER_HOT, DELIVERER_HOT_MATCHED, "graphile-worker", "floor"]
     await drains.ensure(names)
     key = "postgres_cpu_ms_per_1000"
     return {**drains.summary(names), "settings": queues.FLOOR,
             "deliverer_vs_floor": drains.ratio(DELIVERER, "floor", key),
             "deliverer_hot_vs_floor": drains.ratio(DELIVERER_HOT, "floor", key),
+            "deliverer_hot_matched_vs_floor": drains.ratio(DELIVERER_HOT_MATCHED, "floor", key),
             "deliverer_vs_graphile_worker": drains.ratio(DELIVERER, "graphile-worker", key),
             "deliverer_hot_vs_graphile_worker": drains.ratio(DELIVERER_HOT, "graphile-worker", key),
+            "deliverer_hot_matched_vs_graphile_worker": drains.ratio(DELIVERER_HOT_MATCHED, "graphile-worker", key),
             "graphile_worker_vs_floor": drains.ratio("graphile-worker", "floor", key)}
 
 
