@@ -196,10 +196,15 @@ CREATE TABLE IF NOT EXISTS api_key (
 -- doubles as the fencing token for leases.
 --   scheduled          fan-out created the delivery; next_attempt_at = first due time
 --   replay_requested   a new attempt series starts; actor says who asked
---   attempt_started    a worker leased the delivery; next_attempt_at = lease end
+--   attempt_started    (earlier versions only) a worker leased the delivery; next_attempt_at = lease end
 --   attempt_finished   the attempt's outcome; next_attempt_at NULL means terminal
---   attempt_abandoned  the lease ran out with no outcome reported (worker died)
+--   attempt_abandoned  the lease ran out with no outcome reported (worker died), or was handed back
 --   late_result        an outcome reported after its lease was taken over; informational only
+-- An attempt is one row, written when it ends: its worker, start (started_at),
+-- duration and result. The attempt in progress is the lease on its delivery_queue
+-- row (leased_by, leased_at, due_at = lease end): coordination between workers, not
+-- yet a fact. A lease that runs out becomes one when the next claim records it as
+-- abandoned, with the start and worker its lease kept.
 CREATE TABLE IF NOT EXISTS delivery_log (
     seq              bigint      GENERATED ALWAYS AS IDENTITY,
     recorded_at      timestamptz NOT NULL DEFAULT now(),
@@ -254,6 +259,8 @@ CREATE TABLE IF NOT EXISTS delivery_queue (
 -- transaction with a lower id has ended (see claim_deliveries).
 ALTER TABLE delivery_queue ADD COLUMN IF NOT EXISTS ordering_key text;
 ALTER TABLE delivery_queue ADD COLUMN IF NOT EXISTS txid xid8;
+-- When the lease was taken: the start of the attempt in progress, logged with its end.
+ALTER TABLE delivery_queue ADD COLUMN IF NOT EXISTS leased_at timestamptz;
 
 CREATE INDEX IF NOT EXISTS delivery_queue_due ON delivery_queue (due_at);
 -- A key's rows in their order: is a delivery the first of its key?
@@ -339,8 +346,9 @@ CREATE UNLOGGED TABLE IF NOT EXISTS endpoint_flow (
 
 -- The fold of delivery_log into current state, one row per delivery. Facts are
 -- ordered by (series, attempt, phase) rather than by seq, because an abandoned
--- attempt and the next attempt's start are written by one statement.
--- delivery_queue holds exactly the non-terminal rows of this view.
+-- attempt and the next attempt's start were written by one statement (earlier versions).
+-- delivery_queue holds exactly the non-terminal rows of this view, as they were
+-- before any lease still running was taken (see delivery_log: a lease is not a fact).
 CREATE OR REPLACE VIEW delivery_state AS
 SELECT DISTINCT ON (delivery_id)
     delivery_id,
@@ -366,6 +374,18 @@ ORDER BY delivery_id, series DESC, attempt DESC,
               WHEN 'attempt_finished' THEN 2
               WHEN 'attempt_abandoned' THEN 2
               ELSE 0 END DESC;
+
+-- What a delivery is doing now, for the API and the dashboard: the fold of the log,
+-- and the lease of the attempt in progress, which the log learns of when it ends.
+CREATE OR REPLACE VIEW delivery_current AS
+SELECT s.delivery_id, s.event_id, s.endpoint_id, s.org_id, s.series,
+       coalesce(q.attempt, s.attempt) AS attempt,
+       CASE WHEN q.delivery_id IS NULL THEN s.state ELSE 'in_flight' END AS state,
+       coalesce(q.due_at, s.due_at) AS due_at,
+       coalesce(q.leased_by, s.leased_by) AS leased_by,
+       coalesce(q.leased_at, s.updated_at) AS updated_at
+FROM delivery_state s
+LEFT JOIN delivery_queue q ON q.delivery_id = s.delivery_id AND q.series = s.series AND q.leased_by IS NOT NULL;
 
 -- Append-only tables refuse UPDATE, DELETE and TRUNCATE. Retention drops whole
 -- partitions (DROP TABLE), which these triggers deliberately do not cover. Row

@@ -81,19 +81,21 @@ class Deliverers:
                 ports.append(int(json.loads(line)["port"]))
         return ports
 
-    async def claims(self) -> tuple[int, int]:
-        """(claim statements, claims that leased nothing) so far, summed over the processes.
+    async def claims(self) -> tuple[int, int, int]:
+        """(claims, claims that leased nothing, deliveries leased) so far, summed over the processes.
 
         From each worker's ``deliverer_claim_batch_size`` histogram: it observes every claim
-        that returned, with the number of deliveries it leased, so its count is the claims and
-        its ``le="0.0"`` bucket the empty ones. Exact, and needs no pg_stat_statements.
+        that returned, with the number of deliveries it leased, so its count is the claims,
+        its ``le="0.0"`` bucket the empty ones and its sum the leases. Exact, and needs no
+        pg_stat_statements.
         """
-        total = empty = 0
+        total = empty = leased = 0
         for port in self.metrics_ports():
             text = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
             total += int(float(_metric(text, "deliverer_claim_batch_size_count")))
             empty += int(float(_metric(text, 'deliverer_claim_batch_size_bucket{le="0.0"}')))
-        return total, empty
+            leased += int(float(_metric(text, "deliverer_claim_batch_size_sum")))
+        return total, empty, leased
 
     def tail(self, lines: int = 20) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])

@@ -36,11 +36,9 @@ JOIN delivery_queue q ON q.delivery_id = s.delivery_id
 WHERE q.leased_by IS NOT NULL OR q.attempt = 0
 
 -- name: claim_counts
--- Since the given log position: attempts started, claim statements that leased
--- something (one statement stamps all its rows with the same worker and time),
--- successes, and facts that only appear when two workers take the same delivery.
-SELECT count(*) FILTER (WHERE kind = 'attempt_started'),
-       count(DISTINCT (worker_id, started_at)) FILTER (WHERE kind = 'attempt_started'),
+-- Since the given log position: attempts made (each is one row, written when it
+-- ends), successes, and facts that only appear when two workers take the same delivery.
+SELECT count(*) FILTER (WHERE kind IN ('attempt_finished', 'attempt_abandoned')),
        count(*) FILTER (WHERE kind = 'attempt_finished' AND outcome = 'succeeded'),
        count(*) FILTER (WHERE kind IN ('attempt_abandoned', 'late_result'))
 FROM delivery_log

@@ -265,14 +265,14 @@ async def wakeups(bench: Bench, *, rate: float, seconds: float, process_counts: 
             async with Deliverers(dsn, count) as deliverers, await psycopg.AsyncConnection.connect(
                     dsn, autocommit=True) as conn:
                 await bench.sink.reset()
-                claims_before, empty_before = await deliverers.claims()
+                claims_before, empty_before, _ = await deliverers.claims()
                 transactions_before = await _transactions(conn)
                 deliverers_before, pg_before = deliverers.cpu(), machine.postgres_cpu()
                 produced = await scenarios.produce(dsn, rate, seconds)
                 await bench.sink.wait_for(len(produced.committed), 30)
                 await _settle()
                 deliverers_cpu, pg_after = deliverers.cpu() - deliverers_before, machine.postgres_cpu()
-                claims_after, empty_after = await deliverers.claims()
+                claims_after, empty_after, _ = await deliverers.claims()
                 transactions = await _transactions(conn) - transactions_before
             records = await bench.sink.dump()
         received: dict[str, float] = {}

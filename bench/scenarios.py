@@ -155,12 +155,13 @@ async def measure_drain(bench: Bench, dsn: str, processes: int, expected: int, *
     records = [r for r in records if r[0].startswith(counted)]  # not, say, spans exported to the sink
     await asyncio.sleep(0.2)  # exiting backends flush their statistics
     with psycopg.connect(dsn, autocommit=True) as conn:
-        started, claims, succeeded, taken_over = conn.execute(
-            QUERIES["claim_counts"], {"after_seq": after_seq}).fetchone() or (0, 0, 0, 0)
+        attempts, succeeded, taken_over = conn.execute(
+            QUERIES["claim_counts"], {"after_seq": after_seq}).fetchone() or (0, 0, 0)
         # Every transaction in the database from before the start to after the stop: the
         # deliverers' statements (claims, empty or not, records, sleeps' due-time queries,
         # backlog gauges) and the few dozen of this harness.
         transactions = fetch_one(conn, "transactions") - transactions_before
+    claims_with_rows = (claims_after[0] - claims_before[0]) - (claims_after[1] - claims_before[1])
     keys = Counter((path, event_id) for path, event_id, _ in records)
     times = sorted(t for path, _, t in records if path.startswith(counted))
     per_1000 = 1e6 / expected  # CPU seconds -> ms per 1,000 deliveries
@@ -186,9 +187,9 @@ async def measure_drain(bench: Bench, dsn: str, processes: int, expected: int, *
         "duplicates": sum(n - 1 for n in keys.values()),
         "lost": expected - len(keys),
         "succeeded": succeeded,
-        "attempts_started": started,
-        "claim_statements_with_rows": claims,
-        "mean_claim_batch": started / claims if claims else 0.0,
+        "attempts": attempts,
+        "claim_statements_with_rows": claims_with_rows,
+        "mean_claim_batch": (claims_after[2] - claims_before[2]) / claims_with_rows if claims_with_rows else 0.0,
         "transactions_per_1000": transactions * 1000 / expected,
         "claims_per_1000": (claims_after[0] - claims_before[0]) * 1000 / expected,
         "empty_claims_per_1000": (claims_after[1] - claims_before[1]) * 1000 / expected,

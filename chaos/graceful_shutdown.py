@@ -11,6 +11,7 @@
 import asyncio
 import signal
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -112,30 +113,33 @@ async def run(dsn: str, workdir: Path, *, held: int = 20, grace: float = 2.0) ->
 
 
 def _check_log(dsn: str, report: Report, published: dict[str, list[str]], held: int) -> None:
+    # An attempt is one log row (finished or abandoned), with the worker that made it.
     by_attempt: dict[tuple[str, int], dict[str, tuple]] = {}
     for delivery_id, attempt, kind, outcome, worker_id, error_class, _, _, started_at, recorded_at, next_at in \
             _facts(dsn):
         by_attempt.setdefault((delivery_public_id(delivery_id), attempt), {})[kind] = (
             outcome, worker_id, error_class, started_at, recorded_at, next_at)
+
+    def made_by(v: dict[str, tuple]) -> str:
+        return next((row[1] for kind, row in v.items() if kind != "late_result"), "")
+
     finish_ok = [k for k, v in by_attempt.items()
-                 if v.get("attempt_started", (None, ""))[1] == "shutdown-finish"
-                 and v.get("attempt_finished", ("",))[0] == "succeeded"
-                 and v["attempt_finished"][1] == "shutdown-finish"]
+                 if made_by(v) == "shutdown-finish" and v.get("attempt_finished", ("",))[0] == "succeeded"]
     report.check(len(finish_ok) == held, f"part 1: {len(finish_ok)} of {held} in-flight sends were recorded "
                                          "as delivered by the stopping worker")
-    claimed_by_a = sum(1 for v in by_attempt.values() if v.get("attempt_started", (None, ""))[1] == "shutdown-finish")
+    claimed_by_a = sum(1 for v in by_attempt.values() if made_by(v) == "shutdown-finish")
     report.check(claimed_by_a == held, f"part 1: the stopping worker claimed {claimed_by_a - held} deliveries "
                                        "after SIGTERM")
     for name in ("shutdown-grace", "shutdown-second"):
-        handed = [(k, v) for k, v in by_attempt.items()
-                  if v.get("attempt_started", (None, ""))[1] == name and "attempt_abandoned" in v]
+        handed = [(k, v) for k, v in by_attempt.items() if made_by(v) == name and "attempt_abandoned" in v]
         report.check(len(handed) >= held, f"{name}: {len(handed)} of at least {held} sends handed back")
         for (delivery_id, attempt), v in handed:
-            outcome, worker, error_class, _, recorded_at, next_at = v["attempt_abandoned"]
-            lease_end = v["attempt_started"][5]
+            outcome, worker, error_class, sent_at, recorded_at, next_at = v["attempt_abandoned"]
+            lease_end = sent_at + timedelta(seconds=LEASE)  # at the latest: the lease began before the send
             report.check((outcome, worker, error_class) == ("unknown", name, "shutdown"),
                          f"{name}: {delivery_id} abandoned as {(outcome, worker, error_class)}")
             report.check(next_at == recorded_at, f"{name}: {delivery_id} handed back due at {next_at}, not at once")
-            retry = by_attempt.get((delivery_id, attempt + 1), {}).get("attempt_started")
+            following = by_attempt.get((delivery_id, attempt + 1), {})
+            retry = following.get("attempt_finished") or following.get("attempt_abandoned")
             report.check(retry is not None and retry[3] < lease_end,
                          f"{name}: {delivery_id} was not retried before its lease would have ended")

@@ -41,14 +41,15 @@ def attempt_problems(dsn: str, receipts: list[Received], interrupted: set[str]) 
     """
     with psycopg.connect(dsn, autocommit=True) as conn:
         facts = conn.execute(QUERIES["attempt_facts"]).fetchall()
-    started: dict[tuple[str, int], str] = {}
+    # Each attempt is logged once, when it ends, with the worker that made it (a late
+    # result is reported by that worker too).
+    started: dict[tuple[str, int], str] = {}  # attempt -> its worker
     closed: dict[tuple[str, int], list[tuple[str, str, str | None]]] = defaultdict(list)
     late: set[tuple[str, int]] = set()
     for delivery_id, attempt, kind, outcome, worker_id, error_class, *_ in facts:
         key = (delivery_public_id(delivery_id), attempt)
-        if kind == "attempt_started":
-            started[key] = worker_id
-        elif kind == "late_result":
+        started.setdefault(key, worker_id)
+        if kind == "late_result":
             late.add(key)
         else:
             closed[key].append((kind, outcome, error_class))

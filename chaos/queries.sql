@@ -24,11 +24,11 @@ TRUNCATE outbox_event CASCADE
 SELECT count(*) FROM delivery_queue
 
 -- name: attempt_facts
--- Every attempt fact: who started it and how it ended, for explaining duplicates.
+-- Every attempt fact: who made it and how it ended, for explaining duplicates.
 SELECT delivery_id, attempt, kind, outcome, worker_id, error_class, error_message, http_status,
        started_at, recorded_at, next_attempt_at
 FROM delivery_log
-WHERE kind IN ('attempt_started', 'attempt_finished', 'attempt_abandoned', 'late_result')
+WHERE kind IN ('attempt_finished', 'attempt_abandoned', 'late_result')
 ORDER BY delivery_id, attempt, seq
 
 -- name: final_states
@@ -51,11 +51,11 @@ INSERT INTO chaos_job (id, status) VALUES (%(id)s, %(status)s)
 ON CONFLICT (id) DO UPDATE SET status = excluded.status
 
 -- name: attempts_by_url
--- Starts and outcomes of one org's attempts, with the endpoint URL, in log order.
+-- One org's attempts (their start and outcome), with the endpoint URL, in log order.
 SELECT w.url, l.attempt, l.kind, l.error_class, l.http_status, l.started_at, l.recorded_at, l.next_attempt_at
 FROM delivery_log l
 JOIN webhook_endpoint w ON w.id = l.endpoint_id
-WHERE l.org_id = %(org_id)s AND l.kind IN ('attempt_started', 'attempt_finished')
+WHERE l.org_id = %(org_id)s AND l.kind = 'attempt_finished'
 ORDER BY l.seq
 
 -- name: finished_attempts_by_endpoint

@@ -135,7 +135,7 @@ async def run(dsn: str, workdir: Path, *, healthy_events: int = 500) -> Report:
             for a in _attempts(dsn, "org_live"):
                 if a.attempt == 1 and a.kind == "attempt_finished":
                     first[a.url] = a
-                if a.attempt == 2 and a.kind == "attempt_started":
+                if a.attempt == 2 and a.kind == "attempt_finished":
                     second[a.url] = a
 
         def all_recorded() -> bool:

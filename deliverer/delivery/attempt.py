@@ -64,7 +64,8 @@ class Attempter:
     def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock
-        self.sending: set[uuid.UUID] = set()  # the request may have reached the receiver
+        # The request may have reached the receiver: when it started, for a send cut off at shutdown.
+        self.sending: dict[uuid.UUID, datetime] = {}
         self._http: send.Client | AiohttpClient | None = None
 
     async def __aenter__(self) -> "Attempter":
@@ -141,10 +142,10 @@ class Attempter:
         elif credentials is not None and credentials.certificate is not None and credentials.key is not None:
             client_certificate = (credentials.certificate, credentials.key)
         assert self._http is not None, "use the Attempter as an async context manager"
-        self.sending.add(claimed.delivery_id)
+        self.sending[claimed.delivery_id] = started_at
         outcome = await self._http.post(claimed.url, body, headers, timeout=self.settings.http_timeout,
                                         client_certificate=client_certificate)
-        self.sending.discard(claimed.delivery_id)  # left in place only when a shutdown cuts the send off
+        del self.sending[claimed.delivery_id]  # left in place only when a shutdown cuts the send off
         if outcome.http_status == 410:
             # Gone: the receiver asks us to stop, so this is final and the endpoint gets disabled.
             return self._finish(claimed, outcome, started_at, None)
@@ -184,7 +185,7 @@ class Attempter:
                                              "its lease expired")
         self._log(claimed, outcome, None)
         METRICS.deliveries_failed.inc()  # not an attempt of its own: that one was counted where it was made
-        return Result(claimed, outcome, self.now(), None, abandoned=True)
+        return Result(claimed, outcome, claimed.expired_lease_at or self.now(), None, abandoned=True)
 
     def hand_back(self, claimed: Claimed, *, sent: bool, no_room: bool = False) -> Result:
         """The result for a send cut off at shutdown, or never started because its endpoint had no room
@@ -202,7 +203,8 @@ class Attempter:
             error_class = ErrorClass.SHUTDOWN
         outcome = send.Outcome(False, 0.0, error_class=error_class, error_message=message)
         last = claimed.attempt >= self.settings.max_attempts
-        return Result(claimed, outcome, self.now(), None if last else 0.0, abandoned=True)
+        started_at = self.sending.pop(claimed.delivery_id, None) or self.now()
+        return Result(claimed, outcome, started_at, None if last else 0.0, abandoned=True)
 
     def _count(self, claimed: Claimed, outcome: send.Outcome, retry_after: float | None) -> None:
         METRICS.attempts.labels(outcome_class(outcome.error_class)).inc()

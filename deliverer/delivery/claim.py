@@ -80,6 +80,7 @@ class Claimed:
     # Set: the lease of this worker ran out on the last attempt allowed. Not to be sent: recorded as
     # abandoned, the delivery failed (Attempter.expired).
     expired_lease_of: str | None = None
+    expired_lease_at: datetime | None = None  # and when that lease was taken: the lost attempt's start
     claim_span: trace.SpanContext | None = None  # the claim's span, when exported: the attempt's links to it
 
 
@@ -161,7 +162,7 @@ class Claimer:
         # The statement's last row: what it learnt.
         *_, self.next_due_in, full, blocked, blocked_for, unknown, limited, limits, parked = rows.pop()
         self.limits = dict(zip(limited or (), limits or (), strict=True))
-        claimed = [Claimed(*row[:20]) for row in rows]
+        claimed = [Claimed(*row[:21]) for row in rows]
         # Endpoints newly found with no room may have filled the scan window with rows this
         # claim could not take: worth claiming again at once, past them (see Worker._claim_loop).
         # So may ordered deliveries just put aside, waiting for the one before them.

@@ -147,7 +147,7 @@ candidates AS MATERIALIZED (
 -- limit is reached: as a join the planner may hash every due row of a large backlog,
 -- and a sort above the lock would lock candidates that are not then leased.
 due AS (
-    SELECT q.delivery_id, q.event_id, q.endpoint_id, q.org_id, q.series, q.attempt, q.leased_by,
+    SELECT q.delivery_id, q.event_id, q.endpoint_id, q.org_id, q.series, q.attempt, q.leased_by, q.leased_at,
            q.leased_by IS NOT NULL AND q.attempt >= %(max_attempts)s AS exhausted
     FROM candidates c
     CROSS JOIN LATERAL (
@@ -157,15 +157,15 @@ due AS (
     ) q
     LIMIT %(limit)s
 ),
+-- The attempt whose lease ran out is logged now, with the worker and start its lease kept.
 abandoned AS (
     INSERT INTO delivery_log (kind, delivery_id, event_id, endpoint_id, org_id, series, attempt,
-                              outcome, next_attempt_at, worker_id, error_class, error_message)
+                              outcome, next_attempt_at, worker_id, started_at, error_class, error_message)
     SELECT 'attempt_abandoned', delivery_id, event_id, endpoint_id, org_id, series, attempt,
            'unknown', coalesce(%(now)s::timestamptz, now()),
-           %(worker_id)s, 'lease_expired',
+           leased_by, leased_at, 'lease_expired',
            'worker ' || leased_by || ' did not report an outcome before its lease expired'
     FROM due WHERE leased_by IS NOT NULL AND NOT exhausted
-    RETURNING 1
 ),
 -- Ordered deliveries with one before them in the queue are put aside for park_seconds,
 -- out of every claim's scan: the end of the one before brings the next back at once
@@ -199,20 +199,13 @@ leased AS (
     UPDATE delivery_queue q
     SET attempt = q.attempt + CASE WHEN d.exhausted THEN 0 ELSE 1 END,
         leased_by = %(worker_id)s,
+        leased_at = coalesce(%(now)s::timestamptz, now()),
         due_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_seconds)s)
     FROM due d
     WHERE q.delivery_id = d.delivery_id
     RETURNING q.delivery_id, q.event_id, q.endpoint_id, q.org_id, q.series, q.attempt, q.due_at,
-              q.txid IS NOT NULL AS ordered, CASE WHEN d.exhausted THEN d.leased_by END AS expired_lease_of
-),
-started AS (
-    INSERT INTO delivery_log (kind, delivery_id, event_id, endpoint_id, org_id, series, attempt,
-                              next_attempt_at, worker_id, started_at)
-    SELECT 'attempt_started', delivery_id, event_id, endpoint_id, org_id, series, attempt,
-           due_at, %(worker_id)s, coalesce(%(now)s::timestamptz, now())
-    FROM leased
-    -- Reading `abandoned` makes its rows go in first, so the log reads in order.
-    WHERE expired_lease_of IS NULL AND (SELECT count(*) FROM abandoned) >= 0
+              q.txid IS NOT NULL AS ordered, CASE WHEN d.exhausted THEN d.leased_by END AS expired_lease_of,
+              CASE WHEN d.exhausted THEN d.leased_at END AS expired_lease_at
 ),
 -- Every request sent spends a token (an exhausted delivery sends none).
 taken AS (
@@ -255,7 +248,7 @@ SELECT l.delivery_id, l.event_id, l.endpoint_id, l.org_id, l.series, l.attempt,
        e.event_type, e.body, e.created_at, w.url, w.secret,
        CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END AS previous_secret,
        w.enabled AND w.deleted_at IS NULL AS endpoint_enabled, l.due_at AS lease_until,
-       e.traceparent, e.tracestate, w.headers, w.auth, l.ordered, l.expired_lease_of,
+       e.traceparent, e.tracestate, w.headers, w.auth, l.ordered, l.expired_lease_of, l.expired_lease_at,
        NULL::float8 AS next_due_in, NULL::text[] AS full_endpoints, NULL::text[] AS blocked_endpoints,
        NULL::float8[] AS blocked_for, NULL::text[] AS unknown_endpoints,
        NULL::text[] AS limited_endpoints, NULL::int[] AS limits, NULL::bigint AS parked
@@ -275,7 +268,7 @@ UNION ALL
 -- is sent again; the first send's outcome is then logged as a late result. Nothing
 -- is lost: the event and every outcome are committed synchronously.
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       NULL, NULL,
+       NULL, NULL, NULL,
        (SELECT extract(epoch FROM min(q.due_at) - coalesce(%(now)s::timestamptz, now()))::float8
         FROM delivery_queue q
         WHERE q.delivery_id NOT IN (SELECT delivery_id FROM due)
@@ -298,7 +291,9 @@ FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
 -- before a lost reply, and the outcome is logged as a late result that changes
 -- nothing. retry_after NULL means the delivery is finished. An 'unknown' outcome
 -- is a send handed back at shutdown: it is logged as abandoned, like a lease that
--- ran out, and with retry_after 0 the delivery is due again at once.
+-- ran out, and with retry_after 0 the delivery is due again at once. Each row is the
+-- attempt's one log row, with its worker: this one, or (attempted_by) the one whose
+-- lease on the last attempt ran out.
 -- The batch arrives as one JSON array: psycopg dumps Python lists element by element,
 -- which cost the worker more than the statement costs the database.
 WITH r AS (
@@ -307,7 +302,7 @@ WITH r AS (
          AS r (delivery_id uuid, event_id uuid, endpoint_id text, org_id text, series int, attempt int,
                outcome delivery_outcome, retry_after float8, started_at timestamptz, duration_ms float8,
                http_status int, error_class text, error_message text, response_excerpt text,
-               lease_until timestamptz, pause float8)
+               lease_until timestamptz, pause float8, attempted_by text)
 ),
 finished AS (
     DELETE FROM delivery_queue q USING r
@@ -336,7 +331,7 @@ next_in_order AS (
 retrying AS (
     UPDATE delivery_queue q
     SET due_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => r.retry_after),
-        leased_by = NULL
+        leased_by = NULL, leased_at = NULL
     FROM r
     WHERE q.delivery_id = r.delivery_id AND q.series = r.series AND q.attempt = r.attempt
       AND q.leased_by = %(worker_id)s AND q.due_at = r.lease_until
@@ -400,7 +395,7 @@ SELECT CASE WHEN a.delivery_id IS NULL THEN 'late_result'::delivery_fact_kind
             WHEN r.outcome = 'unknown' THEN 'attempt_abandoned'::delivery_fact_kind
             ELSE 'attempt_finished'::delivery_fact_kind END,
        r.delivery_id, r.event_id, r.endpoint_id, r.org_id, r.series, r.attempt, r.outcome,
-       a.next_attempt_at, %(worker_id)s, r.started_at, r.duration_ms, r.http_status,
+       a.next_attempt_at, coalesce(r.attempted_by, %(worker_id)s), r.started_at, r.duration_ms, r.http_status,
        r.error_class, r.error_message, r.response_excerpt
 -- Joined on the lease too: after a database crash undid a claim, one batch can hold two
 -- outcomes of one delivery (the lost lease's and the new one's), and only one applies.

@@ -71,7 +71,7 @@ async def write(conn: psycopg.AsyncConnection[Any], results: list[Result], *, wo
             "started_at": r.started_at, "duration_ms": r.outcome.duration_ms,
             "http_status": r.outcome.http_status, "error_class": r.outcome.error_class,
             "error_message": r.outcome.error_message, "response_excerpt": r.outcome.response_excerpt,
-            "lease_until": r.claimed.lease_until, "pause": r.pause,
+            "lease_until": r.claimed.lease_until, "pause": r.pause, "attempted_by": r.claimed.expired_lease_of,
         } for r in results]).decode(),
         "default_max_in_flight": default_max_in_flight, "paced": paced,
     })

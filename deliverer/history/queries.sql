@@ -11,7 +11,8 @@
 TRUNCATE delivery_queue
 
 -- name: rebuild_delivery_queue
--- The projection for the delivery ids in [low, high]: every delivery the log says is still open.
+-- The projection for the delivery ids in [low, high]: every delivery the log says is still open,
+-- as it was before the leases running now were taken (their attempts are not facts yet).
 -- The range is on delivery_state's DISTINCT ON key, so it reaches delivery_log's index.
 -- A delivery to an endpoint that delivers in order takes its event's place in that
 -- order (the publishing transaction; a replay had put it after what was waiting then).
@@ -28,14 +29,27 @@ WHERE s.state NOT IN ('delivered', 'failed')
 
 -- name: diff_delivery_queue
 -- Rows where the live queue and the fold of the log disagree; empty when consistent.
-WITH live AS (
+-- A leased row is an attempt in progress, which the log learns of when it ends: the
+-- log only has to hold its delivery open (its series), whatever the lease changed.
+WITH open_leases AS (
+    SELECT delivery_id, series FROM delivery_queue WHERE leased_by IS NOT NULL
+), live AS (
     SELECT delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at, leased_by
-    FROM delivery_queue
+    FROM delivery_queue WHERE leased_by IS NULL
 ), folded AS (
     SELECT delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at, leased_by
-    FROM delivery_state WHERE state NOT IN ('delivered', 'failed')
+    FROM delivery_state s
+    WHERE state NOT IN ('delivered', 'failed')
+      AND NOT EXISTS (SELECT FROM open_leases o WHERE o.delivery_id = s.delivery_id AND o.series = s.series)
+), leased_unknown AS (
+    SELECT q.delivery_id, q.event_id, q.endpoint_id, q.org_id, q.series, q.attempt, q.due_at, q.leased_by
+    FROM delivery_queue q
+    WHERE q.leased_by IS NOT NULL
+      AND NOT EXISTS (SELECT FROM delivery_state s WHERE s.delivery_id = q.delivery_id AND s.series = q.series
+                                                     AND s.state NOT IN ('delivered', 'failed'))
 )
-(SELECT 'only_live' AS side, * FROM (SELECT * FROM live EXCEPT ALL SELECT * FROM folded) x)
+(SELECT 'only_live' AS side, * FROM (SELECT * FROM live EXCEPT ALL SELECT * FROM folded
+                                     UNION ALL SELECT * FROM leased_unknown) x)
 UNION ALL
 (SELECT 'only_log' AS side, * FROM (SELECT * FROM folded EXCEPT ALL SELECT * FROM live) y)
 ORDER BY delivery_id, side
@@ -44,7 +58,7 @@ ORDER BY delivery_id, side
 -- Every delivery's derived state with its event and endpoint, newest events first.
 SELECT s.delivery_id, s.event_id, e.event_type, s.endpoint_id, w.url, s.state, s.series, s.attempt,
        s.due_at, s.updated_at
-FROM delivery_state s
+FROM delivery_current s
 JOIN outbox_event e ON e.id = s.event_id
 JOIN webhook_endpoint w ON w.id = s.endpoint_id
 WHERE (%(org_id)s::text IS NULL OR s.org_id = %(org_id)s)
@@ -77,18 +91,15 @@ delivery AS (
     FROM event e
 ),
 queued AS (
-    INSERT INTO delivery_queue (delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at, leased_by)
-    SELECT delivery_id, event_id, %(endpoint_id)s, org_id, 1, 1, lease_end, %(worker_id)s FROM delivery
+    INSERT INTO delivery_queue (delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at, leased_by,
+                                leased_at)
+    SELECT delivery_id, event_id, %(endpoint_id)s, org_id, 1, 1, lease_end, %(worker_id)s,
+           coalesce(%(now)s::timestamptz, now())
+    FROM delivery
 ),
 logged AS (
-    INSERT INTO delivery_log (kind, delivery_id, event_id, endpoint_id, org_id, series, attempt,
-                              next_attempt_at, worker_id, started_at)
-    SELECT k.kind, d.delivery_id, d.event_id, %(endpoint_id)s, d.org_id, 1, k.attempt,
-           CASE k.kind WHEN 'scheduled' THEN d.created_at ELSE d.lease_end END,
-           CASE k.kind WHEN 'attempt_started' THEN %(worker_id)s END,
-           CASE k.kind WHEN 'attempt_started' THEN coalesce(%(now)s::timestamptz, now()) END
-    FROM delivery d
-    CROSS JOIN (VALUES ('scheduled'::delivery_fact_kind, 0), ('attempt_started', 1)) AS k (kind, attempt)
+    INSERT INTO delivery_log (kind, delivery_id, event_id, endpoint_id, org_id, series, attempt, next_attempt_at)
+    SELECT 'scheduled', delivery_id, event_id, %(endpoint_id)s, org_id, 1, 0, created_at FROM delivery
 )
 SELECT delivery_id, event_id, created_at, lease_end FROM delivery
 
@@ -171,7 +182,7 @@ LIMIT %(limit)s
 -- name: get_delivery
 SELECT s.delivery_id, s.event_id, e.event_type, s.endpoint_id, s.org_id, s.state, s.series, s.attempt,
        s.due_at, s.updated_at, e.created_at AS event_created_at
-FROM delivery_state s
+FROM delivery_current s
 JOIN outbox_event e ON e.id = s.event_id
 WHERE s.delivery_id = %(delivery_id)s AND (%(org_id)s::text IS NULL OR s.org_id = %(org_id)s)
 
@@ -189,7 +200,7 @@ WHERE id = %(event_id)s AND org_id = %(org_id)s
 
 -- name: event_deliveries
 SELECT delivery_id, endpoint_id, state, series, attempt, updated_at
-FROM delivery_state
+FROM delivery_current
 WHERE delivery_id = ANY (ARRAY(
         SELECT delivery_id FROM delivery_log WHERE event_id = %(event_id)s AND kind = 'scheduled'))
 ORDER BY endpoint_id

@@ -49,14 +49,17 @@ class TestLeaseExpiry:
 
         assert kind == "late_result"
         assert receiver.event_ids() == [event_id, event_id]
+        # One row per attempt, with the worker that made it: A's lost attempt is logged when B's claim
+        # finds its lease run out, starting when A's lease was taken.
         assert history(db) == [
             ("scheduled", 0, None, None),
-            ("attempt_started", 1, None, "A"),
-            ("attempt_abandoned", 1, "unknown", "B"),
-            ("attempt_started", 2, None, "B"),
+            ("attempt_abandoned", 1, "unknown", "A"),
             ("attempt_finished", 2, "succeeded", "B"),
             ("late_result", 1, "succeeded", "A"),
         ]
+        [abandoned_start] = db.execute(
+            "SELECT started_at FROM delivery_log WHERE kind = 'attempt_abandoned'").fetchone() or [None]
+        assert abandoned_start is not None and abandoned_start <= late.started_at
         assert db.execute("SELECT state, attempt FROM delivery_state").fetchall() == [("delivered", 2)]
 
     async def test_late_failure_cannot_overwrite_the_new_lease(
@@ -114,7 +117,7 @@ class TestLeaseExpiry:
                                                                                            "lease_expired")
         assert len(receiver.requests) == 5
         assert db.execute("SELECT state, attempt FROM delivery_state").fetchall() == [("failed", 6)]
-        assert history(db)[-1] == ("attempt_abandoned", 6, "unknown", "B")
+        assert history(db)[-1] == ("attempt_abandoned", 6, "unknown", "A")  # A made the attempt; B logged it
         assert db.execute("SELECT count(*) FROM delivery_queue").fetchone() == (0,)
 
 
@@ -180,5 +183,8 @@ class TestClaimCommit:
                 "(SELECT set_config('synchronous_commit', 'off', true)) AS s")).fetchone()
             assert in_transaction == ("off",)
             assert await (await conn.execute("SHOW synchronous_commit")).fetchone() == ("on",)
+        # The lease is the attempt in progress: the claim writes no log row, and the attempt is logged when it ends.
         assert db.execute("SELECT kind FROM delivery_log WHERE delivery_id = %s ORDER BY seq",
-                          [claimed.delivery_id]).fetchall() == [("scheduled",), ("attempt_started",)]
+                          [claimed.delivery_id]).fetchall() == [("scheduled",)]
+        assert db.execute("SELECT leased_by IS NOT NULL, leased_at IS NOT NULL FROM delivery_queue").fetchall() == [
+            (True, True)]

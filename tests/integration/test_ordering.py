@@ -124,7 +124,7 @@ class TestOneAtATime:
             assert events(retried) == [first] and retried[0].attempt == 2
             await deliver(worker, retried)  # attempt 2 of 2 fails: failed for good
             assert events(await claim_next(worker)) == [second]
-        assert db.execute("SELECT state FROM delivery_state ORDER BY event_id").fetchall() == [
+        assert db.execute("SELECT state FROM delivery_current ORDER BY event_id").fetchall() == [
             ("failed",), ("in_flight",)]
 
     async def test_a_crash_mid_send_redelivers_the_same_head_never_a_later_one(

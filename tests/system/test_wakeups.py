@@ -61,9 +61,7 @@ async def test_worker_killed_mid_send_is_taken_over_after_its_lease(
     history = db.execute("SELECT kind, attempt, outcome, worker_id FROM delivery_log ORDER BY seq").fetchall()
     assert history == [
         ("scheduled", 0, None, None),
-        ("attempt_started", 1, None, "doomed"),
-        ("attempt_abandoned", 1, "unknown", "survivor"),
-        ("attempt_started", 2, None, "survivor"),
+        ("attempt_abandoned", 1, "unknown", "doomed"),
         ("attempt_finished", 2, "succeeded", "survivor"),
     ]
 
