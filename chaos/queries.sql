@@ -79,3 +79,7 @@ FROM delivery_log l
 JOIN webhook_endpoint w ON w.id = l.endpoint_id
 WHERE l.kind = 'attempt_finished' AND w.url NOT LIKE %(healthy_prefix)s
 GROUP BY 1, 2
+
+-- name: events_found
+-- Which of these events exist: an event exists if and only if its transaction committed.
+SELECT id FROM outbox_event WHERE id = ANY (%(ids)s::uuid[])
