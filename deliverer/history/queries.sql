@@ -31,22 +31,22 @@ WHERE s.state NOT IN ('delivered', 'failed')
 -- Rows where the live queue and the fold of the log disagree; empty when consistent.
 -- A leased row is an attempt in progress, which the log learns of when it ends: the
 -- log only has to hold its delivery open (its series), whatever the lease changed.
-WITH open_leases AS (
-    SELECT delivery_id, series FROM delivery_queue WHERE leased_by IS NOT NULL
+-- The fold is of the whole log: computed once, for both sides.
+WITH fold AS (
+    SELECT delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at, leased_by
+    FROM delivery_state WHERE state NOT IN ('delivered', 'failed')
+), leases AS (
+    SELECT delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at, leased_by
+    FROM delivery_queue WHERE leased_by IS NOT NULL
 ), live AS (
     SELECT delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at, leased_by
     FROM delivery_queue WHERE leased_by IS NULL
 ), folded AS (
-    SELECT delivery_id, event_id, endpoint_id, org_id, series, attempt, due_at, leased_by
-    FROM delivery_state s
-    WHERE state NOT IN ('delivered', 'failed')
-      AND NOT EXISTS (SELECT FROM open_leases o WHERE o.delivery_id = s.delivery_id AND o.series = s.series)
+    SELECT * FROM fold f
+    WHERE NOT EXISTS (SELECT FROM leases l WHERE l.delivery_id = f.delivery_id AND l.series = f.series)
 ), leased_unknown AS (
-    SELECT q.delivery_id, q.event_id, q.endpoint_id, q.org_id, q.series, q.attempt, q.due_at, q.leased_by
-    FROM delivery_queue q
-    WHERE q.leased_by IS NOT NULL
-      AND NOT EXISTS (SELECT FROM delivery_state s WHERE s.delivery_id = q.delivery_id AND s.series = q.series
-                                                     AND s.state NOT IN ('delivered', 'failed'))
+    SELECT * FROM leases l
+    WHERE NOT EXISTS (SELECT FROM fold f WHERE f.delivery_id = l.delivery_id AND f.series = l.series)
 )
 (SELECT 'only_live' AS side, * FROM (SELECT * FROM live EXCEPT ALL SELECT * FROM folded
                                      UNION ALL SELECT * FROM leased_unknown) x)
