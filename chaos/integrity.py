@@ -43,21 +43,21 @@ def attempt_problems(dsn: str, receipts: list[Received], interrupted: set[str]) 
         facts = conn.execute(QUERIES["attempt_facts"]).fetchall()
     # Each attempt is logged once, when it ends, with the worker that made it (a late
     # result is reported by that worker too).
-    started: dict[tuple[str, int], str] = {}  # attempt -> its worker
+    worker_of: dict[tuple[str, int], str] = {}
     closed: dict[tuple[str, int], list[tuple[str, str, str | None]]] = defaultdict(list)
     late: set[tuple[str, int]] = set()
     for delivery_id, attempt, kind, outcome, worker_id, error_class, *_ in facts:
         key = (delivery_public_id(delivery_id), attempt)
-        started.setdefault(key, worker_id)
+        worker_of.setdefault(key, worker_id)
         if kind == "late_result":
             late.add(key)
         else:
             closed[key].append((kind, outcome, error_class))
     problems = []
-    unclosed = [key for key in started if len(closed[key]) != 1]
+    unclosed = [key for key in worker_of if len(closed[key]) != 1]
     if unclosed:
         problems.append(f"{len(unclosed)} attempts without exactly one outcome in the log, e.g. {unclosed[:3]}")
-    unlogged = {(r.delivery_id, r.attempt) for r in receipts} - started.keys()
+    unlogged = {(r.delivery_id, r.attempt) for r in receipts} - worker_of.keys()
     if unlogged:
         problems.append(f"{len(unlogged)} attempts reached a receiver but are not in the log, e.g. "
                         f"{sorted(unlogged)[:3]}")
@@ -77,11 +77,11 @@ def attempt_problems(dsn: str, receipts: list[Received], interrupted: set[str]) 
             extras.remove(recorded[0])
         for attempt in extras:
             key = (delivery_id, attempt)
-            why = _why(key, started.get(key), closed[key], key in late, interrupted)
+            why = _why(key, worker_of.get(key), closed[key], key in late, interrupted)
             if why:
                 explained.append(f"{delivery_id} attempt {attempt}: {why}")
             else:
-                unexplained.append(f"{delivery_id} attempt {attempt} by {started.get(key)}: {closed[key]}")
+                unexplained.append(f"{delivery_id} attempt {attempt} by {worker_of.get(key)}: {closed[key]}")
     if unexplained:
         problems.append(f"{len(unexplained)} duplicates not explained by an interrupted send, e.g. {unexplained[:5]}")
     return duplicates, explained, problems
