@@ -120,8 +120,7 @@ async def hot(drains: Drains) -> dict[str, Any]:
                     "postgres_cpu_ratio": drains.ratio(hot, DELIVERER, "postgres_cpu_ms_per_1000"),
                     "deliverer_cpu_ratio": drains.ratio(hot, DELIVERER, "deliverer_cpu_ms_per_1000")}
               for hot in (DELIVERER_HOT, DELIVERER_HOT_MATCHED)}
-    return {**drains.summary(names), "matched_max_in_flight": HOT_MATCHED_MAX_IN_FLIGHT,
-            **ratios[DELIVERER_HOT], "vs_10_endpoints": ratios}
+    return {**drains.summary(names), "matched_max_in_flight": HOT_MATCHED_MAX_IN_FLIGHT, "vs_10_endpoints": ratios}
 
 
 # 8. Peers ------------------------------------------------------------------------------
